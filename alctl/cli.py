@@ -1,0 +1,132 @@
+"""Typer CLI: thin adapters (parse -> one pipeline call -> exit code 0 / 1 runtime / 2 bad input)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from alctl.errors import AlctlError
+
+app = typer.Typer(
+    name="alctl",
+    help="Deep active learning that trains on the unlabeled pool too (Siméoni et al., ICPR 2020).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# shared option aliases, defined once
+ManifestArg = Annotated[Path, typer.Argument(help="manifest YAML file", show_default=False)]
+TaskOpt = Annotated[
+    int | None,
+    typer.Option("--task", "-t", help="task index (default: SLURM_ARRAY_TASK_ID / JOB_COMPLETION_INDEX, else all)"),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or per-cycle lines")]
+
+
+def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map AlctlError to its exit code with one stderr line per problem; other failures exit 1 in one line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AlctlError as e:
+            for problem in e.problems:
+                err.print(f"error: {problem}", markup=False)
+            raise typer.Exit(e.exit_code) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a runtime failure, not the user's mistake
+            if os.environ.get("ALCTL_DEBUG"):
+                traceback.print_exc()
+            err.print(f"error: {type(e).__name__}: {e} (set ALCTL_DEBUG=1 for a traceback)", markup=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _ui(quiet: bool):  # noqa: ANN202 - pipeline.Ui, imported lazily to keep `--help` fast
+    """The pipeline's console adapter."""
+    from alctl.pipeline import Ui
+
+    return Ui(console=Console(highlight=False), quiet=quiet)
+
+
+@app.command()
+@handled
+def validate(manifest: ManifestArg) -> None:
+    """Check a manifest (schema and cross-field rules) and print its task plan."""
+    from alctl import manifest as mf
+    from alctl.pipeline import plan
+
+    m, tasks = plan(manifest)
+    console = Console(highlight=False)
+    console.print(f"{manifest}: valid; run directory {mf.run_dir(m)}; hash {mf.manifest_hash(m)}; {len(tasks)} tasks")
+    table = Table("task", "key", "strategy", "variant", "rep", "labels (initial + budget x selections)")
+    for t in tasks:
+        a = t.config.active
+        table.add_row(str(t.index), t.key, a.strategy, t.variant, str(t.rep),
+                      f"{a.initial} + {a.budget} x {a.cycles - 1} = {a.initial + a.budget * (a.cycles - 1)}")
+    console.print(table)
+
+
+@app.command()
+@handled
+def cycle(
+    manifest: ManifestArg,
+    task: TaskOpt = None,
+    cycles: Annotated[int | None, typer.Option("--cycles", "-n", min=1, help="stop once this many cycles are finished")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run the active learning loop for one task or all; resumes where a run stopped."""
+    from alctl.pipeline import cycle_command
+
+    cycle_command(manifest, task, cycles, _ui(quiet))
+
+
+@app.command("select")
+@handled
+def select_cmd(
+    manifest: ManifestArg,
+    task: TaskOpt = None,
+    export: Annotated[Path | None, typer.Option("--export", help="directory receiving to_label.csv")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """One acquisition step on the task's current model: print (and --export) the images to label next."""
+    from alctl.pipeline import select_command
+
+    select_command(manifest, task, export, _ui(quiet))
+
+
+@app.command()
+@handled
+def report(
+    run_dir: Annotated[Path | None, typer.Argument(help="run directory (default: every run under ./runs)")] = None,
+    format: Annotated[Literal["markdown", "csv", "json"], typer.Option("--format", "-f", help="output format")] = "markdown",
+    plot: Annotated[Path | None, typer.Option("--plot", help="also draw learning curves to this PNG")] = None,
+) -> None:
+    """Mean ± std of test accuracy over repetitions per strategy, variant and cycle."""
+    from alctl.report import report as make_report
+
+    text = make_report(run_dir, format, plot)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""The only manifest schema: load(path) -> Manifest, cross-field rules, task expansion and hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from alctl.errors import ManifestError
+
+# Known dataset facts used by cross-field checks before any file is read: (classes, pool size).
+DATASET_FACTS: dict[str, tuple[int, int]] = {
+    "mnist5k": (10, 4000),
+    "digits": (10, 1397),
+    "mnist": (10, 60000),
+    "svhn": (10, 73257),
+    "cifar10": (10, 50000),
+    "cifar100": (100, 50000),
+}
+STRATEGY_NAMES = ("random", "uncertainty", "coreset", "ceal", "jlp")
+
+
+class _Section(BaseModel):
+    """Base for every manifest section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class DatasetConfig(_Section):
+    """Which images; files live under `root`."""
+
+    name: Literal["mnist5k", "digits", "mnist", "svhn", "cifar10", "cifar100"] = Field(
+        "mnist5k", description="dataset registry name; mnist5k and digits ship with packages (offline)"
+    )
+    root: str = Field("data", description="directory holding (or receiving) the dataset files")
+    download: bool = Field(False, description="download missing files (needs internet)")
+    image_size: int | None = Field(
+        None, ge=4, le=512, description="pixels; pad (if larger) or resize images to this square size; null = native"
+    )
+    channels: Literal[1, 3] | None = Field(None, description="replicate grey images to 3 channels when 3; null = native")
+
+
+class ModelConfig(_Section):
+    """The 13-layer CNN of Laine & Aila."""
+
+    width: float = Field(1.0, gt=0, le=4, description="channel multiplier; 1.0 = the paper (128/256/512 channels)")
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout probability after each pooling block")
+
+
+class TrainConfig(_Section):
+    """Supervised training of one cycle (PROTOCOL.md defaults)."""
+
+    epochs: int = Field(200, ge=1, description="epochs per cycle")
+    batch_size: int = Field(32, ge=1, description="images per mini-batch when training on labels only")
+    lr: float = Field(0.2, gt=0, description="initial learning rate")
+    rampdown_epochs: int = Field(210, ge=1, description="epochs; cosine ramp-down reaches lr 0 here")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov)")
+    nesterov: bool = Field(True, description="Nesterov momentum")
+    weight_decay: float = Field(2e-4, ge=0, description="L2 weight decay")
+    translate: int = Field(4, ge=0, description="pixels; max random translation with reflection padding")
+    flip: bool = Field(False, description="random horizontal flips (off for digits)")
+    min_steps: int = Field(
+        0, ge=0, description="optimizer steps; lower bound per epoch so tiny labeled sets still train (0 = one pass)"
+    )
+    eval_batch_size: int = Field(512, ge=1, description="images per batch at evaluation / feature extraction")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+
+
+class CealConfig(_Section):
+    """CEAL pseudo-labelling of confident images."""
+
+    threshold: float = Field(0.1, ge=0, le=1, description="normalised entropy below which an image is pseudo-labelled")
+    decay: float = Field(0.00033, ge=0, description="threshold decrease per cycle")
+
+
+class ActiveConfig(_Section):
+    """The active learning loop."""
+
+    initial: int = Field(100, ge=1, description="images; balanced random labeled set at cycle 0")
+    budget: int = Field(100, ge=1, description="images selected for labelling per cycle (b)")
+    cycles: int = Field(5, ge=1, description="train+evaluate cycles; a selection of b follows every cycle but the last")
+    strategy: Literal["random", "uncertainty", "coreset", "ceal", "jlp"] = Field(
+        "random", description="acquisition function"
+    )
+    ceal: CealConfig = Field(default_factory=CealConfig, description="CEAL parameters")
+    oracle: Literal["simulated"] = Field("simulated", description="who labels: simulated = ground truth")
+
+
+class SemiConfig(_Section):
+    """Semi-supervised training with label propagation (Iscen et al. 2019)."""
+
+    method: Literal["none", "label-propagation"] = Field("none", description="none or label-propagation (+SEMI)")
+    k: int = Field(50, ge=1, description="neighbours in the kNN graph")
+    alpha: float = Field(0.99, gt=0, lt=1, description="propagation parameter alpha")
+    gamma: float = Field(3.0, gt=0, description="affinity exponent: similarity^gamma")
+    tol: float = Field(1e-6, gt=0, description="conjugate gradient tolerance")
+    max_iter: int = Field(20, ge=1, description="conjugate gradient iterations")
+    every: int = Field(1, ge=1, description="epochs between recomputations of the propagation")
+    batch_size: int = Field(128, ge=2, description="images per mixed mini-batch")
+    labeled_per_batch: int = Field(50, ge=1, description="labeled images in each mixed mini-batch")
+    knn: Literal["exact", "ivf", "hnsw"] = Field("exact", description="neighbour search; exact by default")
+
+
+class PretrainConfig(_Section):
+    """DeepCluster pre-training (+PRE), once per dataset/model/settings/seed."""
+
+    method: Literal["none", "deepcluster"] = Field("none", description="none or deepcluster")
+    epochs: int = Field(400, ge=1, description="DeepCluster epochs")
+    clusters_per_class: int = Field(5, ge=1, description="k-means clusters = this x number of classes")
+    kmeans_iters: int = Field(10, ge=1, description="k-means iterations per epoch")
+    lr: float = Field(0.02, gt=0, description="learning rate")
+    batch_size: int = Field(128, ge=1, description="images per mini-batch")
+    pca: int | None = Field(None, ge=2, description="PCA-whiten features to this dimension before k-means; null = off")
+
+
+class Manifest(_Section):
+    """One experiment: everything a run needs."""
+
+    name: str = Field("", description="run name; outputs go to <output>/<name>; empty = the manifest's file stem")
+    output: str = Field("runs", description="directory holding run directories")
+    seed: int = Field(0, ge=0, description="base seed; generators are seeded from (seed, repetition, cycle)")
+    repetitions: int = Field(5, ge=1, description="repetitions with different initial sets and seeds")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="dataset")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="network")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="training per cycle")
+    active: ActiveConfig = Field(default_factory=ActiveConfig, description="active learning loop")
+    semi: SemiConfig = Field(default_factory=SemiConfig, description="semi-supervision")
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="unsupervised pre-training")
+    sweep: dict[str, list[Any]] = Field(
+        default_factory=dict, description="grid: dotted field path -> list of values, crossed with repetitions"
+    )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "Manifest":
+        """Cross-field rules of one resolved configuration (sweeps are checked per task)."""
+        problems = cross_field_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def cross_field_problems(m: Manifest) -> list[str]:
+    """Cross-field problems of a configuration, one line each, naming the fields."""
+    problems: list[str] = []
+    _, pool = DATASET_FACTS[m.dataset.name]
+    total = m.active.initial + m.active.budget * (m.active.cycles - 1)
+    if m.active.initial > pool:
+        problems.append(f"active.initial: {m.active.initial} is larger than the {m.dataset.name} pool ({pool} images)")
+    elif total > pool:
+        problems.append(
+            f"active.budget: initial {m.active.initial} + budget {m.active.budget} x {m.active.cycles - 1} selections"
+            f" = {total} exceeds the {m.dataset.name} pool ({pool} images)"
+        )
+    if m.active.strategy == "ceal" and m.semi.method == "label-propagation":
+        problems.append(
+            "active.strategy: ceal does not combine with semi.method: label-propagation"
+            " (CEAL brings its own pseudo-labels); use another strategy or semi.method: none"
+        )
+    if m.semi.labeled_per_batch >= m.semi.batch_size:
+        problems.append(
+            f"semi.labeled_per_batch: {m.semi.labeled_per_batch} must be smaller than semi.batch_size {m.semi.batch_size}"
+        )
+    if m.semi.method == "label-propagation" and m.semi.k >= pool:
+        problems.append(f"semi.k: {m.semi.k} neighbours needs a pool larger than {pool}")
+    return problems
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: a sweep point x a repetition."""
+
+    index: int
+    key: str
+    rep: int
+    config: Manifest
+    point: dict[str, Any]
+
+    @property
+    def variant(self) -> str:
+        """The paper's variant label: plain, +PRE, +SEMI or +PRE+SEMI."""
+        return variant_label(self.config)
+
+
+def variant_label(m: Manifest) -> str:
+    """plain / +PRE / +SEMI / +PRE+SEMI from the pretrain and semi methods."""
+    label = ("+PRE" if m.pretrain.method != "none" else "") + ("+SEMI" if m.semi.method != "none" else "")
+    return label or "plain"
+
+
+_SHORT = {"active.strategy": "strategy", "semi.method": "semi", "pretrain.method": "pretrain"}
+_VALUE_SHORT = {"label-propagation": "lp"}
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path inside nested dicts, creating sections as needed."""
+    parts = path.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ManifestError(f"sweep.{path}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _known_path(path: str) -> bool:
+    """True when a dotted path names a field of the schema."""
+    model: type[BaseModel] | None = Manifest
+    for part in path.split("."):
+        if model is None or part not in model.model_fields or part == "sweep":
+            return False
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return True
+
+
+def _format_validation(err: ValidationError, prefix: str = "") -> list[str]:
+    """One line per pydantic error: dotted field path, message and the offending input."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        where = prefix + loc if loc else (prefix.rstrip(".") or "manifest")
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            for part in msg[len("Value error, ") :].split("; "):
+                lines.append(f"{prefix}{part}" if prefix else part)
+            continue
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see `alctl validate --help` for the schema)"
+        elif "input" in e and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"{where}: {msg}")
+    return lines
+
+
+def parse(data: Any, source: str = "manifest") -> Manifest:
+    """Validate a mapping (already parsed YAML) into a Manifest, checking every sweep point."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: the manifest must be a mapping of sections, got {type(data).__name__}")
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as err:
+        raise ManifestError(*_format_validation(err)) from None
+    problems: list[str] = []
+    for path, values in manifest.sweep.items():
+        if not _known_path(path):
+            problems.append(f"sweep.{path}: not a manifest field (use a dotted path such as active.strategy)")
+        elif not values:
+            problems.append(f"sweep.{path}: needs at least one value")
+    if problems:
+        raise ManifestError(*problems)
+    for point in sweep_points(manifest):
+        resolve_point(manifest, point)
+    return manifest
+
+
+def load(path: str | Path) -> Manifest:
+    """Read and validate a YAML manifest; every problem becomes a ManifestError line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ManifestError(f"{p}: manifest file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ManifestError(f"{where}: YAML syntax error: {problem}") from None
+    manifest = parse(data, str(p))
+    if not manifest.name:
+        manifest = manifest.model_copy(update={"name": p.stem})
+    return manifest
+
+
+def sweep_points(m: Manifest) -> list[dict[str, Any]]:
+    """The sweep grid as a list of {path: value}, in manifest order (last path varies fastest)."""
+    paths = list(m.sweep)
+    return [dict(zip(paths, combo)) for combo in itertools.product(*(m.sweep[p] for p in paths))]
+
+
+def resolve_point(m: Manifest, point: dict[str, Any]) -> Manifest:
+    """The manifest with one sweep point applied and the sweep removed, validated."""
+    data = m.model_dump(mode="json")
+    data["sweep"] = {}
+    for path, value in point.items():
+        _set_path(data, path, value)
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as err:
+        where = ", ".join(f"{k}={v}" for k, v in point.items())
+        raise ManifestError(*(f"{line} (sweep point {where})" for line in _format_validation(err))) from None
+
+
+def task_key(config: Manifest, point: dict[str, Any], rep: int) -> str:
+    """Stable directory key, e.g. strategy=coreset/semi=lp/pretrain=none/rep=2."""
+    parts = [
+        f"strategy={config.active.strategy}",
+        f"semi={_VALUE_SHORT.get(config.semi.method, config.semi.method)}",
+        f"pretrain={config.pretrain.method}",
+    ]
+    for path, value in point.items():
+        if path not in _SHORT:
+            parts.append(f"{path.split('.')[-1]}={value}")
+    parts.append(f"rep={rep}")
+    return "/".join(parts)
+
+
+def tasks(m: Manifest) -> list[Task]:
+    """Expand sweep grid x repetitions into numbered tasks (repetition varies fastest)."""
+    out: list[Task] = []
+    for point in sweep_points(m):
+        config = resolve_point(m, point)
+        for rep in range(m.repetitions):
+            out.append(Task(index=len(out), key=task_key(config, point, rep), rep=rep, config=config, point=point))
+    return out
+
+
+def manifest_hash(m: Manifest) -> str:
+    """sha256 (first 16 hex) of the resolved manifest's canonical JSON."""
+    canonical = json.dumps(m.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def run_dir(m: Manifest) -> Path:
+    """The run directory <output>/<name>."""
+    return Path(m.output) / (m.name or "run")
+
+
+def to_yaml(m: Manifest) -> str:
+    """The resolved manifest as YAML text."""
+    return yaml.safe_dump(m.model_dump(mode="json"), sort_keys=False)

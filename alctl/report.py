@@ -1,0 +1,159 @@
+"""Aggregation over repetitions (mean ± std per run / strategy / variant / cycle) and rendering: markdown, csv, json, png."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alctl import store
+from alctl.errors import UserError
+
+_REP = re.compile(r"/?rep=\d+$")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One aggregated point: a setting at one cycle over its repetitions."""
+
+    run: str
+    setting: str  # task key without the repetition
+    strategy: str
+    variant: str
+    cycle: int
+    n_labeled: int
+    accuracy_mean: float  # percent
+    accuracy_std: float  # percent, sample std (0 for a single repetition)
+    repetitions: int
+
+
+def find_runs(root: Path = Path("runs")) -> list[Path]:
+    """Every run directory under root (a directory with tasks/)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / "tasks").is_dir())
+
+
+def aggregate(run_dirs: list[Path]) -> list[Row]:
+    """Mean ± std of test accuracy over repetitions for each run, setting and cycle."""
+    rows: list[Row] = []
+    for run in run_dirs:
+        t = store.read_metrics_dataset(run)
+        if t.num_rows == 0:
+            continue
+        keys = np.array([_REP.sub("", k) for k in t["task_key"].to_pylist()], dtype=object)
+        strategy = np.array(t["strategy"].to_pylist(), dtype=object)
+        variant = np.array(t["variant"].to_pylist(), dtype=object)
+        cycle = t["cycle"].to_numpy()
+        acc = t["accuracy"].to_numpy() * 100.0
+        labels = t["n_labeled"].to_numpy()
+        for setting in sorted(set(keys), key=_setting_order):
+            sm = keys == setting
+            for c in np.unique(cycle[sm]):
+                m = sm & (cycle == c)
+                a = acc[m]
+                rows.append(
+                    Row(run=run.name, setting=setting, strategy=str(strategy[m][0]), variant=str(variant[m][0]),
+                        cycle=int(c), n_labeled=int(np.round(labels[m].mean())), accuracy_mean=float(a.mean()),
+                        accuracy_std=float(a.std(ddof=1)) if len(a) > 1 else 0.0, repetitions=int(m.sum()))
+                )
+    return rows
+
+
+_VARIANT_ORDER = {"plain": 0, "+PRE": 1, "+SEMI": 2, "+PRE+SEMI": 3}
+_STRATEGY_ORDER = {"random": 0, "uncertainty": 1, "coreset": 2, "ceal": 3, "jlp": 4}
+
+
+def _setting_order(setting: str) -> tuple:
+    """Sort settings as the paper does: strategy, then variant."""
+    parts = dict(p.split("=", 1) for p in setting.split("/") if "=" in p)
+    return (_STRATEGY_ORDER.get(parts.get("strategy", ""), 9), parts.get("pretrain", ""), parts.get("semi", ""), setting)
+
+
+def render_markdown(rows: list[Row]) -> str:
+    """A markdown table, one line per setting and cycle."""
+    out = ["| run | strategy | variant | cycle | labels | accuracy (%) | reps |", "|---|---|---|---:|---:|---|---:|"]
+    for r in rows:
+        extra = _extra(r)
+        out.append(
+            f"| {r.run} | {r.strategy}{extra} | {r.variant} | {r.cycle} | {r.n_labeled} |"
+            f" {r.accuracy_mean:.2f} ± {r.accuracy_std:.2f} | {r.repetitions} |"
+        )
+    return "\n".join(out)
+
+
+def _extra(r: Row) -> str:
+    """Swept parameters other than strategy / variant, e.g. ' (budget=100)'."""
+    parts = [p for p in r.setting.split("/") if p.split("=", 1)[0] not in ("strategy", "semi", "pretrain")]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def render_csv(rows: list[Row]) -> str:
+    """CSV with a header line."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(Row.__dataclass_fields__))
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(asdict(r))
+    return buf.getvalue()
+
+
+def render_json(rows: list[Row]) -> str:
+    """JSON list of rows."""
+    return json.dumps([asdict(r) for r in rows], indent=2)
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    """Learning curves (accuracy vs labels) with ±std bands, one panel per run, like the paper's figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted({r.run for r in rows})
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.5), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        settings = sorted({r.setting for r in rows if r.run == run}, key=_setting_order)
+        for s in settings:
+            pts = sorted((r for r in rows if r.run == run and r.setting == s), key=lambda r: r.cycle)
+            x = np.array([p.n_labeled for p in pts])
+            y = np.array([p.accuracy_mean for p in pts])
+            e = np.array([p.accuracy_std for p in pts])
+            style = "-" if pts[0].variant == "plain" else "--" if "SEMI" in pts[0].variant else "-."
+            (line,) = ax.plot(x, y, style, marker="o", label=f"{pts[0].strategy}{_extra(pts[0])} {pts[0].variant}")
+            ax.fill_between(x, y - e, y + e, alpha=0.15, color=line.get_color())
+        ax.set_title(run)
+        ax.set_xlabel("labeled images")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(run_dir: Path | None, fmt: str, plot_path: Path | None = None) -> str:
+    """Text of the report over one run directory, or every run under ./runs when None."""
+    if run_dir is None:
+        runs = find_runs(Path("runs"))
+        if not runs:
+            raise UserError("no runs under ./runs; run `alctl cycle MANIFEST.yaml` first or pass a run directory")
+    else:
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: run directory not found")
+        runs = [run_dir] if (run_dir / "tasks").is_dir() else find_runs(run_dir)
+        if not runs:
+            raise UserError(f"{run_dir}: no tasks/ inside; is this a run directory (runs/<name>)?")
+    rows = aggregate(runs)
+    if not rows:
+        raise UserError(f"{', '.join(map(str, runs))}: no finished cycle yet (no metrics.parquet)")
+    if plot_path is not None:
+        plot(rows, plot_path)
+    renderers = {"markdown": render_markdown, "csv": render_csv, "json": render_json}
+    return renderers[fmt](rows)

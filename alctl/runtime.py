@@ -1,0 +1,58 @@
+"""Seeding, device choice and scheduler environment: the only place randomness is created."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import numpy as np
+import torch
+
+
+def seed_sequence(seed: int, task: int, cycle: int, stream: str) -> np.random.SeedSequence:
+    """Seed sequence for one (seed, task, cycle, stream) tuple; stream names the consumer."""
+    return np.random.SeedSequence([int(seed), int(task), int(cycle) + 1, zlib.crc32(stream.encode())])
+
+
+def rng(seed: int, task: int, cycle: int, stream: str) -> np.random.Generator:
+    """A numpy generator seeded from (seed, task, cycle, stream)."""
+    return np.random.default_rng(seed_sequence(seed, task, cycle, stream))
+
+
+def torch_generator(seed: int, task: int, cycle: int, stream: str, device: str | torch.device = "cpu") -> torch.Generator:
+    """A torch generator on `device` seeded from (seed, task, cycle, stream)."""
+    value = int(seed_sequence(seed, task, cycle, stream).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    gen = torch.Generator(device=device)
+    gen.manual_seed(value)
+    return gen
+
+
+def seed_torch(seed: int, task: int, cycle: int, stream: str) -> None:
+    """Seed torch's global generator (weight initialisation, dropout) from the tuple."""
+    value = int(seed_sequence(seed, task, cycle, stream).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    torch.manual_seed(value)
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when available, else CPU; `cpu`/`cuda`/`cuda:N` are taken as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from alctl.errors import UserError
+
+        raise UserError(f"train.device: '{name}' requested but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def scheduler_task_index() -> int | None:
+    """Task index from Slurm (SLURM_ARRAY_TASK_ID) or Kubernetes (JOB_COMPLETION_INDEX), if set."""
+    for var in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"):
+        value = os.environ.get(var)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except ValueError:
+                from alctl.errors import UserError
+
+                raise UserError(f"{var}={value!r} is not an integer task index") from None
+    return None

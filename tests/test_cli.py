@@ -1,0 +1,110 @@
+"""CLI exit codes and messages: validate, cycle, report, select."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from alctl.cli import app
+
+runner = CliRunner()
+
+
+def test_validate_prints_the_plan(write_manifest) -> None:
+    path = write_manifest({"sweep": {"active.strategy": ["random", "coreset"]}})
+    res = runner.invoke(app, ["validate", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "4 tasks" in res.output and "coreset" in res.output
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("train:\n  epochz: 3\n", "train.epochz: unknown key"),
+        ("train:\n  epochs: lots\n", "train.epochs: Input should be a valid integer"),
+        ("active:\n  budget: 99999\n", "active.budget: initial 100 + budget 99999"),
+        ("active:\n  strategy: magic\n", "active.strategy: Input should be"),
+        ("train: [1, 2\n", "YAML syntax error"),
+        ("active:\n  strategy: ceal\nsemi:\n  method: label-propagation\n", "ceal does not combine"),
+    ],
+)
+def test_bad_manifest_exits_2_with_one_line_per_problem(workdir: Path, text: str, expected: str) -> None:
+    path = workdir / "bad.yaml"
+    path.write_text(text)
+    res = runner.invoke(app, ["validate", str(path)])
+    assert res.exit_code == 2
+    assert expected in res.output
+    assert "Traceback" not in res.output
+
+
+def test_missing_manifest_exits_2(workdir: Path) -> None:
+    res = runner.invoke(app, ["cycle", "nope.yaml"])
+    assert res.exit_code == 2 and "nope.yaml: manifest file not found" in res.output
+
+
+def test_full_size_dataset_absent_offline_exits_2_with_instructions(workdir: Path, monkeypatch) -> None:
+    """`alctl cycle manifests/mnist.yaml` exactly as typed, with no files and no network: exit 2, how to get them."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    manifests = Path(__file__).resolve().parents[1] / "manifests"
+    (workdir / "manifests").symlink_to(manifests)
+    res = runner.invoke(app, ["cycle", "manifests/mnist.yaml"])
+    assert res.exit_code == 2, res.output
+    assert "data/MNIST" in res.output and "dataset.download" in res.output
+    assert not (workdir / "runs").exists()  # nothing written
+
+
+def test_task_index_outside_plan_exits_2(write_manifest) -> None:
+    res = runner.invoke(app, ["cycle", str(write_manifest()), "--task", "7"])
+    assert res.exit_code == 2 and "outside the plan (0..1" in res.output
+
+
+def test_report_without_runs_exits_2(workdir: Path) -> None:
+    res = runner.invoke(app, ["report"])
+    assert res.exit_code == 2 and "no runs under ./runs" in res.output
+
+
+def test_select_before_training_exits_2(write_manifest) -> None:
+    res = runner.invoke(app, ["select", str(write_manifest()), "--task", "0"])
+    assert res.exit_code == 2 and "no trained model yet" in res.output
+
+
+@pytest.mark.slow
+def test_cycle_then_report_end_to_end(write_manifest, workdir: Path) -> None:
+    path = write_manifest({"sweep": {"active.strategy": ["random", "uncertainty", "coreset", "ceal"]}})
+    res = runner.invoke(app, ["cycle", str(path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["cycle", str(path)])
+    assert res.exit_code == 0 and "nothing to do" in res.output
+    # exactly as a user types it: no run directory -> every run under ./runs
+    res = runner.invoke(app, ["report", "--format", "markdown", "--plot", "curves.png"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("| tiny")]
+    assert len(lines) == 4 * 3  # 4 strategies x 3 cycles
+    assert "| tiny | coreset | plain | 2 | 30 |" in res.output and "± " in res.output
+    assert (workdir / "curves.png").stat().st_size > 10_000
+    rows = json.loads(runner.invoke(app, ["report", "runs/tiny", "--format", "json"]).output)
+    assert {r["repetitions"] for r in rows} == {2}
+    assert np.mean([r["accuracy_mean"] for r in rows]) > 15.0  # chance is 10%
+    csv_out = runner.invoke(app, ["report", "runs/tiny", "-f", "csv"]).output
+    assert csv_out.splitlines()[0].startswith("run,setting,strategy,variant,cycle,n_labeled")
+    res = runner.invoke(app, ["select", str(path), "--task", "4", "--export", "out"])
+    assert res.exit_code == 0, res.output
+    exported = (workdir / "out" / "to_label.csv").read_text().splitlines()
+    assert exported[0].startswith("sample_id,score,top1") and len(exported) == 11
+
+
+def test_console_script_help() -> None:
+    res = subprocess.run([sys.executable, "-m", "alctl.cli", "--help"], capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and "cycle" in res.stdout and "report" in res.stdout

@@ -1,0 +1,70 @@
+"""The 13-layer CNN, batched augmentation and training primitives."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from alctl.augment import flip, normalize, translate
+from alctl.models import build_model
+from alctl.train import Targets, TrainSpec, cosine_lr, evaluate, fit, predict
+
+
+def test_paper_width_has_13_layers_and_128_features() -> None:
+    m = build_model(3, 10, width=1.0)
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert len(convs) == 9 and [c.out_channels for c in convs] == [128] * 3 + [256] * 3 + [512, 256, 128]
+    assert convs[6].padding == (0, 0) and convs[6].kernel_size == (3, 3)
+    assert any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules())
+    logits, feats = m.eval()(torch.zeros(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and feats.shape == (2, 128)
+    assert hasattr(m.classifier, "parametrizations")  # weight normalisation
+
+
+def test_any_input_size_and_channels() -> None:
+    for c, s in ((1, 8), (1, 28), (3, 32), (3, 17)):
+        logits, feats = build_model(c, 4, width=0.125).eval()(torch.zeros(3, c, s, s))
+        assert logits.shape == (3, 4) and feats.shape == (3, 16)
+
+
+def test_translate_is_a_shift_with_reflection() -> None:
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
+    out = translate(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    for i in range(2):  # each output is a 6x6 window of the reflect-padded image
+        padded = torch.nn.functional.pad(x[i : i + 1], (2, 2, 2, 2), mode="reflect")[0, 0]
+        windows = [padded[r : r + 6, c : c + 6] for r in range(5) for c in range(5)]
+        assert any(torch.equal(out[i, 0], w) for w in windows)
+    assert torch.equal(translate(x, 0, torch.Generator()), x)
+
+
+def test_flip_and_normalize() -> None:
+    x = torch.rand(64, 1, 4, 4)
+    out = flip(x, torch.Generator().manual_seed(1))
+    flipped = (out == x.flip(-1)).flatten(1).all(1)
+    same = (out == x).flatten(1).all(1)
+    assert bool((flipped | same).all()) and 10 < int(flipped.sum()) < 54
+    imgs = torch.full((1, 2, 2, 2), 255, dtype=torch.uint8)
+    assert torch.allclose(normalize(imgs, (0.5, 0.0), (0.5, 1.0))[0, :, 0, 0], torch.tensor([1.0, 1.0]))
+
+
+def test_cosine_rampdown() -> None:
+    spec = TrainSpec(lr=0.2, rampdown_epochs=210)
+    assert cosine_lr(0, spec) == 0.2 and abs(cosine_lr(105, spec) - 0.1) < 1e-12 and cosine_lr(210, spec) == 0.0
+
+
+def test_fit_learns_a_separable_task() -> None:
+    torch.manual_seed(0)
+    n = 200
+    labels = torch.arange(n) % 2
+    images = torch.zeros(n, 1, 8, 8, dtype=torch.uint8)
+    images[labels == 1, :, :, :4] = 255  # left half bright = class 1
+    images[labels == 0, :, :, 4:] = 255
+    model = build_model(1, 2, width=0.125, dropout=0.0)
+    targets = Targets(labeled_pos=np.arange(0, n, 5), labeled_y=labels.numpy()[::5])
+    spec = TrainSpec(epochs=4, batch_size=20, lr=0.05, rampdown_epochs=5, translate=0, min_steps=10)
+    fit(model, images, targets, spec, (0.5,), (0.5,), torch.Generator().manual_seed(0))
+    acc, loss = evaluate(model, images, labels, (0.5,), (0.5,))
+    assert acc > 0.95 and loss < 0.5
+    probs, feats = predict(model, images, (0.5,), (0.5,), batch_size=64)
+    assert probs.shape == (n, 2) and torch.allclose(feats.norm(dim=1), torch.ones(n), atol=1e-5)

@@ -1,0 +1,349 @@
+"""Acquisition functions: known answers on hand-made pools, and coreset against the authors' O(N^2) greedy."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+from scipy.spatial import distance_matrix
+
+from alctl import strategies as st
+from alctl.errors import UserError
+from alctl.strategies import PoolView, Selection, entropy, get_strategy, kcenter_greedy, select
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_view(n: int = 60, n_labeled: int = 10, num_classes: int = 4, dim: int = 8, seed: int = 0, cycle: int = 0) -> PoolView:
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n).astype(np.int64)
+    labeled, unlabeled = np.sort(perm[:n_labeled]), np.sort(perm[n_labeled:])
+    logits = rng.normal(size=(unlabeled.shape[0], num_classes)) * 3
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs = (probs / probs.sum(1, keepdims=True)).astype(np.float32)
+    return PoolView(
+        probs=probs,
+        features=_normalise(rng.normal(size=(n, dim))),
+        labeled=labeled,
+        unlabeled=unlabeled,
+        labels=rng.integers(0, num_classes, n_labeled).astype(np.int64),
+        num_classes=num_classes,
+        cycle=cycle,
+    )
+
+
+def naive_kcenter(features: np.ndarray, labeled: np.ndarray, unlabeled: np.ndarray, budget: int) -> list[int]:
+    """Greedy k-center as the authors' code does it: a full distance matrix, then one column per pick."""
+    x = features[unlabeled]
+    if len(labeled):
+        min_d = distance_matrix(x, features[labeled]).min(axis=1)
+        picks = []
+    else:  # same documented start as kcenter_greedy: farthest from the candidates' mean
+        first = int(np.argmax(distance_matrix(x, x.astype(np.float64).mean(0, keepdims=True)).ravel()))
+        min_d = distance_matrix(x, x[first : first + 1]).ravel()
+        picks = [first]
+    for _ in range(budget - len(picks)):
+        i = int(np.argmax(min_d))
+        picks.append(i)
+        min_d = np.minimum(min_d, distance_matrix(x, x[i : i + 1]).ravel())
+    return [int(unlabeled[i]) for i in picks]
+
+
+# --------------------------------------------------------------------------- entropy
+
+
+def test_entropy_uniform_is_log_c_and_one_hot_is_zero():
+    for c in (2, 10, 100):
+        assert entropy(np.full((3, c), 1.0 / c, dtype=np.float32)) == pytest.approx([math.log(c)] * 3, rel=1e-6)
+    one_hot = np.eye(5, dtype=np.float32)
+    h = entropy(one_hot)
+    assert np.all(np.isfinite(h)) and np.all(h == 0.0)
+    assert entropy(np.array([[0.5, 0.5, 0.0]])) == pytest.approx([math.log(2)])
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def test_uncertainty_picks_most_uncertain_rows_in_order():
+    probs = np.array(
+        [
+            [1.0, 0.0, 0.0],  # H = 0
+            [1 / 3, 1 / 3, 1 / 3],  # log 3 = 1.0986  (most uncertain)
+            [0.5, 0.5, 0.0],  # 0.693
+            [0.8, 0.1, 0.1],  # 0.639
+            [0.4, 0.4, 0.2],  # 1.055  (second)
+        ],
+        dtype=np.float32,
+    )
+    unlabeled = np.array([10, 3, 7, 0, 5], dtype=np.int64)
+    view = PoolView(probs, _normalise(np.ones((11, 2))), np.array([1, 2], dtype=np.int64), unlabeled,
+                    np.array([0, 1], dtype=np.int64), 3, 0)
+    sel = select("uncertainty", view, 3, np.random.default_rng(0))
+    assert sel.chosen.tolist() == [3, 5, 7]
+    assert sel.scores.dtype == np.float32 and sel.scores.shape == (5,)
+    assert sel.scores[1] == pytest.approx(math.log(3), rel=1e-6)
+    assert sel.pseudo_positions.size == 0 and sel.pseudo_labels.size == 0
+
+
+def test_uncertainty_ties_broken_by_position():
+    probs = np.full((4, 2), 0.5, dtype=np.float32)
+    view = PoolView(probs, np.zeros((10, 2), np.float32), np.zeros(0, np.int64),
+                    np.array([9, 4, 6, 2], dtype=np.int64), np.zeros(0, np.int64), 2, 0)
+    assert select("uncertainty", view, 3, np.random.default_rng(0)).chosen.tolist() == [2, 4, 6]
+
+
+# --------------------------------------------------------------------------- random
+
+
+def test_random_is_seeded_and_consistent_with_scores():
+    view = make_view(n=200, n_labeled=50)
+    a = select("random", view, 20, np.random.default_rng(7))
+    b = select("random", view, 20, np.random.default_rng(7))
+    c = select("random", view, 20, np.random.default_rng(8))
+    assert np.array_equal(a.chosen, b.chosen) and np.array_equal(a.scores, b.scores)
+    assert not np.array_equal(a.chosen, c.chosen)
+    assert not np.isin(a.chosen, view.labeled).any()
+    # chosen = the top-b scores, highest first
+    order = np.argsort(-a.scores, kind="stable")[:20]
+    assert a.chosen.tolist() == view.unlabeled[order].tolist()
+
+
+def test_random_is_uniform_over_unlabeled():
+    view = make_view(n=30, n_labeled=10)
+    counts = np.zeros(30, dtype=np.int64)
+    rng = np.random.default_rng(123)
+    trials = 4000
+    for _ in range(trials):
+        counts[st.STRATEGIES["random"](view, 5, rng, {}).chosen] += 1
+    assert counts[view.labeled].sum() == 0
+    expected = trials * 5 / 20
+    u = counts[view.unlabeled]
+    chi2 = float(((u - expected) ** 2 / expected).sum())
+    assert chi2 < 45.3  # chi-square, 19 degrees of freedom, p = 0.001
+
+
+# --------------------------------------------------------------------------- coreset
+
+
+@pytest.mark.parametrize("seed,n_labeled", [(0, 20), (1, 1), (2, 150)])
+def test_coreset_matches_naive_greedy_kcenter(seed, n_labeled):
+    view = make_view(n=300, n_labeled=n_labeled, dim=16, seed=seed)
+    budget = 40
+    sel = select("coreset", view, budget, np.random.default_rng(0))
+    assert sel.chosen.tolist() == naive_kcenter(view.features, view.labeled, view.unlabeled, budget)
+
+
+@pytest.mark.parametrize("max_pops", [0, 2, None])
+@pytest.mark.parametrize("dim", [2, 16])
+def test_coreset_lazy_and_full_updates_match_naive(monkeypatch, max_pops, dim):
+    # max_pops=0 switches to one full update per pick at once, 2 part-way, None (default rule) stays lazy
+    monkeypatch.setattr(st, "_LAZY_MAX_POPS", max_pops)
+    for n_labeled in (0, 15):
+        view = make_view(n=300, n_labeled=n_labeled, dim=dim, seed=dim + n_labeled)
+        if dim == 2:  # normalised 2-D points all sit on the circle, as far from their mean: use the plane
+            feats = np.random.default_rng(dim).normal(size=(300, 2)).astype(np.float32)
+            view = dataclasses.replace(view, features=feats)
+        sel = select("coreset", view, 60, np.random.default_rng(0))
+        assert sel.chosen.tolist() == naive_kcenter(view.features, view.labeled, view.unlabeled, 60)
+        order = np.argsort(-sel.scores.astype(np.float64), kind="stable")
+        assert view.unlabeled[order[:60]].tolist() == sel.chosen.tolist()
+
+
+def test_coreset_matches_naive_without_labeled_set():
+    view = make_view(n=200, n_labeled=0, dim=16, seed=3)
+    sel = select("coreset", view, 25, np.random.default_rng(0))
+    assert sel.chosen.tolist() == naive_kcenter(view.features, view.labeled, view.unlabeled, 25)
+    x = view.features[view.unlabeled].astype(np.float64)
+    assert sel.chosen[0] == view.unlabeled[np.argmax(np.linalg.norm(x - x.mean(0), axis=1))]
+    assert sel.scores[np.searchsorted(view.unlabeled, sel.chosen[0])] == np.inf
+    assert np.isfinite(np.delete(sel.scores, np.searchsorted(view.unlabeled, sel.chosen[0]))).all()
+    # budget 0: every score is the distance to the mean
+    zero = select("coreset", view, 0, np.random.default_rng(0))
+    assert zero.chosen.size == 0
+    assert zero.scores == pytest.approx(np.linalg.norm(x - x.mean(0), axis=1), rel=1e-6)
+
+
+def test_coreset_scores_replay_the_picks():
+    view = make_view(n=300, n_labeled=30, dim=16, seed=4)
+    sel = select("coreset", view, 25, np.random.default_rng(0))
+    order = np.argsort(-sel.scores.astype(np.float64), kind="stable")
+    assert view.unlabeled[order[:25]].tolist() == sel.chosen.tolist()
+    # a leftover's score is its distance to the nearest labeled-or-picked image
+    centers = view.features[np.concatenate([view.labeled, sel.chosen])]
+    rest = np.setdiff1d(view.unlabeled, sel.chosen)
+    expected = distance_matrix(view.features[rest], centers).min(1)
+    got = sel.scores[np.searchsorted(view.unlabeled, rest)]
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_coreset_prefers_unlabeled_clusters():
+    rng = np.random.default_rng(5)
+    n_clusters, per, dim = 6, 40, 16
+    centers = _normalise(rng.normal(size=(n_clusters, dim)))
+    feats = _normalise(np.repeat(centers, per, axis=0) + 0.03 * rng.normal(size=(n_clusters * per, dim)))
+    cluster = np.repeat(np.arange(n_clusters), per)
+    labeled = np.concatenate([np.flatnonzero(cluster == c)[:5] for c in range(3)]).astype(np.int64)
+    unlabeled = np.setdiff1d(np.arange(n_clusters * per), labeled).astype(np.int64)
+    view = PoolView(np.full((unlabeled.size, 3), 1 / 3, np.float32), feats, labeled, unlabeled,
+                    np.zeros(labeled.size, np.int64), 3, 1)
+    sel = select("coreset", view, 3, np.random.default_rng(0))
+    assert sorted(cluster[sel.chosen].tolist()) == [3, 4, 5]
+
+
+def test_kcenter_memory_is_linear_in_the_pool():
+    rng = np.random.default_rng(6)
+    n, dim, n_l = 12000, 8, 6000
+    feats = _normalise(rng.normal(size=(n, dim)))
+    labeled = np.arange(n_l, dtype=np.int64)
+    unlabeled = np.arange(n_l, n, dtype=np.int64)
+    tracemalloc.start()
+    try:
+        picks, scores = kcenter_greedy(feats, labeled, unlabeled, 10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    full_matrix = (n - n_l) * n_l * 4  # what one unlabeled x labeled float32 matrix would take
+    assert peak < full_matrix / 2, (peak, full_matrix)
+    assert picks.shape == (10,) and scores.shape == (n - n_l,)
+
+
+def test_kcenter_blocks_do_not_change_the_answer(monkeypatch):
+    view = make_view(n=400, n_labeled=70, dim=16, seed=9)
+    ref = kcenter_greedy(view.features, view.labeled, view.unlabeled, 30)
+    monkeypatch.setattr(st, "_BLOCK_ROWS", 16)
+    monkeypatch.setattr(st, "_BLOCK_COLS", 7)
+    small = kcenter_greedy(view.features, view.labeled, view.unlabeled, 30)
+    assert np.array_equal(ref[0], small[0])
+    assert np.allclose(ref[1], small[1], atol=1e-5)
+
+
+def test_kcenter_exact_duplicates_are_picked_once():
+    base = _normalise(np.random.default_rng(10).normal(size=(20, 4)))
+    feats = np.concatenate([base, base])  # every point twice
+    picks, _ = kcenter_greedy(feats, np.array([0], np.int64), np.arange(1, 40, dtype=np.int64), 39)
+    assert np.unique(picks).size == 39
+
+
+# --------------------------------------------------------------------------- ceal
+
+
+def _ceal_view(cycle: int) -> PoolView:
+    probs = np.array(
+        [
+            [0.25, 0.25, 0.25, 0.25],  # H/log C = 1     uncertain -> chosen
+            [0.997, 0.001, 0.001, 0.001],  # 0.0169     confident
+            [0.001, 0.001, 0.99, 0.008],  # 0.0432     confident unless the threshold decayed
+            [0.4, 0.3, 0.2, 0.1],  # 0.92        neither
+            [0.001, 0.999, 0.0, 0.0],  # 0.0057     confident
+        ],
+        dtype=np.float32,
+    )
+    unl = np.array([4, 8, 2, 6, 0], dtype=np.int64)
+    return PoolView(probs, np.zeros((10, 2), np.float32), np.array([1, 3], np.int64), unl,
+                    np.array([0, 1], np.int64), 4, cycle)
+
+
+def test_ceal_pseudo_labels_only_confident_rows():
+    sel = select("ceal", _ceal_view(0), 1, np.random.default_rng(0))
+    assert sel.chosen.tolist() == [4]
+    assert sel.pseudo_positions.tolist() == [0, 2, 8]
+    assert sel.pseudo_labels.tolist() == [1, 2, 0]
+    assert not np.isin(sel.chosen, sel.pseudo_positions).any()
+    assert np.array_equal(sel.scores, entropy(_ceal_view(0).probs).astype(np.float32))
+
+
+def test_ceal_threshold_decays_with_cycle():
+    # 0.1 - 0.00033 * 200 = 0.034 < 0.0432: the row at position 2 drops out
+    sel = select("ceal", _ceal_view(200), 1, np.random.default_rng(0))
+    assert sel.pseudo_positions.tolist() == [0, 8]
+    # threshold floored at 0: nothing is pseudo-labelled
+    assert select("ceal", _ceal_view(1000), 1, np.random.default_rng(0)).pseudo_positions.size == 0
+    # params override the defaults
+    sel = select("ceal", _ceal_view(1), 1, np.random.default_rng(0), {"threshold": 0.01, "decay": 0.001})
+    assert sel.pseudo_positions.tolist() == [0]
+
+
+def test_ceal_never_pseudo_labels_a_chosen_row():
+    sel = select("ceal", _ceal_view(0), 5, np.random.default_rng(0))  # every row chosen
+    assert sorted(sel.chosen.tolist()) == [0, 2, 4, 6, 8] and sel.pseudo_positions.size == 0
+
+
+def test_ceal_rejects_bad_params():
+    with pytest.raises(UserError, match="active.params.threshold"):
+        select("ceal", _ceal_view(0), 1, np.random.default_rng(0), {"threshold": 2.0})
+
+
+# --------------------------------------------------------------------------- registry and contract
+
+
+def test_unknown_strategy_lists_valid_names():
+    with pytest.raises(UserError) as err:
+        get_strategy("badge")
+    assert str(err.value) == "active.strategy: unknown strategy 'badge'; valid: ceal, coreset, jlp, random, uncertainty"
+    assert err.value.exit_code == 2
+    assert set(st.STRATEGIES) == {"random", "uncertainty", "coreset", "ceal", "jlp"}
+
+
+def _available() -> list[str]:
+    names = ["random", "uncertainty", "coreset", "ceal"]
+    try:
+        if hasattr(importlib.import_module("alctl.propagate"), "jlp_select"):
+            names.append("jlp")
+    except ImportError:
+        pass
+    return names
+
+
+@pytest.mark.parametrize("name", ["random", "uncertainty", "coreset", "ceal", "jlp"])
+def test_budget_larger_than_pool_is_a_user_error(name):
+    view = make_view(n=30, n_labeled=10)
+    with pytest.raises(UserError, match="active.budget"):
+        select(name, view, 21, np.random.default_rng(0))
+    with pytest.raises(UserError, match="active.budget"):
+        get_strategy(name)(view, 21, np.random.default_rng(0), {})
+
+
+@pytest.mark.parametrize("name", ["random", "uncertainty", "coreset", "ceal", "jlp"])
+def test_selection_contract(name):
+    if name not in _available():
+        pytest.skip("alctl.propagate.jlp_select is not available")
+    view = make_view(n=120, n_labeled=20, seed=11)
+    for budget in (0, 1, 17, 100):
+        sel = select(name, view, budget, np.random.default_rng(1))
+        assert isinstance(sel, Selection)
+        assert sel.chosen.dtype == np.int64 and sel.chosen.shape == (budget,)
+        assert np.unique(sel.chosen).size == budget
+        assert np.isin(sel.chosen, view.unlabeled).all()
+        assert sel.scores.shape == view.unlabeled.shape and sel.scores.dtype == np.float32
+        assert np.isfinite(sel.scores).all()
+        assert sel.pseudo_positions.shape == sel.pseudo_labels.shape
+        assert np.isin(sel.pseudo_positions, view.unlabeled).all()
+
+
+def test_exact_refinement_matches_scipy_distances():
+    rng = np.random.default_rng(12)
+    rows, centers = _normalise(rng.normal(size=(7, 32))), _normalise(rng.normal(size=(50, 32)))
+    c_sq = (centers.astype(np.float64) ** 2).sum(1).astype(np.float32)
+    got = st._exact_min_dist(rows, centers, c_sq, 1e-4)
+    assert np.array_equal(got, distance_matrix(rows, centers).min(axis=1))
+
+
+def test_non_finite_inputs_are_reported():
+    from alctl.errors import AlctlError
+
+    view = make_view(n=40, n_labeled=5)
+    bad = PoolView(np.full_like(view.probs, np.nan), view.features, view.labeled, view.unlabeled,
+                   view.labels, view.num_classes, 0)
+    with pytest.raises(AlctlError, match="NaN"):
+        select("uncertainty", bad, 3, np.random.default_rng(0))
+    feats = view.features.copy()
+    feats[view.unlabeled[0], 0] = np.inf
+    bad = PoolView(view.probs, feats, view.labeled, view.unlabeled, view.labels, view.num_classes, 0)
+    with pytest.raises(AlctlError, match="NaN"):
+        select("coreset", bad, 3, np.random.default_rng(0))
