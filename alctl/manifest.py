@@ -35,8 +35,9 @@ class _Section(BaseModel):
 class DatasetConfig(_Section):
     """Which images; files live under `root`."""
 
-    name: Literal["mnist5k", "digits", "mnist", "svhn", "cifar10", "cifar100"] = Field(
-        "mnist5k", description="dataset registry name; mnist5k and digits ship with packages (offline)"
+    name: Literal["mnist5k", "digits", "mnist", "svhn", "cifar10", "cifar100", "imagefolder"] = Field(
+        "mnist5k",
+        description="dataset registry name; mnist5k and digits ship with packages (offline); imagefolder = your own images",
     )
     root: str = Field("data", description="directory holding (or receiving) the dataset files")
     download: bool = Field(False, description="download missing files (needs internet)")
@@ -44,6 +45,21 @@ class DatasetConfig(_Section):
         None, ge=4, le=512, description="pixels; pad (if larger) or resize images to this square size; null = native"
     )
     channels: Literal[1, 3] | None = Field(None, description="replicate grey images to 3 channels when 3; null = native")
+    pool: str | None = Field(
+        None, description="imagefolder: folder of unlabeled PNG/JPEG images (any nesting), relative to root"
+    )
+    labeled: str | None = Field(
+        None, description="imagefolder: folder tree class_name/* of already labeled images (the initial set); null = none"
+    )
+    test: str | None = Field(
+        None, description="imagefolder: folder tree class_name/* of test images; null = no test accuracy"
+    )
+    truth: str | None = Field(
+        None, description="imagefolder: CSV (path,label) of true labels of pool images, for the simulated oracle"
+    )
+    classes: list[str] | None = Field(
+        None, description="imagefolder: class names in index order; null = the folder names of labeled/test, sorted"
+    )
 
 
 class ModelConfig(_Section):
@@ -89,7 +105,11 @@ class ActiveConfig(_Section):
         "random", description="acquisition function"
     )
     ceal: CealConfig = Field(default_factory=CealConfig, description="CEAL parameters")
-    oracle: Literal["simulated"] = Field("simulated", description="who labels: simulated = ground truth")
+    oracle: Literal["simulated", "human"] = Field(
+        "simulated",
+        description="who labels: simulated = ground truth answers at once; human = `alctl cycle` stops after each"
+        " selection until `alctl label` imports the annotations",
+    )
 
 
 class SemiConfig(_Section):
@@ -119,6 +139,27 @@ class PretrainConfig(_Section):
     pca: int | None = Field(None, ge=2, description="PCA-whiten features to this dimension before k-means; null = off")
 
 
+class SchedulerConfig(_Section):
+    """How `alctl submit` renders cluster jobs (Slurm array / Kubernetes Indexed Job); options override these."""
+
+    partition: str | None = Field(None, description="Slurm partition; null = the cluster's default")
+    time: str = Field("24:00:00", description="wall-clock limit per task, HH:MM:SS (Slurm --time, k8s activeDeadlineSeconds)")
+    gpus: int = Field(1, ge=0, description="GPUs per task")
+    cpus: int = Field(4, ge=1, description="CPU cores per task")
+    memory: str = Field("16G", description="memory per task, e.g. 16G (Slurm --mem; k8s 16Gi)")
+    image: str | None = Field(
+        None, description="container image; Slurm runs through it with --container when set; required for k8s"
+    )
+    max_parallel: int | None = Field(None, ge=1, description="tasks running at once (Slurm %N, k8s parallelism); null = all")
+    namespace: str = Field("default", description="Kubernetes namespace")
+    runs_claim: str | None = Field(
+        None, description="Kubernetes PersistentVolumeClaim holding the runs directory; null = a hostPath at output"
+    )
+    data_claim: str | None = Field(None, description="Kubernetes PersistentVolumeClaim holding dataset.root; null = hostPath")
+    backoff_limit: int = Field(3, ge=0, description="Kubernetes retries per index (backoffLimitPerIndex)")
+    signal_seconds: int = Field(120, ge=0, description="seconds of warning before a kill (Slurm --signal, k8s grace period)")
+
+
 class Manifest(_Section):
     """One experiment: everything a run needs."""
 
@@ -132,6 +173,7 @@ class Manifest(_Section):
     active: ActiveConfig = Field(default_factory=ActiveConfig, description="active learning loop")
     semi: SemiConfig = Field(default_factory=SemiConfig, description="semi-supervision")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="unsupervised pre-training")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="cluster job settings")
     sweep: dict[str, list[Any]] = Field(
         default_factory=dict, description="grid: dotted field path -> list of values, crossed with repetitions"
     )
@@ -148,15 +190,36 @@ class Manifest(_Section):
 def cross_field_problems(m: Manifest) -> list[str]:
     """Cross-field problems of a configuration, one line each, naming the fields."""
     problems: list[str] = []
-    _, pool = DATASET_FACTS[m.dataset.name]
-    total = m.active.initial + m.active.budget * (m.active.cycles - 1)
-    if m.active.initial > pool:
-        problems.append(f"active.initial: {m.active.initial} is larger than the {m.dataset.name} pool ({pool} images)")
-    elif total > pool:
-        problems.append(
-            f"active.budget: initial {m.active.initial} + budget {m.active.budget} x {m.active.cycles - 1} selections"
-            f" = {total} exceeds the {m.dataset.name} pool ({pool} images)"
-        )
+    d = m.dataset
+    if d.name == "imagefolder":
+        if d.pool is None:
+            problems.append("dataset.pool: imagefolder needs the folder of unlabeled images (relative to dataset.root)")
+        if d.image_size is None:
+            problems.append("dataset.image_size: imagefolder needs a size (pixels) to resize every image to")
+        if d.classes is None and d.labeled is None and d.test is None:
+            problems.append("dataset.classes: imagefolder needs class names, or a labeled/test folder tree to read them from")
+        if m.active.oracle == "simulated" and d.truth is None:
+            problems.append(
+                "active.oracle: simulated needs true labels of the pool images: set dataset.truth (CSV path,label)"
+                " or use oracle: human"
+            )
+    else:
+        for key in ("pool", "labeled", "test", "truth", "classes"):
+            if getattr(d, key) is not None:
+                problems.append(f"dataset.{key}: only for dataset.name: imagefolder (got {d.name})")
+    facts = DATASET_FACTS.get(d.name)
+    if facts is not None:
+        _, pool = facts
+        total = m.active.initial + m.active.budget * (m.active.cycles - 1)
+        if m.active.initial > pool:
+            problems.append(f"active.initial: {m.active.initial} is larger than the {d.name} pool ({pool} images)")
+        elif total > pool:
+            problems.append(
+                f"active.budget: initial {m.active.initial} + budget {m.active.budget} x {m.active.cycles - 1} selections"
+                f" = {total} exceeds the {d.name} pool ({pool} images)"
+            )
+        if m.semi.method == "label-propagation" and m.semi.k >= pool:
+            problems.append(f"semi.k: {m.semi.k} neighbours needs a pool larger than {pool}")
     if m.active.strategy == "ceal" and m.semi.method == "label-propagation":
         problems.append(
             "active.strategy: ceal does not combine with semi.method: label-propagation"
@@ -166,8 +229,6 @@ def cross_field_problems(m: Manifest) -> list[str]:
         problems.append(
             f"semi.labeled_per_batch: {m.semi.labeled_per_batch} must be smaller than semi.batch_size {m.semi.batch_size}"
         )
-    if m.semi.method == "label-propagation" and m.semi.k >= pool:
-        problems.append(f"semi.k: {m.semi.k} neighbours needs a pool larger than {pool}")
     return problems
 
 

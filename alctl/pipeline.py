@@ -78,8 +78,9 @@ def train_spec(config: mf.Manifest) -> TrainSpec:
 
 
 def task_config_hash(config: mf.Manifest) -> str:
-    """Hash of what determines a task's results (the resolved config without name/output/sweep/repetitions)."""
-    return mf.manifest_hash(config.model_copy(update={"name": "", "output": "", "sweep": {}, "repetitions": 1}))
+    """Hash of what determines a task's results (the resolved config without name/output/sweep/repetitions/scheduler)."""
+    neutral = {"name": "", "output": "", "sweep": {}, "repetitions": 1, "scheduler": mf.SchedulerConfig()}
+    return mf.manifest_hash(config.model_copy(update=neutral))
 
 
 def select_task(tasks: list[mf.Task], index: int | None) -> list[mf.Task]:
