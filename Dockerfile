@@ -11,12 +11,13 @@ WORKDIR /opt/alctl
 COPY pyproject.toml README.md ./
 COPY alctl ./alctl
 RUN pip install --no-cache-dir . \
-    && useradd --create-home --uid 1000 alctl \
+    && useradd --create-home --uid 1000 --user-group alctl \
     && mkdir -p /work/runs /work/data \
     && chown -R alctl:alctl /work
 COPY --chown=alctl:alctl manifests /work/manifests
 
-USER alctl
+# numeric uid:gid of the alctl user created above (resolvable without the image's /etc/passwd)
+USER 1000:1000
 WORKDIR /work
 VOLUME ["/work/runs", "/work/data"]
 ENTRYPOINT ["alctl"]

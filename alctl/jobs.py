@@ -1,0 +1,514 @@
+"""Slurm / Kubernetes job specs from a manifest: pure renderers (manifest -> text) and `alctl submit`.
+
+One scheduler index runs one task: `alctl cycle MANIFEST --quiet` reads SLURM_ARRAY_TASK_ID (Slurm array)
+or JOB_COMPLETION_INDEX (Kubernetes Indexed Job) and runs only that task of `manifest.tasks(m)`.
+
+Slurm (`render_slurm`): a bash batch script for `sbatch`, `--array=0-(N-1)[%max_parallel]`, logs in
+`<run dir>/logs/%A_%a.out` (append mode, so a requeued task keeps one log). The batch shell gets SIGUSR1
+`signal_seconds` before the time limit (`--signal=B:USR1@S`) and forwards it (and SIGTERM) to alctl, which
+checkpoints and exits 3; on exit 3 after the warning the script requeues its own array task so it resumes
+where it stopped. Without an image the script runs the alctl executable the submitter ran (absolute path);
+with an image it runs `alctl` inside it through Apptainer (or Singularity): `apptainer exec [--nv]
+--bind WORKDIR docker://IMAGE alctl cycle ...` (a reference with `://`, an absolute path or a `.sif` file is
+used as given).
+
+Kubernetes (`render_k8s`): one YAML stream of a ConfigMap `alctl-<name>-manifest` holding the manifest file
+as written, under its own file name (so a manifest without `name:` still gets the run name from its stem),
+and a batch/v1 Indexed Job `alctl-<name>` whose container (`scheduler.image`, required) runs
+`alctl cycle /etc/alctl/<file> --quiet` in /work. The ConfigMap is mounted read-only at /etc/alctl.
+The runs directory (`output`) and `dataset.root` are mounted at /work/<path> (or at the same absolute path)
+from the PersistentVolumeClaims `scheduler.runs_claim` / `scheduler.data_claim`, else from hostPaths at
+WORKDIR/<path> (only meaningful on a one-node cluster or a filesystem every node shares). `scheduler.time`
+becomes the pod's `activeDeadlineSeconds` (per task, like Slurm's --time; not the whole Job's), and
+`signal_seconds` its `terminationGracePeriodSeconds` (SIGTERM, then SIGKILL). A pod that exits 3
+(checkpointed on SIGTERM) or is disrupted does not count against `backoffLimitPerIndex` (podFailurePolicy
+Ignore): its index is simply restarted and resumes. The Job needs Kubernetes >= 1.29 (backoffLimitPerIndex).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from alctl import manifest as mf
+from alctl.errors import AlctlError, UserError
+from alctl.store import atomic_write_bytes
+
+TARGETS = ("slurm", "k8s")
+POD_WORKDIR = "/work"
+POD_MANIFEST_DIR = "/etc/alctl"
+POD_MANIFEST_KEY = "manifest.yaml"
+CONTAINER_NAME = "alctl"
+PREEMPTED_EXIT_CODE = 3
+SUBMIT_TIMEOUT_S = 120
+
+# CLI option names for scheduler fields (error messages name what the user typed).
+OPTION_NAMES: dict[str, str] = {
+    "partition": "--partition",
+    "time": "--time",
+    "gpus": "--gpus",
+    "cpus": "--cpus",
+    "memory": "--memory",
+    "image": "--image",
+    "max_parallel": "--parallel",
+    "namespace": "--namespace",
+}
+
+_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+_MEMORY_RE = re.compile(r"^(\d+)\s*(?:([KMGT])i?B?)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What `submit_command` did: the spec written and, with --run, the scheduler's answer."""
+
+    target: str
+    path: Path
+    tasks: int
+    job_id: str | None = None
+    applied: str | None = None
+
+    def lines(self) -> list[str]:
+        """Human-readable report lines for the CLI."""
+        kind = "Slurm job array" if self.target == "slurm" else "Kubernetes Indexed Job"
+        out = [f"wrote {self.path}: {kind} of {self.tasks} task{'s' if self.tasks != 1 else ''}"]
+        if self.job_id is not None:
+            out.append(f"submitted Slurm job {self.job_id}")
+        if self.applied:
+            out.extend(line for line in self.applied.splitlines() if line.strip())
+        return out
+
+
+def _where(field: str, overridden: set[str]) -> str:
+    """Name a scheduler field as the user set it: the CLI option when overridden, else scheduler.<field>."""
+    return OPTION_NAMES.get(field, f"scheduler.{field}") if field in overridden else f"scheduler.{field}"
+
+
+def resolve_scheduler(m: mf.Manifest, overrides: Mapping[str, Any] | None = None) -> mf.SchedulerConfig:
+    """The manifest's scheduler section with non-None overrides applied and validated (options win)."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(mf.SchedulerConfig.model_fields))
+    if unknown:
+        raise UserError(*(f"scheduler.{k}: not a scheduler setting" for k in unknown))
+    data = m.scheduler.model_dump()
+    data.update(given)
+    problems: list[str] = []
+    try:
+        sched = mf.SchedulerConfig.model_validate(data)
+    except ValidationError as err:
+        sched = None
+        for e in err.errors():
+            field = str(e["loc"][0]) if e["loc"] else "scheduler"
+            problems.append(f"{_where(field, set(given))}: {e['msg']} (got {e.get('input')!r})")
+    for field, check in (("time", time_seconds), ("memory", memory_parts)):
+        if isinstance(data.get(field), str):
+            try:
+                check(data[field], _where(field, set(given)))
+            except UserError as e:
+                problems.extend(e.problems)
+    if problems or sched is None:
+        raise UserError(*problems)
+    return sched
+
+
+def time_seconds(value: str, where: str = "scheduler.time") -> int | None:
+    """Seconds of a Slurm time limit (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); None for UNLIMITED/INFINITE."""
+    text = value.strip()
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    match = _TIME_RE.match(text)
+    if not match:
+        raise UserError(f"{where}: {value!r} is not a time limit; use HH:MM:SS, MM, MM:SS or D-HH[:MM[:SS]]")
+    days, a, b, c = match.groups()
+    nums = [int(x) for x in (a, b, c) if x is not None]
+    if days is not None:
+        hours, minutes, seconds = (nums + [0, 0])[:3]
+        total = int(days) * 86400 + hours * 3600 + minutes * 60 + seconds
+    elif len(nums) == 3:
+        total = nums[0] * 3600 + nums[1] * 60 + nums[2]
+    elif len(nums) == 2:
+        total = nums[0] * 60 + nums[1]
+    else:
+        total = nums[0] * 60
+    if total <= 0:
+        raise UserError(f"{where}: {value!r} is zero; give a positive time limit")
+    return total
+
+
+def memory_parts(value: str, where: str = "scheduler.memory") -> tuple[int, str]:
+    """Amount and unit (K, M, G or T; Slurm's default unit is M) of a memory size such as 16G or 16Gi."""
+    match = _MEMORY_RE.match(value.strip())
+    if not match or int(match.group(1)) <= 0:
+        raise UserError(f"{where}: {value!r} is not a memory size; use a positive integer with K, M, G or T, e.g. 16G")
+    return int(match.group(1)), (match.group(2) or "M").upper()
+
+
+def k8s_name(name: str, limit: int = 40) -> str:
+    """A DNS-1123 label made from a run name: lowercase alphanumerics and '-', at most `limit` characters."""
+    label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:limit].strip("-")
+    return label or "run"
+
+
+def _pod_path(path: str) -> str:
+    """Where a manifest path (output, dataset.root) lives inside the pod: absolute as is, else under /work."""
+    return posixpath.normpath(path if posixpath.isabs(path) else posixpath.join(POD_WORKDIR, path))
+
+
+def _host_path(path: str, workdir: str) -> str:
+    """The absolute path of a manifest path on the submitting machine."""
+    return posixpath.normpath(path if posixpath.isabs(path) else posixpath.join(workdir, path))
+
+
+def _check_directive(value: str, what: str) -> str:
+    """A value for an #SBATCH line: no whitespace (sbatch splits directives on it)."""
+    if not value or any(ch.isspace() for ch in value):
+        raise UserError(f"{what}: {value!r} contains whitespace, which an #SBATCH line cannot hold; use a path without spaces")
+    return value
+
+
+def _container_ref(image: str) -> str:
+    """An Apptainer image reference: docker://IMAGE unless already a URI, an absolute path or a .sif file."""
+    if "://" in image or image.startswith("/") or image.endswith(".sif"):
+        return image
+    return f"docker://{image}"
+
+
+def render_slurm(
+    m: mf.Manifest,
+    manifest_path: str,
+    executable: Sequence[str],
+    workdir: str,
+    sched: mf.SchedulerConfig | None = None,
+) -> str:
+    """The sbatch script (text) running one task per array index; pure: paths are explicit arguments."""
+    sched = sched or m.scheduler
+    n = len(mf.tasks(m))
+    run = _host_path(str(mf.run_dir(m)), workdir)
+    log = _check_directive(posixpath.join(run, "logs", "%A_%a.out"), "output")
+    _check_directive(workdir, "working directory")
+    array = f"0-{n - 1}" + (f"%{sched.max_parallel}" if sched.max_parallel else "")
+    amount, unit = memory_parts(sched.memory)
+    seconds = time_seconds(sched.time)
+    directives = [
+        f"--job-name=alctl-{re.sub(r'[^A-Za-z0-9_.-]+', '-', m.name or 'run')}",
+        f"--array={array}",
+        f"--time={sched.time.strip() if seconds is not None else 'UNLIMITED'}",
+    ]
+    if sched.partition:
+        directives.append(f"--partition={_check_directive(sched.partition, 'scheduler.partition')}")
+    directives += [
+        "--ntasks=1",
+        f"--cpus-per-task={sched.cpus}",
+        f"--mem={amount}{unit}",
+    ]
+    if sched.gpus > 0:
+        directives.append(f"--gres=gpu:{sched.gpus}")
+    directives += [f"--chdir={workdir}", f"--output={log}", "--open-mode=append"]
+    if sched.signal_seconds > 0:
+        directives.append(f"--signal=B:USR1@{sched.signal_seconds}")
+    directives.append("--requeue")
+
+    args = ["cycle", manifest_path, "--quiet"]
+    if sched.image:
+        binds = [workdir]
+        for path in (m.output, m.dataset.root):
+            host = _host_path(path, workdir)
+            if not (host == workdir or host.startswith(workdir.rstrip("/") + "/")) and host not in binds:
+                binds.append(host)
+        runtime_lines = [
+            "if command -v apptainer >/dev/null 2>&1; then container=apptainer; else container=singularity; fi",
+        ]
+        command = ['"$container"', "exec"] + (["--nv"] if sched.gpus > 0 else [])
+        command += ["--bind", shlex.quote(",".join(binds)), "--pwd", shlex.quote(workdir)]
+        command += [shlex.quote(_container_ref(sched.image)), "alctl"] + [shlex.quote(a) for a in args]
+        run_line = " ".join(command) + " &"
+        runner = f"the container {sched.image} (alctl inside it)"
+    else:
+        runtime_lines = []
+        run_line = shlex.join([*executable, *args]) + " &"
+        runner = shlex.join(executable)
+
+    lines = [
+        "#!/bin/bash",
+        f"# Rendered by `alctl submit --to slurm` for run '{m.name}': {n} tasks, array index i runs task i.",
+        f"# Manifest: {manifest_path}; runs {runner}. Submit with: sbatch <this file>",
+        *(f"#SBATCH {d}" for d in directives),
+        "",
+        "set -u",
+        f"cd {shlex.quote(workdir)} || exit 2",
+        'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"',
+        "",
+        "# SIGUSR1 (time limit near) and SIGTERM reach this shell: forward them so alctl checkpoints and exits "
+        f"{PREEMPTED_EXIT_CODE}.",
+        "warned=0",
+        'child=""',
+        'pending=""',
+        'forward() { if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null; else pending="$1"; fi; }',
+        "trap 'warned=1; forward USR1' USR1",
+        "trap 'forward TERM' TERM",
+        "",
+        *runtime_lines,
+        run_line,
+        "child=$!",
+        'if [ -n "$pending" ]; then kill -s "$pending" "$child" 2>/dev/null; fi  # signalled before $! was known',
+        "while :; do",
+        '  wait "$child"',
+        "  status=$?",
+        '  kill -0 "$child" 2>/dev/null || break  # still alive: wait was interrupted by a signal',
+        "done",
+        "",
+        f"# Exit {PREEMPTED_EXIT_CODE} after the time-limit warning: checkpointed; requeue this array task so it resumes.",
+        f'if [ "$status" -eq {PREEMPTED_EXIT_CODE} ] && [ "$warned" -eq 1 ] && [ -n "${{SLURM_ARRAY_JOB_ID:-}}" ] \\',
+        "    && command -v scontrol >/dev/null 2>&1; then",
+        '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" && exit 0',
+        "fi",
+        'exit "$status"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """A YAML dumper writing multi-line strings as literal blocks (readable ConfigMap data), no anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        """Repeat shared values (labels) instead of writing YAML anchors."""
+        return True
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    """Literal block style for multi-line strings, plain otherwise."""
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_LiteralDumper.add_representer(str, _str_representer)
+
+
+_CONFIG_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def configmap_source(m: mf.Manifest, source: tuple[str, str] | None) -> tuple[str, str]:
+    """(file name, text) for the ConfigMap: the manifest file as written when its name is a valid key.
+
+    The pod loads the file under the same name, so a manifest without `name:` still gets the run name from
+    its file stem; otherwise (no source, or a name a ConfigMap key cannot hold) the resolved manifest is used.
+    """
+    if source is not None:
+        filename, text = source
+        if _CONFIG_KEY_RE.match(filename) and filename not in (".", ".."):
+            return filename, text
+    return POD_MANIFEST_KEY, mf.to_yaml(m)
+
+
+def k8s_objects(
+    m: mf.Manifest,
+    workdir: str,
+    sched: mf.SchedulerConfig | None = None,
+    source: tuple[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The ConfigMap (manifest file) and the Indexed Job as plain dicts; pure (`source` = file name, text)."""
+    sched = sched or m.scheduler
+    if not sched.image:
+        raise UserError(
+            "scheduler.image: a container image is required for --to k8s; set scheduler.image in the manifest or pass --image"
+        )
+    n = len(mf.tasks(m))
+    base = k8s_name(m.name)
+    job_name = f"alctl-{base}"
+    config_name = f"{job_name}-manifest"
+    labels = {"app.kubernetes.io/name": "alctl", "app.kubernetes.io/instance": base}
+    amount, unit = memory_parts(sched.memory)
+    memory = f"{amount}{unit}i"
+    requests: dict[str, Any] = {"cpu": str(sched.cpus), "memory": memory}
+    limits: dict[str, Any] = {"cpu": str(sched.cpus), "memory": memory}
+    if sched.gpus > 0:
+        limits["nvidia.com/gpu"] = sched.gpus
+
+    key, text = configmap_source(m, source)
+    manifest_file = posixpath.join(POD_MANIFEST_DIR, key)
+    mounts: list[dict[str, Any]] = [{"name": "manifest", "mountPath": POD_MANIFEST_DIR, "readOnly": True}]
+    volumes: list[dict[str, Any]] = [{"name": "manifest", "configMap": {"name": config_name}}]
+    for vol, path, claim in (("runs", m.output, sched.runs_claim), ("data", m.dataset.root, sched.data_claim)):
+        mount_path = _pod_path(path)
+        if any(mt["mountPath"] == mount_path for mt in mounts):
+            continue
+        mounts.append({"name": vol, "mountPath": mount_path})
+        if claim:
+            volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": claim}})
+        else:
+            volumes.append({"name": vol, "hostPath": {"path": _host_path(path, workdir), "type": "DirectoryOrCreate"}})
+
+    pod_spec: dict[str, Any] = {"restartPolicy": "Never"}
+    seconds = time_seconds(sched.time)
+    if seconds is not None:
+        pod_spec["activeDeadlineSeconds"] = seconds
+    pod_spec["terminationGracePeriodSeconds"] = sched.signal_seconds
+    pod_spec["containers"] = [
+        {
+            "name": CONTAINER_NAME,
+            "image": sched.image,
+            "command": ["alctl"],
+            "args": ["cycle", manifest_file, "--quiet"],
+            "workingDir": POD_WORKDIR,
+            "env": [{"name": "OMP_NUM_THREADS", "value": str(sched.cpus)}],
+            "resources": {"requests": requests, "limits": limits},
+            "volumeMounts": mounts,
+        }
+    ]
+    pod_spec["volumes"] = volumes
+
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": config_name, "namespace": sched.namespace, "labels": labels},
+        "data": {key: text},
+    }
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job_name, "namespace": sched.namespace, "labels": labels},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": n,
+            "parallelism": min(sched.max_parallel or n, n),
+            "backoffLimitPerIndex": sched.backoff_limit,
+            "backoffLimit": n * (sched.backoff_limit + 1),
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "Ignore",
+                        "onExitCodes": {
+                            "containerName": CONTAINER_NAME,
+                            "operator": "In",
+                            "values": [PREEMPTED_EXIT_CODE],
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                ]
+            },
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+    return [configmap, job]
+
+
+def render_k8s(
+    m: mf.Manifest,
+    workdir: str,
+    sched: mf.SchedulerConfig | None = None,
+    source: tuple[str, str] | None = None,
+) -> str:
+    """The ConfigMap + Indexed Job as one YAML stream (text); pure: the host working directory is explicit."""
+    objects = k8s_objects(m, workdir, sched, source)
+    header = (
+        f"# Rendered by `alctl submit --to k8s` for run '{m.name}': {len(mf.tasks(m))} tasks,"
+        " completion index i runs task i.\n# Apply with: kubectl apply -f <this file>\n"
+    )
+    body = yaml.dump_all(objects, Dumper=_LiteralDumper, sort_keys=False, explicit_start=True, width=120, allow_unicode=True)
+    return header + body
+
+
+def default_executable() -> list[str]:
+    """The alctl command the user is running: the venv's bin/alctl beside this Python, else PATH, else `python -m`."""
+    beside = Path(os.path.abspath(sys.executable)).parent / "alctl"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    found = shutil.which("alctl")
+    if found:
+        return [os.path.abspath(found)]
+    return [os.path.abspath(sys.executable), "-m", "alctl.cli"]
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    """Collapse a tool's output to one line (for an error message)."""
+    line = "; ".join(part.strip() for part in text.splitlines() if part.strip()) or "no output"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _manifest_in_workdir(path: Path, workdir: Path) -> str:
+    """The manifest path as the job should name it: relative to the working directory when inside it."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return absolute.relative_to(os.path.abspath(workdir)).as_posix()
+    except ValueError:
+        return absolute.as_posix()
+
+
+def _run_tool(argv: list[str], workdir: Path, tool: str) -> str:
+    """Run a scheduler client; its failure is a user error quoting its stderr on one line."""
+    try:
+        proc = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise AlctlError(f"{tool}: no answer within {SUBMIT_TIMEOUT_S} s ({shlex.join(argv)})") from None
+    if proc.returncode != 0:
+        raise UserError(f"{tool} failed (exit {proc.returncode}): {_one_line(proc.stderr or proc.stdout)}")
+    return proc.stdout
+
+
+def submit_command(
+    manifest_path: str | Path,
+    to: str | None,
+    *,
+    run: bool = False,
+    out: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    workdir: Path | None = None,
+    executable: Sequence[str] | None = None,
+) -> SubmitResult:
+    """`alctl submit`: render the job spec, write it atomically and, with `run`, hand it to sbatch / kubectl."""
+    if to not in TARGETS:
+        shown = "missing" if to is None else repr(to)
+        raise UserError(f"--to: {shown}; choose one of {', '.join(TARGETS)}")
+    m = mf.load(manifest_path)
+    sched = resolve_scheduler(m, overrides)
+    workdir = Path(os.path.abspath(workdir or Path.cwd()))
+    run_path = mf.run_dir(m)
+    if to == "slurm":
+        text = render_slurm(
+            m, _manifest_in_workdir(Path(manifest_path), workdir), executable or default_executable(),
+            workdir.as_posix(), sched,
+        )
+        path = out or run_path / "jobs" / "slurm.sbatch"
+        mode = 0o755
+    else:
+        manifest_file = Path(manifest_path)
+        text = render_k8s(m, workdir.as_posix(), sched, (manifest_file.name, manifest_file.read_text()))
+        path = out or run_path / "jobs" / "k8s.yaml"
+        mode = 0o644
+    target = path if path.is_absolute() else workdir / path
+    if target.is_dir():
+        raise UserError(f"--out: {path} is a directory; give a file name")
+    atomic_write_bytes(target, text.encode())
+    os.chmod(target, mode)
+    n = len(mf.tasks(m))
+    if to == "slurm":
+        (workdir / run_path / "logs").mkdir(parents=True, exist_ok=True)  # Slurm does not create log directories
+    if not run:
+        return SubmitResult(to, path, n)
+    if to == "slurm":
+        sbatch = shutil.which("sbatch")
+        if sbatch is None:
+            raise UserError(f"--run: sbatch not found on PATH; the script is at {path}: run `sbatch {path}` on a Slurm login node")
+        answer = _run_tool([sbatch, "--parsable", str(target)], workdir, "sbatch").strip()
+        job_id = answer.split(";")[0].strip()
+        if not job_id:
+            raise AlctlError(f"sbatch printed no job id for {path}")
+        return SubmitResult(to, path, n, job_id=job_id)
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise UserError(f"--run: kubectl not found on PATH; the spec is at {path}: run `kubectl apply -f {path}`")
+    applied = _run_tool([kubectl, "apply", "-f", str(target)], workdir, "kubectl apply")
+    return SubmitResult(to, path, n, applied=applied)
