@@ -100,13 +100,47 @@ def cycle(
 def select_cmd(
     manifest: ManifestArg,
     task: TaskOpt = None,
-    export: Annotated[Path | None, typer.Option("--export", help="directory receiving to_label.csv")] = None,
+    export: Annotated[
+        Path | None, typer.Option("--export", help="directory receiving to_label.csv and contact_sheet.png")
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """One acquisition step on the task's current model: print (and --export) the images to label next."""
     from alctl.pipeline import select_command
 
     select_command(manifest, task, export, _ui(quiet))
+
+
+@app.command()
+@handled
+def pretrain(manifest: ManifestArg, quiet: QuietOpt = False) -> None:
+    """DeepCluster pre-training of every encoder the manifest's +PRE tasks need (once; resumes)."""
+    from alctl.pipeline import pretrain_command
+
+    pretrain_command(manifest, _ui(quiet))
+
+
+@app.command()
+@handled
+def propagate(manifest: ManifestArg, task: TaskOpt = None, quiet: QuietOpt = False) -> None:
+    """Label propagation with the task's current model: pseudo-labels (and their accuracy when known) to the store."""
+    from alctl.pipeline import propagate_command
+
+    propagate_command(manifest, task, _ui(quiet))
+
+
+@app.command()
+@handled
+def label(
+    manifest: ManifestArg,
+    labels: Annotated[Path, typer.Option("--labels", "-l", help="CSV with sample_id and label columns", show_default=False)],
+    task: TaskOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Import a person's labels (by class name or index) for the task's pending selection; all or nothing."""
+    from alctl.pipeline import label_command
+
+    label_command(manifest, task, labels, _ui(quiet))
 
 
 @app.command()
@@ -119,8 +153,38 @@ def report(
     """Mean ± std of test accuracy over repetitions per strategy, variant and cycle."""
     from alctl.report import report as make_report
 
-    text = make_report(run_dir, format, plot)
+    text, missing = make_report(run_dir, format, plot)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if missing:  # on stderr, so that csv/json on stdout stay machine-readable
+        err.print(f"{len(missing)} tasks not finished (not in the table):", markup=False)
+        for line in missing:
+            err.print(f"  {line}", markup=False)
+
+
+@app.command()
+@handled
+def submit(
+    manifest: ManifestArg,
+    to: Annotated[str | None, typer.Option("--to", help="scheduler: slurm (sbatch array) or k8s (Indexed Job)")] = None,
+    run: Annotated[bool, typer.Option("--run", help="also submit: sbatch (prints the job id) or kubectl apply")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="spec file (default runs/<name>/jobs/slurm.sbatch | k8s.yaml)")] = None,
+    partition: Annotated[str | None, typer.Option("--partition", help="Slurm partition (scheduler.partition)")] = None,
+    time: Annotated[str | None, typer.Option("--time", help="limit per task, HH:MM:SS (scheduler.time)")] = None,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="GPUs per task (scheduler.gpus)")] = None,
+    cpus: Annotated[int | None, typer.Option("--cpus", help="CPU cores per task (scheduler.cpus)")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", "--mem", help="memory per task, e.g. 16G (scheduler.memory)")] = None,
+    image: Annotated[str | None, typer.Option("--image", help="container image; required for k8s (scheduler.image)")] = None,
+    parallel: Annotated[int | None, typer.Option("--parallel", help="tasks at once (scheduler.max_parallel)")] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", help="Kubernetes namespace (scheduler.namespace)")] = None,
+) -> None:
+    """Write a Slurm array / Kubernetes Indexed Job (one index per task); --run submits it."""
+    from alctl.jobs import submit_command
+
+    overrides = {"partition": partition, "time": time, "gpus": gpus, "cpus": cpus, "memory": memory,
+                 "image": image, "max_parallel": parallel, "namespace": namespace}
+    result = submit_command(manifest, to, run=run, out=out, overrides=overrides)
+    for line in result.lines():
+        typer.echo(line)
 
 
 def main() -> None:

@@ -125,6 +125,12 @@ class SemiConfig(_Section):
     batch_size: int = Field(128, ge=2, description="images per mixed mini-batch")
     labeled_per_batch: int = Field(50, ge=1, description="labeled images in each mixed mini-batch")
     knn: Literal["exact", "ivf", "hnsw"] = Field("exact", description="neighbour search; exact by default")
+    warmup: int = Field(
+        0, ge=0, description="epochs on labels only before the first propagation (0 = propagate from the first epoch)"
+    )
+    unlabeled_per_epoch: int | None = Field(
+        None, ge=1, description="pseudo-labeled images drawn per epoch; null = one pass over every unlabeled image"
+    )
 
 
 class PretrainConfig(_Section):
@@ -137,6 +143,9 @@ class PretrainConfig(_Section):
     lr: float = Field(0.02, gt=0, description="learning rate")
     batch_size: int = Field(128, ge=1, description="images per mini-batch")
     pca: int | None = Field(None, ge=2, description="PCA-whiten features to this dimension before k-means; null = off")
+    weights: str | None = Field(
+        None, description="encoder weights written by `alctl pretrain` (a .pt file) to use instead of training them"
+    )
 
 
 class SchedulerConfig(_Section):

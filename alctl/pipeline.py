@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import logging
+import json
 import resource
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,13 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from alctl import manifest as mf
 from alctl import runtime, store
 from alctl.data import DatasetSplits, load_dataset
-from alctl.errors import UserError
+from alctl.errors import Preempted, UserError
 from alctl.models import ConvLarge, build_model
 from alctl.strategies import PoolView, Selection, get_strategy, select
-from alctl.train import Targets, TrainSpec, evaluate, fit, predict
-
-log = logging.getLogger("alctl")
-
+from alctl.train import FitState, Semi, Targets, TrainSpec, evaluate, fit, make_optimizer, predict
 
 # ----------------------------------------------------------------------------- context
 
@@ -42,7 +40,11 @@ class Ui:
     def line(self, text: str) -> None:
         """Print a log line unless quiet."""
         if not self.quiet:
-            self.console.print(text, highlight=False, markup=False)
+            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def warn(self, text: str) -> None:
+        """Print a warning line, even when quiet."""
+        self.console.print(f"warning: {text}", highlight=False, markup=False, soft_wrap=True)
 
     @contextmanager
     def progress(self) -> Iterator[Progress]:
@@ -56,15 +58,29 @@ class Ui:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(name: str, root: str, download: bool, image_size: int | None, channels: int | None) -> DatasetSplits:
-    """Load (once per process) a dataset through the registry."""
-    return load_dataset(name, root=root, download=download, image_size=image_size, channels=channels)
+def _dataset(key: str) -> DatasetSplits:
+    """Load (once per process) a dataset from its config's canonical JSON."""
+    d = mf.DatasetConfig.model_validate_json(key)
+    return load_dataset(
+        d.name, root=d.root, download=d.download, image_size=d.image_size, channels=d.channels,
+        pool=d.pool, labeled=d.labeled, test=d.test, truth=d.truth, classes=d.classes,
+    )
 
 
 def dataset_for(config: mf.Manifest) -> DatasetSplits:
-    """The dataset of a task configuration."""
-    d = config.dataset
-    return _dataset(d.name, d.root, d.download, d.image_size, d.channels)
+    """The dataset of a task configuration (imagefolder: checks the pool is large enough)."""
+    ds = _dataset(config.dataset.model_dump_json())
+    a = config.active
+    if config.dataset.name == "imagefolder":
+        n = int(ds.train_labels.shape[0])
+        start = len(ds.initial_positions) if ds.initial_positions is not None and len(ds.initial_positions) else a.initial
+        need = start + a.budget * (a.cycles - 1)
+        if need > n:
+            raise UserError(
+                f"active.budget: {start} initial + budget {a.budget} x {a.cycles - 1} selections = {need} exceeds"
+                f" the {n} images found under dataset.pool"
+            )
+    return ds
 
 
 def train_spec(config: mf.Manifest) -> TrainSpec:
@@ -102,6 +118,11 @@ def write_run_manifest(m: mf.Manifest) -> Path:
     return run
 
 
+def task_dir(task: mf.Task) -> Path:
+    """runs/<name>/tasks/<task-key>."""
+    return mf.run_dir(task.config) / "tasks" / task.key
+
+
 def _check_task_dir(task: mf.Task, tdir: Path) -> str:
     """Write or compare the task's resolved config; a different config in the same directory is a user error."""
     h = task_config_hash(task.config)
@@ -117,6 +138,11 @@ def _check_task_dir(task: mf.Task, tdir: Path) -> str:
         store.atomic_write_bytes(tdir / "task.yaml", mf.to_yaml(task.config).encode())
         store.atomic_write_bytes(marker, (h + "\n").encode())
     return h
+
+
+def task_lock(task: mf.Task) -> store.Lock:
+    """The exclusive lock of one task directory."""
+    return store.Lock(task_dir(task) / ".lock", f"task {task.index} ({task.key})")
 
 
 # ----------------------------------------------------------------------------- pool state
@@ -135,30 +161,62 @@ def initial_labeled(labels: np.ndarray, n: int, num_classes: int, rng: np.random
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
+PENDING = "pending"  # label_source of images selected for a human annotator and not answered yet
+
+
 @dataclass
 class PoolState:
     """Current pool as arrays aligned with the dataset's train positions."""
 
-    label: np.ndarray  # [N] int64, -1 unlabeled
-    labeled_cycle: np.ndarray  # [N] int32, -1 unlabeled
-    source: np.ndarray  # [N] object str
+    label: np.ndarray  # [N] int64, -1 while unknown
+    labeled_cycle: np.ndarray  # [N] int32: cycle whose training first uses the label; -1 = not selected
+    source: np.ndarray  # [N] object str: initial | oracle | human | pending | ""
 
-    @property
-    def labeled(self) -> np.ndarray:
-        """Positions of labeled images [n_l]."""
-        return np.flatnonzero(self.labeled_cycle >= 0)
+    @classmethod
+    def empty(cls, n: int) -> "PoolState":
+        """A pool of n images, none selected."""
+        return cls(np.full(n, -1, np.int64), np.full(n, -1, np.int32), np.full(n, "", dtype=object))
+
+    def labeled_at(self, cycle: int) -> np.ndarray:
+        """Positions whose label is known and used by the training of `cycle` [n_l]."""
+        return np.flatnonzero((self.labeled_cycle >= 0) & (self.labeled_cycle <= cycle) & (self.label >= 0))
 
     @property
     def unlabeled(self) -> np.ndarray:
-        """Positions of unlabeled images [n_u]."""
+        """Positions never selected: the candidates of an acquisition [n_u]."""
         return np.flatnonzero(self.labeled_cycle < 0)
 
+    def pending(self, cycle: int | None = None) -> np.ndarray:
+        """Positions selected for a person and not labeled yet (for `cycle` when given) [m]."""
+        mask = self.source == PENDING
+        if cycle is not None:
+            mask &= self.labeled_cycle == cycle
+        return np.flatnonzero(mask)
+
+    def mark_selected(self, positions: np.ndarray, cycle: int) -> None:
+        """Record a selection whose labels the next `cycle` will use; labels come with `apply_labels`."""
+        self.labeled_cycle[positions] = cycle
+        self.label[positions] = -1
+        self.source[positions] = PENDING
+
+    def apply_labels(self, positions: np.ndarray, labels: np.ndarray, source: str) -> None:
+        """An annotator's answers (simulated oracle, person, or the initial set) for selected positions."""
+        self.label[positions] = labels
+        self.source[positions] = source
+
     def rollback(self, cycle: int) -> None:
-        """Forget labels acquired for cycles after `cycle` (work of an unfinished cycle)."""
+        """Forget selections made for cycles after `cycle` (work of an unfinished cycle)."""
         later = self.labeled_cycle > cycle
         self.label[later] = -1
         self.labeled_cycle[later] = -1
         self.source[later] = ""
+
+
+def positions_of(ds: DatasetSplits, sample_ids: np.ndarray) -> np.ndarray:
+    """Pool positions of sample ids (every id must exist) [m]."""
+    ids = ds.train_ids.numpy()
+    order = np.argsort(ids)
+    return order[np.searchsorted(ids, sample_ids, sorter=order)]
 
 
 def read_pool(ts: store.TaskStore, ds: DatasetSplits) -> PoolState | None:
@@ -166,11 +224,8 @@ def read_pool(ts: store.TaskStore, ds: DatasetSplits) -> PoolState | None:
     if not ts.exists("pool"):
         return None
     t = ts.read("pool")
-    ids = ds.train_ids.numpy()
-    order = np.argsort(ids)
-    pos = order[np.searchsorted(ids, t["sample_id"].to_numpy(), sorter=order)]
-    n = len(ids)
-    state = PoolState(np.full(n, -1, np.int64), np.full(n, -1, np.int32), np.full(n, "", dtype=object))
+    pos = positions_of(ds, t["sample_id"].to_numpy())
+    state = PoolState.empty(len(ds.train_ids))
     state.label[pos] = t["label"].to_numpy()
     state.labeled_cycle[pos] = t["labeled_cycle"].to_numpy()
     state.source[pos] = np.asarray(t["label_source"].to_pylist(), dtype=object)
@@ -187,6 +242,27 @@ def write_pool(ts: store.TaskStore, ds: DatasetSplits, state: PoolState) -> None
              "label_source": state.source.tolist()},
         ),
     )
+
+
+def new_pool(config: mf.Manifest, task: mf.Task, ds: DatasetSplits) -> PoolState:
+    """The cycle-0 pool: the dataset's labeled tree, else a balanced random set (simulated oracle), else a random
+    set left pending for a person to label."""
+    truth = ds.train_labels.numpy()
+    pool = PoolState.empty(len(truth))
+    if ds.initial_positions is not None and len(ds.initial_positions):
+        init = np.asarray(ds.initial_positions, dtype=np.int64)
+        pool.mark_selected(init, 0)
+        pool.apply_labels(init, truth[init], "initial")
+        return pool
+    rng = runtime.rng(config.seed, task.rep, 0, "initial")
+    if config.active.oracle == "human" and (truth < 0).any():
+        init = np.sort(rng.choice(len(truth), config.active.initial, replace=False)).astype(np.int64)
+        pool.mark_selected(init, 0)
+        return pool
+    init = initial_labeled(truth, config.active.initial, ds.num_classes, rng)
+    pool.mark_selected(init, 0)
+    pool.apply_labels(init, truth[init], "initial")
+    return pool
 
 
 def rollback_tables(ts: store.TaskStore, done: int) -> None:
@@ -209,7 +285,7 @@ def finished_cycles(ts: store.TaskStore) -> int:
     return int(cycles.max()) + 1 if len(cycles) else 0
 
 
-# ----------------------------------------------------------------------------- one cycle
+# ----------------------------------------------------------------------------- models and checkpoints
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -219,20 +295,274 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def strategy_params(config: mf.Manifest) -> dict[str, float]:
+def strategy_params(config: mf.Manifest) -> dict[str, Any]:
     """Parameters handed to the acquisition function."""
     return {
         "threshold": config.active.ceal.threshold, "decay": config.active.ceal.decay,
         "k": config.semi.k, "alpha": config.semi.alpha, "gamma": config.semi.gamma,
-        "tol": config.semi.tol, "max_iter": config.semi.max_iter,
+        "tol": config.semi.tol, "max_iter": config.semi.max_iter, "knn": config.semi.knn,
     }
 
 
-def new_model(config: mf.Manifest, ds: DatasetSplits, rep: int, cycle: int, device: torch.device) -> ConvLarge:
-    """A freshly initialised network for one cycle (seeded from seed, repetition, cycle)."""
+def new_model(
+    config: mf.Manifest, ds: DatasetSplits, rep: int, cycle: int, device: torch.device,
+    encoder: dict[str, torch.Tensor] | None = None,
+) -> ConvLarge:
+    """A freshly initialised network for one cycle (seeded from seed, repetition, cycle), from `encoder` when +PRE."""
     runtime.seed_torch(config.seed, rep, cycle, "init")
     model = build_model(ds.train_images.shape[1], ds.num_classes, config.model.width, config.model.dropout)
+    if encoder is not None:
+        from alctl.pretrain import load_encoder
+
+        load_encoder(model, encoder)
     return model.to(device)
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save to a temporary sibling, then rename: a checkpoint is whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def _rng_states(device: torch.device) -> dict[str, Any]:
+    """Global torch RNG states (dropout) to checkpoint."""
+    states: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(states: dict[str, Any], device: torch.device) -> None:
+    """Restore global torch RNG states saved by `_rng_states`."""
+    torch.set_rng_state(states["cpu"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def _targets_dict(t: Targets) -> dict[str, Any]:
+    """Targets as plain arrays for a checkpoint."""
+    return {"labeled_pos": t.labeled_pos, "labeled_y": t.labeled_y, "pseudo_pos": t.pseudo_pos, "pseudo_y": t.pseudo_y,
+            "pseudo_w": t.pseudo_w, "class_w": t.class_w}
+
+
+# ----------------------------------------------------------------------------- pre-training (+PRE)
+
+
+def pretrain_key(config: mf.Manifest, ds: DatasetSplits) -> str:
+    """Hash of what determines the encoder: dataset, input shape, model, pretrain settings, seed."""
+    payload = {
+        "dataset": config.dataset.model_dump(mode="json"), "input": list(ds.train_images.shape[1:]),
+        "model": config.model.model_dump(mode="json"),
+        "pretrain": config.pretrain.model_dump(mode="json", exclude={"method", "weights"}), "seed": config.seed,
+    }
+    import hashlib
+
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _encoder_settings(config: mf.Manifest, ds: DatasetSplits, key: str) -> dict[str, Any]:
+    """What an encoder file records about itself, compared when it is loaded."""
+    return {"key": key, "dataset": config.dataset.name, "input": list(ds.train_images.shape[1:]),
+            "width": config.model.width, "pretrain": config.pretrain.model_dump(mode="json", exclude={"weights"}),
+            "seed": config.seed}
+
+
+def pretrain_paths(config: mf.Manifest, key: str) -> dict[str, Path]:
+    """Files of one pre-training under runs/<name>/pretrain/."""
+    base = mf.run_dir(config) / "pretrain"
+    return {"weights": base / f"{key}.pt", "settings": base / f"{key}.yaml", "metrics": base / f"{key}.parquet",
+            "checkpoint": base / f"{key}.ckpt.pt", "lock": base / f"{key}.lock"}
+
+
+def _load_encoder_file(path: Path, config: mf.Manifest, ds: DatasetSplits) -> dict[str, torch.Tensor]:
+    """Encoder weights from a file written by `alctl pretrain`, checked against the task's dataset and model."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise UserError(f"pretrain.weights: {path} not found; run `alctl pretrain MANIFEST` or fix the path") from None
+    except Exception as exc:  # unreadable / not a torch file
+        raise UserError(f"pretrain.weights: {path} is not an alctl encoder file ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or "encoder" not in payload:
+        raise UserError(f"pretrain.weights: {path} is not an alctl encoder file (no 'encoder' entry)")
+    saved = payload.get("settings", {})
+    want = {"dataset": config.dataset.name, "input": list(ds.train_images.shape[1:]), "width": config.model.width}
+    for name, value in want.items():
+        if saved.get(name) != value:
+            raise UserError(
+                f"pretrain.weights: {path} was pre-trained with {name} {saved.get(name)!r}, this task has {value!r};"
+                " pre-train for this configuration (`alctl pretrain MANIFEST`) or use matching weights"
+            )
+    return payload["encoder"]
+
+
+def ensure_pretrained(
+    config: mf.Manifest, ds: DatasetSplits, device: torch.device, ui: Ui, stop: Callable[[], bool]
+) -> tuple[dict[str, torch.Tensor], float]:
+    """The encoder weights of a +PRE task, training (or resuming) DeepCluster once under a lock if missing.
+
+    Returns (weights, seconds spent pre-training in this call). Concurrent tasks wait for the one that trains.
+    """
+    if config.pretrain.weights is not None:
+        return _load_encoder_file(Path(config.pretrain.weights), config, ds), 0.0
+    key = pretrain_key(config, ds)
+    paths = pretrain_paths(config, key)
+    if paths["weights"].is_file():
+        return _load_encoder_file(paths["weights"], config, ds), 0.0
+    lock = store.Lock(paths["lock"], f"pre-training {key}")
+    lock.wait(on_wait=lambda owner: ui.line(
+        f"pre-training {key} is running in process {owner.get('pid')} on {owner.get('host')}; waiting for it"))
+    try:
+        if paths["weights"].is_file():  # finished by the process we waited for
+            return _load_encoder_file(paths["weights"], config, ds), 0.0
+        started = time.perf_counter()
+        _run_pretrain(config, ds, device, key, paths, ui, stop, lock)
+        return _load_encoder_file(paths["weights"], config, ds), time.perf_counter() - started
+    finally:
+        lock.release()
+
+
+def _run_pretrain(
+    config: mf.Manifest, ds: DatasetSplits, device: torch.device, key: str, paths: dict[str, Path], ui: Ui,
+    stop: Callable[[], bool], lock: store.Lock,
+) -> None:
+    """DeepCluster from scratch or from its last finished epoch; writes weights, settings and per-epoch metrics."""
+    from alctl.pretrain import PretrainSpec, PretrainState, deepcluster, encoder_state
+
+    p, t = config.pretrain, config.train
+    spec = PretrainSpec(
+        epochs=p.epochs, clusters=p.clusters_per_class * ds.num_classes, kmeans_iters=p.kmeans_iters, lr=p.lr,
+        batch_size=p.batch_size, pca=p.pca, translate=t.translate, flip=t.flip, eval_batch_size=t.eval_batch_size,
+    )
+    runtime.seed_torch(config.seed, 0, 0, "pretrain-init")
+    model = build_model(ds.train_images.shape[1], ds.num_classes, config.model.width, config.model.dropout).to(device)
+    state = None
+    if paths["checkpoint"].is_file():
+        ckpt = torch.load(paths["checkpoint"], map_location=device, weights_only=False)
+        model.reset_classifier(spec.clusters)
+        model.load_state_dict(ckpt["model"])
+        state = ckpt["state"]
+        ui.line(f"pre-training {key}: resuming after epoch {state.epoch}/{spec.epochs}")
+    truth = ds.train_labels.numpy()
+    labels = truth if (truth >= 0).all() else None
+    settings = _encoder_settings(config, ds, key)
+    store.atomic_write_bytes(paths["settings"], json.dumps(settings, indent=2).encode())
+
+    def on_epoch(st: PretrainState, m: ConvLarge) -> None:
+        save_checkpoint(paths["checkpoint"], {"model": m.state_dict(), "state": st})
+        e = st.history[-1]
+        store.append_table(paths["metrics"], "pretrain", store.to_table("pretrain", {
+            "epoch": [e.epoch], "kmeans_loss": [e.kmeans_loss], "nmi_previous": [e.nmi_previous],
+            "nmi_labels": [e.nmi_labels], "reseeded": [e.reseeded], "train_loss": [e.train_loss],
+            "seconds": [e.seconds], "seconds_kmeans": [e.seconds_kmeans]}))
+        lock.beat()
+        nmi = "" if e.nmi_labels is None else f", NMI to labels {e.nmi_labels:.3f}"
+        ui.line(f"pre-training {key} epoch {e.epoch + 1}/{spec.epochs}: k-means loss {e.kmeans_loss:.4g}{nmi},"
+                f" {e.seconds:.1f}s")
+
+    if state is not None and paths["metrics"].is_file():  # drop rows of an epoch that was not checkpointed
+        rows = store.read_table(paths["metrics"], "pretrain")
+        keep = rows["epoch"].to_numpy() < state.epoch
+        store.write_table(paths["metrics"], "pretrain", rows.filter(pa.array(keep)))
+    elif state is None:
+        paths["metrics"].unlink(missing_ok=True)
+    images = ds.train_images.to(device)
+    final = deepcluster(model, images, ds.mean, ds.std, spec, config.seed, labels=labels, state=state,
+                        on_epoch=on_epoch, should_stop=stop)
+    if final.epoch < spec.epochs:
+        raise Preempted(f"pre-training {key} stopped after epoch {final.epoch}/{spec.epochs}; rerun to resume")
+    save_checkpoint(paths["weights"], {"encoder": encoder_state(model), "settings": settings})
+    paths["checkpoint"].unlink(missing_ok=True)
+
+
+def pretrain_command(manifest_path: str | Path, ui: Ui) -> int:
+    """`alctl pretrain`: train every distinct encoder the manifest's +PRE tasks need; returns how many were trained."""
+    m, all_tasks = plan(manifest_path)
+    seen: set[str] = set()
+    trained = 0
+    with runtime.Preemption() as stop:
+        for t in all_tasks:
+            if t.config.pretrain.method == "none" or t.config.pretrain.weights is not None:
+                continue
+            ds = dataset_for(t.config)
+            key = pretrain_key(t.config, ds)
+            if key in seen:
+                continue
+            seen.add(key)
+            write_run_manifest(m)
+            device = runtime.choose_device(t.config.train.device)
+            path = pretrain_paths(t.config, key)["weights"]
+            if path.is_file():
+                ui.line(f"pre-training {key}: already done ({path})")
+                continue
+            _, seconds = ensure_pretrained(t.config, ds, device, ui, stop)
+            trained += 1
+            ui.line(f"pre-training {key}: wrote {path} in {seconds:.1f}s")
+    if not seen:
+        raise UserError("pretrain.method: no task of this manifest uses deepcluster (set pretrain.method or sweep it)")
+    return trained
+
+
+# ----------------------------------------------------------------------------- label propagation (+SEMI)
+
+
+@dataclass
+class PropagationOutcome:
+    """A propagation over the pool, with its pseudo-label accuracy when the truth is known."""
+
+    epoch: int
+    labels: np.ndarray  # [N] int64 per pool position
+    weights: np.ndarray  # [N] float32
+    class_weights: np.ndarray  # [C] float32
+    unlabeled: np.ndarray  # [n_u] positions that received pseudo-labels
+    accuracy: float | None = None
+    accuracy_top_half: float | None = None
+
+
+def propagate_pool(
+    config: mf.Manifest, ds: DatasetSplits, model: ConvLarge, images: torch.Tensor, labeled: np.ndarray,
+    labels: np.ndarray, epoch: int,
+) -> PropagationOutcome:
+    """Features of every pool image from `model`, label propagation from `labeled`, pseudo-label accuracy."""
+    from alctl.propagate import label_propagation
+
+    _, feats = predict(model, images, ds.mean, ds.std, config.train.eval_batch_size)
+    features: Any = feats if feats.is_cuda else np.ascontiguousarray(feats.numpy(), dtype=np.float32)
+    s = config.semi
+    prop = label_propagation(features, labeled, labels, ds.num_classes, k=s.k, alpha=s.alpha, gamma=s.gamma,
+                             tol=s.tol, max_iter=s.max_iter, knn=s.knn)
+    unlabeled = np.setdiff1d(np.arange(len(prop.labels)), labeled)
+    out = PropagationOutcome(epoch, prop.labels, prop.weights, prop.class_weights, unlabeled)
+    truth = ds.train_labels.numpy()[unlabeled]
+    known = truth >= 0
+    if known.any():
+        u, w = unlabeled[known], prop.weights[unlabeled[known]]
+        correct = prop.labels[u] == truth[known]
+        out.accuracy = float(correct.mean())
+        top = np.argsort(-w, kind="stable")[: max(1, len(u) // 2)]
+        out.accuracy_top_half = float(correct[top].mean())
+    return out
+
+
+def _pseudo_rows(cycle: int, epoch: int, ids: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> pa.Table:
+    """Rows of pseudo.parquet."""
+    n = len(ids)
+    return store.to_table(
+        "pseudo",
+        {"cycle": np.full(n, cycle, np.int32), "epoch": np.full(n, epoch, np.int32), "sample_id": ids,
+         "pseudo_label": labels, "weight": weights.astype(np.float32)},
+    )
+
+
+def _replace_pseudo(ts: store.TaskStore, rows: pa.Table, cycle: int, epoch: int) -> None:
+    """Write pseudo rows of (cycle, epoch), replacing earlier rows of the same pair."""
+    old = ts.read("pseudo")
+    keep = ~((old["cycle"].to_numpy() == cycle) & (old["epoch"].to_numpy() == epoch))
+    ts.write("pseudo", pa.concat_tables([old.filter(pa.array(keep)), rows]))
+
+
+# ----------------------------------------------------------------------------- one cycle
 
 
 @dataclass
@@ -245,164 +575,270 @@ class CycleResult:
     n_pseudo: int
     seconds: dict[str, float]
     selection: Selection | None
+    propagation: PropagationOutcome | None = None
 
 
-def _pseudo_rows(cycle: int, epoch: int, ids: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> pa.Table:
-    """Rows of pseudo.parquet for one cycle."""
-    n = len(ids)
-    return store.to_table(
-        "pseudo",
-        {"cycle": np.full(n, cycle, np.int32), "epoch": np.full(n, epoch, np.int32), "sample_id": ids,
-         "pseudo_label": labels, "weight": weights.astype(np.float32)},
+@dataclass
+class TaskContext:
+    """Everything one task's cycles share."""
+
+    task: mf.Task
+    config: mf.Manifest
+    ds: DatasetSplits
+    ts: store.TaskStore
+    device: torch.device
+    images: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    encoder: dict[str, torch.Tensor] | None
+    stop: Callable[[], bool]
+    lock: store.Lock | None = None
+    on_epoch: Callable[[], None] = lambda: None
+    seconds_pretrain: float = 0.0
+
+
+def _ceal_targets(ctx: TaskContext, targets: Targets, cycle: int) -> int:
+    """Add CEAL's pseudo-labels chosen at the previous selection to `targets`; returns how many."""
+    if ctx.config.active.strategy != "ceal" or not ctx.ts.exists("pseudo"):
+        return 0
+    t = ctx.ts.read("pseudo")
+    mask = (t["cycle"].to_numpy() == cycle) & (t["epoch"].to_numpy() < 0)
+    if not mask.any():
+        return 0
+    targets.pseudo_pos = positions_of(ctx.ds, t["sample_id"].to_numpy()[mask]).astype(np.int64)
+    targets.pseudo_y = t["pseudo_label"].to_numpy()[mask].astype(np.int64)
+    targets.pseudo_w = np.ones(len(targets.pseudo_pos), np.float32)
+    return len(targets.pseudo_pos)
+
+
+def _train(ctx: TaskContext, pool: PoolState, cycle: int, seconds: dict[str, float]) -> tuple[ConvLarge, int, PropagationOutcome | None]:
+    """Train the cycle's model (resuming from checkpoints/train.pt when it belongs to this cycle)."""
+    config, ds, device = ctx.config, ctx.ds, ctx.device
+    labeled = pool.labeled_at(cycle)
+    targets = Targets(labeled_pos=labeled, labeled_y=pool.label[labeled])
+    n_pseudo = _ceal_targets(ctx, targets, cycle)
+    model = new_model(config, ds, ctx.task.rep, cycle, device, ctx.encoder)
+    gen = runtime.torch_generator(config.seed, ctx.task.rep, cycle, "train", device="cpu")
+    spec = train_spec(config)
+    ckpt_path = ctx.ts.checkpoints / "train.pt"
+    h = task_config_hash(config)
+    last_prop: list[PropagationOutcome] = []
+    resume: FitState | None = None
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt.get("cycle") == cycle and ckpt.get("task_hash") == h:
+            model.load_state_dict(ckpt["model"])
+            optimizer = make_optimizer(model, spec)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            gen.set_state(ckpt["generator"])
+            _set_rng_states(ckpt["rng"], device)
+            resume = FitState(epoch=ckpt["epoch"], model=model, optimizer=optimizer, targets=Targets(**ckpt["targets"]),
+                              step=ckpt["step"], batches=ckpt["batches"])
+            seconds.update(ckpt["seconds"])
+            if ckpt.get("propagation") is not None:
+                last_prop.append(ckpt["propagation"])
+
+    semi = None
+    if config.semi.method == "label-propagation":
+        s = config.semi
+
+        def refresh(epoch: int) -> Targets:
+            t0 = time.perf_counter()
+            prop = propagate_pool(config, ds, model, ctx.images, labeled, pool.label[labeled], epoch)
+            last_prop[:] = [prop]
+            seconds["propagate"] = seconds.get("propagate", 0.0) + time.perf_counter() - t0
+            u = prop.unlabeled
+            return Targets(labeled_pos=labeled, labeled_y=pool.label[labeled], pseudo_pos=u, pseudo_y=prop.labels[u],
+                           pseudo_w=prop.weights[u], class_w=prop.class_weights)
+
+        semi = Semi(refresh=refresh, every=s.every, warmup=s.warmup, batch_size=s.batch_size,
+                    labeled_per_batch=s.labeled_per_batch, unlabeled_per_epoch=s.unlabeled_per_epoch)
+
+    started = time.perf_counter()
+    base = seconds.get("train", 0.0) + seconds.get("propagate", 0.0)
+
+    def checkpoint(state: FitState) -> None:
+        elapsed = base + time.perf_counter() - started
+        seconds["train"] = elapsed - seconds.get("propagate", 0.0)
+        save_checkpoint(ckpt_path, {
+            "cycle": cycle, "task_hash": h, "epoch": state.epoch, "step": state.step, "batches": state.batches,
+            "model": model.state_dict(), "optimizer": state.optimizer.state_dict(), "generator": gen.get_state(),
+            "rng": _rng_states(device), "targets": _targets_dict(state.targets), "seconds": dict(seconds),
+            "propagation": last_prop[0] if last_prop else None,
+        })
+        if ctx.lock is not None:
+            ctx.lock.beat()
+
+    def on_epoch(state: FitState) -> None:
+        checkpoint(state)
+        ctx.on_epoch()
+
+    state = fit(model, ctx.images, targets, spec, ds.mean, ds.std, gen, semi=semi, resume=resume, on_epoch=on_epoch,
+                should_stop=ctx.stop)
+    if state.stopped:
+        checkpoint(state)
+        where = f"epoch {state.epoch}" + (f" step {state.step}" if state.step else "")
+        raise Preempted(f"task {ctx.task.index} ({ctx.task.key}) stopped at cycle {cycle} {where}; checkpoint saved,"
+                        " rerun the same command to resume")
+    seconds["train"] = base + time.perf_counter() - started - seconds.get("propagate", 0.0)
+    prop = last_prop[0] if last_prop else None
+    if prop is not None:
+        n_pseudo = int((prop.weights[prop.unlabeled] > 0).sum())
+    return model, n_pseudo, prop
+
+
+def _run_cycle(ctx: TaskContext, pool: PoolState, cycle: int, last: bool) -> CycleResult:
+    """Train from scratch (or the encoder) on the labeled set (+ pseudo-labels), evaluate, select unless last."""
+    config, ds, ts = ctx.config, ctx.ds, ctx.ts
+    seconds: dict[str, float] = {}
+    model, n_pseudo, prop = _train(ctx, pool, cycle, seconds)
+
+    t0 = time.perf_counter()
+    if len(ctx.test_labels):
+        accuracy, loss = evaluate(model, ctx.test_images, ctx.test_labels, ds.mean, ds.std, config.train.eval_batch_size)
+    else:  # an image folder without a test tree
+        accuracy, loss = float("nan"), float("nan")
+    seconds["eval"] = time.perf_counter() - t0
+    save_checkpoint(ts.checkpoints / "model.pt",
+                    {"model": model.state_dict(), "cycle": cycle, "task_hash": task_config_hash(config)})
+    if prop is not None:
+        u = prop.unlabeled
+        _replace_pseudo(ts, _pseudo_rows(cycle, prop.epoch, ds.train_ids.numpy()[u], prop.labels[u], prop.weights[u]),
+                        cycle, prop.epoch)
+
+    selection = None
+    if not last:
+        t0 = time.perf_counter()
+        selection = acquire(config, ctx.task, ds, pool, model, ctx.images, cycle)
+        write_selection(ts, ds, config, pool, selection, cycle)
+        seconds["select"] = time.perf_counter() - t0
+    return CycleResult(accuracy, loss, len(pool.labeled_at(cycle)), n_pseudo, seconds, selection, prop)
+
+
+def _waiting_message(task: mf.Task, manifest_path: str | Path, n: int, cycle: int) -> str:
+    """What a person must do for a task that waits for labels."""
+    return (
+        f"[task {task.index} {task.key}] waiting for labels: {n} images selected for cycle {cycle} are not labeled yet."
+        f" Export them with `alctl select {manifest_path} --task {task.index} --export DIR`, fill the label column"
+        f" of DIR/to_label.csv, import it with `alctl label {manifest_path} --task {task.index} --labels"
+        f" DIR/to_label.csv`, then rerun `alctl cycle {manifest_path}`"
     )
 
 
-def run_task(task: mf.Task, ui: Ui, max_cycles: int | None = None) -> int:
-    """Run (or resume) one task's cycles; returns the number of cycles run now."""
+def run_task(task: mf.Task, ui: Ui, max_cycles: int | None = None, stop: Callable[[], bool] = lambda: False,
+             manifest_path: str | Path = "MANIFEST") -> int:
+    """Run (or resume) one task's cycles under its lock; returns the number of cycles run now."""
     config = task.config
-    run = mf.run_dir(config)
-    tdir = run / "tasks" / task.key
+    tdir = task_dir(task)
     ds = dataset_for(config)
     device = runtime.choose_device(config.train.device)
     h = _check_task_dir(task, tdir)
     ts = store.TaskStore(tdir)
     total = config.active.cycles if max_cycles is None else min(max_cycles, config.active.cycles)
-    done = finished_cycles(ts)
     tag = f"[task {task.index} {task.key}]"
-    if done >= total:
-        ui.line(f"{tag} finished: {done}/{config.active.cycles} cycles already done, nothing to do")
-        return 0
+    with task_lock(task) as lock:
+        done = finished_cycles(ts)
+        if done >= total:
+            ui.line(f"{tag} finished: {done}/{config.active.cycles} cycles already done, nothing to do")
+            return 0
+        for line in ds.skipped:
+            ui.warn(f"skipped unreadable image {line}")
+        truth = ds.train_labels.numpy()
+        pool = read_pool(ts, ds)
+        if pool is None:
+            pool = new_pool(config, task, ds)
+            write_pool(ts, ds, pool)
+        else:
+            # an interrupted cycle may have written its selection before its metrics row: undo it and redo the cycle
+            pool.rollback(done)
+            write_pool(ts, ds, pool)
+            rollback_tables(ts, done)
 
-    labels_true = ds.train_labels.numpy()
-    pool = read_pool(ts, ds)
-    if pool is None:
-        rng = runtime.rng(config.seed, task.rep, 0, "initial")
-        init = initial_labeled(labels_true, config.active.initial, ds.num_classes, rng)
-        n = len(labels_true)
-        pool = PoolState(np.full(n, -1, np.int64), np.full(n, -1, np.int32), np.full(n, "", dtype=object))
-        pool.label[init] = labels_true[init]
-        pool.labeled_cycle[init] = 0
-        pool.source[init] = "initial"
-        write_pool(ts, ds, pool)
-    else:
-        # an interrupted cycle may have written its selection before its metrics row: undo it and redo the cycle
-        pool.rollback(done)
-        write_pool(ts, ds, pool)
-        rollback_tables(ts, done)
-
-    images = ds.train_images.to(device)
-    test_images, test_labels = ds.test_images.to(device), ds.test_labels.to(device)
-    ran = 0
-    with ui.progress() as prog:
-        bar = prog.add_task(f"task {task.index}", total=total * config.train.epochs, completed=done * config.train.epochs)
-        for cycle in range(done, total):
-            started = time.perf_counter()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            res = _run_cycle(config, task, ds, pool, ts, cycle, device, images, test_images, test_labels,
-                             lambda: prog.advance(bar), last=cycle == config.active.cycles - 1)
-            if res.selection is not None:
-                chosen = res.selection.chosen
-                pool.label[chosen] = labels_true[chosen]  # the simulated oracle answers
-                pool.labeled_cycle[chosen] = cycle + 1
-                pool.source[chosen] = "oracle"
-                write_pool(ts, ds, pool)
-            res.seconds["total"] = time.perf_counter() - started
-            row = {
-                "task": [task.index], "task_key": [task.key], "strategy": [config.active.strategy],
-                "variant": [task.variant], "rep": [task.rep], "cycle": [cycle],
-                "n_labeled": [res.n_labeled],
-                "n_pseudo": [res.n_pseudo], "accuracy": [res.accuracy], "loss": [res.loss],
-                "seconds_train": [res.seconds.get("train", 0.0)], "seconds_eval": [res.seconds.get("eval", 0.0)],
-                "seconds_propagate": [res.seconds.get("propagate", 0.0)],
-                "seconds_select": [res.seconds.get("select", 0.0)], "seconds_pretrain": [0.0],
-                "seconds_total": [res.seconds["total"]], "peak_memory_mb": [_peak_memory_mb(device)],
-                "device": [str(device)], "manifest_hash": [h], "finished_at": [datetime.now(timezone.utc)],
-            }
-            ts.append("metrics", store.to_table("metrics", row))
-            ran += 1
-            ui.line(
-                f"{tag} cycle {cycle}: {row['n_labeled'][0]} labels, accuracy {100 * res.accuracy:.2f}%"
-                f" | train {res.seconds.get('train', 0):.1f}s eval {res.seconds.get('eval', 0):.1f}s"
-                f" select {res.seconds.get('select', 0):.1f}s total {res.seconds['total']:.1f}s"
-            )
+        encoder, seconds_pretrain = None, 0.0
+        if config.pretrain.method != "none":
+            encoder, seconds_pretrain = ensure_pretrained(config, ds, device, ui, stop)
+        ctx = TaskContext(task, config, ds, ts, device, ds.train_images.to(device), ds.test_images.to(device),
+                          ds.test_labels.to(device), encoder, stop, lock, seconds_pretrain=seconds_pretrain)
+        ran = 0
+        with ui.progress() as prog:
+            bar = prog.add_task(f"task {task.index}", total=total * config.train.epochs,
+                                completed=done * config.train.epochs)
+            ctx.on_epoch = lambda: prog.advance(bar)
+            for cycle in range(done, total):
+                if len(pool.pending(cycle)):
+                    break  # a person has not labeled this cycle's images yet
+                started = time.perf_counter()
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                res = _run_cycle(ctx, pool, cycle, last=cycle == config.active.cycles - 1)
+                if res.selection is not None:
+                    chosen = res.selection.chosen
+                    pool.mark_selected(chosen, cycle + 1)
+                    if config.active.oracle == "simulated":
+                        pool.apply_labels(chosen, truth[chosen], "oracle")  # the simulated oracle answers
+                    write_pool(ts, ds, pool)
+                res.seconds["total"] = time.perf_counter() - started
+                _write_metrics(ctx, cycle, res, h, ctx.seconds_pretrain if cycle == done else 0.0)
+                (ts.checkpoints / "train.pt").unlink(missing_ok=True)
+                ran += 1
+                acc = "n/a (no test images)" if np.isnan(res.accuracy) else f"{100 * res.accuracy:.2f}%"
+                pl = "" if res.propagation is None or res.propagation.accuracy is None else (
+                    f", pseudo-labels {100 * res.propagation.accuracy:.1f}% correct")
+                ui.line(
+                    f"{tag} cycle {cycle}: {res.n_labeled} labels, accuracy {acc}{pl}"
+                    f" | train {res.seconds.get('train', 0):.1f}s propagate {res.seconds.get('propagate', 0):.1f}s"
+                    f" eval {res.seconds.get('eval', 0):.1f}s select {res.seconds.get('select', 0):.1f}s"
+                    f" total {res.seconds['total']:.1f}s"
+                )
+                if stop():
+                    raise Preempted(f"task {task.index} ({task.key}) stopped after cycle {cycle}; rerun to resume")
+        waiting = pool.pending()
+        if len(waiting):
+            ui.line(_waiting_message(task, manifest_path, len(waiting), int(pool.labeled_cycle[waiting].max())))
     return ran
 
 
-def _run_cycle(
-    config: mf.Manifest,
-    task: mf.Task,
-    ds: DatasetSplits,
-    pool: PoolState,
-    ts: store.TaskStore,
-    cycle: int,
-    device: torch.device,
-    images: torch.Tensor,
-    test_images: torch.Tensor,
-    test_labels: torch.Tensor,
-    on_epoch: Callable[[], None],
-    last: bool,
-) -> CycleResult:
-    """Train from scratch on the labeled set (+ pseudo-labels), evaluate, and select unless it is the last cycle."""
-    seconds: dict[str, float] = {}
-    labeled = np.flatnonzero((pool.labeled_cycle >= 0) & (pool.labeled_cycle <= cycle))
-    targets = Targets(labeled_pos=labeled, labeled_y=pool.label[labeled])
-    n_pseudo = 0
-    if config.active.strategy == "ceal" and ts.exists("pseudo"):
-        t = ts.read("pseudo")
-        mask = (t["cycle"].to_numpy() == cycle) & (t["epoch"].to_numpy() < 0)
-        if mask.any():
-            ids = ds.train_ids.numpy()
-            order = np.argsort(ids)
-            pos = order[np.searchsorted(ids, t["sample_id"].to_numpy()[mask], sorter=order)]
-            targets.pseudo_pos = pos.astype(np.int64)
-            targets.pseudo_y = t["pseudo_label"].to_numpy()[mask].astype(np.int64)
-            targets.pseudo_w = np.ones(len(pos), np.float32)
-            n_pseudo = len(pos)
-
-    model = new_model(config, ds, task.rep, cycle, device)
-    gen = runtime.torch_generator(config.seed, task.rep, cycle, "train", device="cpu")
-    t0 = time.perf_counter()
-    fit(model, images, targets, train_spec(config), ds.mean, ds.std, gen, on_epoch=lambda _s: on_epoch())
-    seconds["train"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    accuracy, loss = evaluate(model, test_images, test_labels, ds.mean, ds.std, config.train.eval_batch_size)
-    seconds["eval"] = time.perf_counter() - t0
-    save_checkpoint(ts.checkpoints / "model.pt",
-                    {"model": model.state_dict(), "cycle": cycle, "task_hash": task_config_hash(config)})
-
-    selection = None
-    if not last:
-        t0 = time.perf_counter()
-        selection = acquire(config, task, ds, pool, model, images, cycle)
-        write_selection(ts, ds, config, pool, selection, cycle)
-        seconds["select"] = time.perf_counter() - t0
-    return CycleResult(accuracy, loss, len(labeled), n_pseudo, seconds, selection)
+def _write_metrics(ctx: TaskContext, cycle: int, res: CycleResult, h: str, seconds_pretrain: float) -> None:
+    """Append the cycle's metrics row: the mark that the cycle is finished."""
+    task, config, prop = ctx.task, ctx.config, res.propagation
+    row = {
+        "task": [task.index], "task_key": [task.key], "strategy": [config.active.strategy],
+        "variant": [task.variant], "rep": [task.rep], "cycle": [cycle], "n_labeled": [res.n_labeled],
+        "n_pseudo": [res.n_pseudo], "accuracy": [res.accuracy], "loss": [res.loss],
+        "pseudo_accuracy": [None if prop is None else prop.accuracy],
+        "pseudo_accuracy_top_half": [None if prop is None else prop.accuracy_top_half],
+        "seconds_pretrain": [seconds_pretrain], "seconds_train": [res.seconds.get("train", 0.0)],
+        "seconds_eval": [res.seconds.get("eval", 0.0)], "seconds_propagate": [res.seconds.get("propagate", 0.0)],
+        "seconds_select": [res.seconds.get("select", 0.0)], "seconds_total": [res.seconds["total"]],
+        "peak_memory_mb": [_peak_memory_mb(ctx.device)], "device": [str(ctx.device)], "manifest_hash": [h],
+        "finished_at": [datetime.now(timezone.utc)],
+    }
+    ctx.ts.append("metrics", store.to_table("metrics", row))
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """torch.save to a temporary sibling, then rename: a checkpoint is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    torch.save(payload, tmp)
-    tmp.replace(path)
+# ----------------------------------------------------------------------------- acquisition
+
+
+_NEEDS = {"random": set(), "uncertainty": {"probs"}, "ceal": {"probs"}, "coreset": {"features"}, "jlp": {"features"}}
 
 
 def acquire(
     config: mf.Manifest, task: mf.Task, ds: DatasetSplits, pool: PoolState, model: ConvLarge, images: torch.Tensor,
     cycle: int,
 ) -> Selection:
-    """Run the task's acquisition function on the current model: b pool positions out of U."""
-    probs, feats = predict(model, images, ds.mean, ds.std, config.train.eval_batch_size)
-    labeled = np.flatnonzero((pool.labeled_cycle >= 0) & (pool.labeled_cycle <= cycle))
-    unlabeled = np.setdiff1d(np.arange(len(pool.label)), labeled)
-    view = PoolView(
-        probs=probs[torch.from_numpy(unlabeled).to(probs.device)].cpu().numpy().astype(np.float32),
-        features=np.ascontiguousarray(feats.cpu().numpy().astype(np.float32)),
-        labeled=labeled.astype(np.int64), unlabeled=unlabeled.astype(np.int64),
-        labels=pool.label[labeled].astype(np.int64), num_classes=ds.num_classes, cycle=cycle,
-    )
+    """Run the task's acquisition function on the current model: b pool positions out of the never-selected ones."""
+    needs = _NEEDS.get(config.active.strategy, {"probs", "features"})
+    labeled = pool.labeled_at(cycle)
+    unlabeled = pool.unlabeled
+    n, c = len(pool.label), ds.num_classes
+    probs_u = np.zeros((len(unlabeled), c), np.float32)
+    feats = np.zeros((n, 1), np.float32)
+    if needs:
+        probs, f = predict(model, images, ds.mean, ds.std, config.train.eval_batch_size)
+        probs_u = probs[torch.from_numpy(unlabeled).to(probs.device)].cpu().numpy().astype(np.float32)
+        feats = np.ascontiguousarray(f.cpu().numpy().astype(np.float32))
+    view = PoolView(probs=probs_u, features=feats, labeled=labeled.astype(np.int64), unlabeled=unlabeled.astype(np.int64),
+                    labels=pool.label[labeled].astype(np.int64), num_classes=c, cycle=cycle)
     rng = runtime.rng(config.seed, task.rep, cycle, "select")
     return select(config.active.strategy, view, config.active.budget, rng, strategy_params(config))
 
@@ -411,8 +847,7 @@ def write_selection(
     ts: store.TaskStore, ds: DatasetSplits, config: mf.Manifest, pool: PoolState, sel: Selection, cycle: int
 ) -> None:
     """Append the cycle's scores (every candidate, selected flag) and CEAL's pseudo-labels for the next cycle."""
-    labeled = np.flatnonzero((pool.labeled_cycle >= 0) & (pool.labeled_cycle <= cycle))
-    unlabeled = np.setdiff1d(np.arange(len(pool.label)), labeled)
+    unlabeled = pool.unlabeled
     ids = ds.train_ids.numpy()
     selected = np.isin(unlabeled, sel.chosen)
     n = len(unlabeled)
@@ -435,7 +870,8 @@ def write_selection(
 def plan(manifest_path: str | Path) -> tuple[mf.Manifest, list[mf.Task]]:
     """Load and validate a manifest and expand its tasks."""
     m = mf.load(manifest_path)
-    get_strategy(m.active.strategy)
+    for t in mf.tasks(m):
+        get_strategy(t.config.active.strategy)
     return m, mf.tasks(m)
 
 
@@ -447,10 +883,11 @@ def cycle_command(manifest_path: str | Path, task: int | None, cycles: int | Non
         dataset_for(t.config)
     write_run_manifest(m)
     ran = 0
-    for t in chosen:
-        ran += run_task(t, ui, cycles)
+    with runtime.Preemption() as stop:
+        for t in chosen:
+            ran += run_task(t, ui, cycles, stop, manifest_path)
     if ran == 0 and len(chosen) > 1:
-        ui.line(f"run {mf.run_dir(m)} is finished: all {len(chosen)} tasks done, nothing to do")
+        ui.line(f"run {mf.run_dir(m)}: no cycle left to run for its {len(chosen)} tasks, nothing to do")
     return ran
 
 
@@ -475,31 +912,128 @@ def _one_task(manifest_path: str | Path, task: int | None) -> mf.Task:
     return select_task(all_tasks, task)[0]
 
 
-def select_command(manifest_path: str | Path, task_index: int | None, export: Path | None, ui: Ui) -> Selection:
-    """`alctl select`: the next b images to label according to the task's current model; optional CSV export."""
+def select_command(manifest_path: str | Path, task_index: int | None, export: Path | None, ui: Ui) -> np.ndarray:
+    """`alctl select`: the images to label next (the pending selection of a human-oracle task, else one acquisition
+    on the current model), printed and with --export written as to_label.csv + contact_sheet.png; positions [b]."""
     task = _one_task(manifest_path, task_index)
     config = task.config
     ds = dataset_for(config)
     device = runtime.choose_device(config.train.device)
-    ts = store.TaskStore(mf.run_dir(config) / "tasks" / task.key)
+    ts = store.TaskStore(task_dir(task))
     pool = read_pool(ts, ds)
-    model, _ = load_task_model(task, ds, ts, device)
+    model, cycle = load_task_model(task, ds, ts, device)
     assert pool is not None  # a model implies a pool
-    current = int(pool.labeled_cycle.max())
     images = ds.train_images.to(device)
-    sel = acquire(config, task, ds, pool, model, images, current)
-    ids = ds.train_ids.numpy()
-    unlabeled = np.flatnonzero(pool.labeled_cycle < 0)
-    score_of = dict(zip(unlabeled.tolist(), sel.scores.tolist()))
-    ui.line(f"[task {task.index} {task.key}] {len(sel.chosen)} images to label next ({config.active.strategy}):")
-    ui.line(" ".join(str(int(ids[p])) for p in sel.chosen))
+    pending = pool.pending()
+    if len(pending):
+        chosen = pending
+        scores = ts.read("scores")
+        last = scores.filter(pa.array(scores["cycle"].to_numpy() == cycle))
+        score_of = dict(zip(last["sample_id"].to_pylist(), last["score"].to_pylist()))
+        what = f"selected at cycle {cycle}, waiting for labels"
+    else:
+        sel = acquire(config, task, ds, pool, model, images, cycle)
+        chosen = sel.chosen
+        ids_u = ds.train_ids.numpy()[pool.unlabeled]
+        score_of = dict(zip(ids_u.tolist(), sel.scores.tolist()))
+        what = f"next acquisition ({config.active.strategy}) on the cycle-{cycle} model"
+    ids = ds.train_ids.numpy()[chosen]
+    ui.line(f"[task {task.index} {task.key}] {len(chosen)} images to label, {what}:")
+    ui.line(" ".join(str(int(i)) for i in ids))
     if export is not None:
-        probs, _ = predict(model, images[torch.from_numpy(sel.chosen).to(device)], ds.mean, ds.std)
-        top_p, top_c = probs.topk(min(3, ds.num_classes), dim=1)
-        lines = ["sample_id,score,top1,p1,top2,p2,top3,p3"]
-        for k, p in enumerate(sel.chosen):
-            preds = ",".join(f"{ds.classes[int(c)]},{float(q):.4f}" for c, q in zip(top_c[k], top_p[k]))
-            lines.append(f"{int(ids[p])},{score_of[int(p)]:.6g},{preds}")
-        store.atomic_write_bytes(export / "to_label.csv", ("\n".join(lines) + "\n").encode())
-        ui.line(f"wrote {export / 'to_label.csv'}")
-    return sel
+        export_selection(export, ds, model, images, chosen, score_of)
+        ui.line(f"wrote {export / 'to_label.csv'} and {export / 'contact_sheet.png'}; fill the label column and run"
+                f" `alctl label {manifest_path} --task {task.index} --labels {export / 'to_label.csv'}`")
+    return chosen
+
+
+def export_selection(
+    export: Path, ds: DatasetSplits, model: ConvLarge, images: torch.Tensor, chosen: np.ndarray,
+    score_of: dict[int, float],
+) -> None:
+    """to_label.csv (sample_id, path, score, top-3 predictions, empty label column) and a contact sheet."""
+    import csv
+    import io
+
+    from alctl.sheet import contact_sheet
+
+    ids = ds.train_ids.numpy()[chosen]
+    sub = images[torch.from_numpy(chosen).to(images.device)]
+    probs, _ = predict(model, sub, ds.mean, ds.std)
+    k = min(3, ds.num_classes)
+    top_p, top_c = (a.cpu().numpy() for a in probs.topk(k, dim=1))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["sample_id", "path", "score"] + [f"{h}{j}" for j in range(1, k + 1) for h in ("top", "p")]
+                    + ["label"])
+    paths = ds.train_paths
+    for row, (sid, pos) in enumerate(zip(ids.tolist(), chosen.tolist())):
+        preds = [v for j in range(k) for v in (ds.classes[int(top_c[row, j])], f"{float(top_p[row, j]):.4f}")]
+        score = score_of.get(int(sid))
+        writer.writerow([sid, "" if paths is None else paths[pos], "" if score is None else f"{score:.6g}"] + preds
+                        + [""])
+    store.atomic_write_bytes(export / "to_label.csv", buf.getvalue().encode())
+    captions = [f"{sid}\n{ds.classes[int(top_c[r, 0])]} {float(top_p[r, 0]):.2f}" for r, sid in enumerate(ids.tolist())]
+    contact_sheet(sub.cpu(), captions, export / "contact_sheet.png")
+
+
+def label_command(manifest_path: str | Path, task_index: int | None, labels_file: Path, ui: Ui) -> int:
+    """`alctl label`: import a person's labels for the pending selection; all-or-nothing; returns rows imported."""
+    from alctl.labels import read_labels
+
+    task = _one_task(manifest_path, task_index)
+    config = task.config
+    ds = dataset_for(config)
+    ts = store.TaskStore(task_dir(task))
+    with task_lock(task):
+        pool = read_pool(ts, ds)
+        if pool is None:
+            raise UserError(f"--task: task {task.index} has not started; run `alctl cycle {manifest_path}` first")
+        pending = pool.pending()
+        sample_ids, labels = read_labels(labels_file, ds.train_ids.numpy(), ds.train_ids.numpy()[pending], ds.classes)
+        pos = positions_of(ds, sample_ids)
+        pool.apply_labels(pos, labels, "human")
+        write_pool(ts, ds, pool)
+    left = len(pool.pending())
+    ui.line(f"[task {task.index} {task.key}] imported {len(pos)} labels from {labels_file};"
+            + (f" {left} selected images still wait for labels" if left else
+               f" the selection is complete: run `alctl cycle {manifest_path}` to continue"))
+    return len(pos)
+
+
+def propagate_command(manifest_path: str | Path, task_index: int | None, ui: Ui) -> PropagationOutcome:
+    """`alctl propagate`: label propagation with the task's current model; writes pseudo rows and pseudo accuracy."""
+    task = _one_task(manifest_path, task_index)
+    config = task.config
+    ds = dataset_for(config)
+    device = runtime.choose_device(config.train.device)
+    ts = store.TaskStore(task_dir(task))
+    with task_lock(task):
+        model, cycle = load_task_model(task, ds, ts, device)
+        pool = read_pool(ts, ds)
+        assert pool is not None
+        labeled = pool.labeled_at(cycle)
+        t0 = time.perf_counter()
+        prop = propagate_pool(config, ds, model, ds.train_images.to(device), labeled, pool.label[labeled],
+                              config.train.epochs)
+        seconds = time.perf_counter() - t0
+        u = prop.unlabeled
+        _replace_pseudo(ts, _pseudo_rows(cycle, prop.epoch, ds.train_ids.numpy()[u], prop.labels[u], prop.weights[u]),
+                        cycle, prop.epoch)
+        if prop.accuracy is not None and ts.exists("metrics"):
+            metrics = ts.read("metrics")
+            rows = metrics["cycle"].to_numpy() == cycle
+            acc = np.where(rows, prop.accuracy, metrics["pseudo_accuracy"].to_numpy(zero_copy_only=False))
+            top = np.where(rows, prop.accuracy_top_half,
+                           metrics["pseudo_accuracy_top_half"].to_numpy(zero_copy_only=False))
+            metrics = metrics.set_column(metrics.schema.get_field_index("pseudo_accuracy"), "pseudo_accuracy",
+                                         pa.array(acc, pa.float64()))
+            metrics = metrics.set_column(metrics.schema.get_field_index("pseudo_accuracy_top_half"),
+                                         "pseudo_accuracy_top_half", pa.array(top, pa.float64()))
+            ts.write("metrics", metrics)
+    acc = "" if prop.accuracy is None else (
+        f"; pseudo-labels {100 * prop.accuracy:.2f}% correct, {100 * (prop.accuracy_top_half or 0):.2f}% among the"
+        " most certain half")
+    ui.line(f"[task {task.index} {task.key}] cycle-{cycle} model: propagated {len(labeled)} labels to {len(u)} images"
+            f" in {seconds:.1f}s{acc}; wrote {ts.path('pseudo')}")
+    return prop

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from alctl import store
 from alctl.errors import UserError
@@ -32,6 +33,49 @@ class Row:
     repetitions: int
 
 
+@dataclass(frozen=True)
+class TaskStatus:
+    """How far one planned task of a run got."""
+
+    run: str
+    index: int
+    key: str
+    state: str  # finished | running | stopped | not started
+    cycles_done: int
+    cycles_total: int
+    detail: str = ""
+
+
+def task_statuses(run: Path) -> list[TaskStatus] | None:
+    """Every task the run's manifest plans, with its state; None when the run has no readable manifest."""
+    from alctl import manifest as mf
+    from alctl.errors import ManifestError
+
+    path = run / "manifest.yaml"
+    try:
+        m = mf.load(path)
+    except ManifestError:
+        return None
+    out = []
+    for t in mf.tasks(m):
+        tdir = run / "tasks" / t.key
+        metrics = store.read_table(tdir / "metrics.parquet", "metrics")
+        done = len(np.unique(metrics["cycle"].to_numpy()))
+        total = t.config.active.cycles
+        lock = store.Lock(tdir / ".lock", t.key)
+        owner = lock.owner() if lock.path.is_file() else None
+        if done >= total:
+            state, detail = "finished", ""
+        elif owner is not None and not lock.is_stale(owner):
+            state, detail = "running", f"process {owner.get('pid')} on {owner.get('host')}"
+        elif tdir.is_dir():
+            state, detail = "stopped", "failed, preempted or waiting for labels; rerun `alctl cycle` to resume"
+        else:
+            state, detail = "not started", ""
+        out.append(TaskStatus(run.name, t.index, t.key, state, done, total, detail))
+    return out
+
+
 def find_runs(root: Path = Path("runs")) -> list[Path]:
     """Every run directory under root (a directory with tasks/)."""
     if not root.is_dir():
@@ -39,11 +83,16 @@ def find_runs(root: Path = Path("runs")) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / "tasks").is_dir())
 
 
-def aggregate(run_dirs: list[Path]) -> list[Row]:
-    """Mean ± std of test accuracy over repetitions for each run, setting and cycle."""
+def aggregate(run_dirs: list[Path], finished_only: bool = True) -> list[Row]:
+    """Mean ± std of test accuracy over repetitions for each run, setting and cycle (finished tasks only, when the
+    run's manifest tells which tasks are finished)."""
     rows: list[Row] = []
     for run in run_dirs:
         t = store.read_metrics_dataset(run)
+        statuses = task_statuses(run) if finished_only else None
+        if statuses is not None and t.num_rows:
+            done = {st.key for st in statuses if st.state == "finished"}
+            t = t.filter(pa.array(np.isin(np.array(t["task_key"].to_pylist(), dtype=object), list(done))))
         if t.num_rows == 0:
             continue
         keys = np.array([_REP.sub("", k) for k in t["task_key"].to_pylist()], dtype=object)
@@ -56,10 +105,11 @@ def aggregate(run_dirs: list[Path]) -> list[Row]:
             sm = keys == setting
             for c in np.unique(cycle[sm]):
                 m = sm & (cycle == c)
-                a = acc[m]
+                a = acc[m][~np.isnan(acc[m])]
                 rows.append(
                     Row(run=run.name, setting=setting, strategy=str(strategy[m][0]), variant=str(variant[m][0]),
-                        cycle=int(c), n_labeled=int(np.round(labels[m].mean())), accuracy_mean=float(a.mean()),
+                        cycle=int(c), n_labeled=int(np.round(labels[m].mean())),
+                        accuracy_mean=float(a.mean()) if len(a) else float("nan"),
                         accuracy_std=float(a.std(ddof=1)) if len(a) > 1 else 0.0, repetitions=int(m.sum()))
                 )
     return rows
@@ -80,10 +130,8 @@ def render_markdown(rows: list[Row]) -> str:
     out = ["| run | strategy | variant | cycle | labels | accuracy (%) | reps |", "|---|---|---|---:|---:|---|---:|"]
     for r in rows:
         extra = _extra(r)
-        out.append(
-            f"| {r.run} | {r.strategy}{extra} | {r.variant} | {r.cycle} | {r.n_labeled} |"
-            f" {r.accuracy_mean:.2f} ± {r.accuracy_std:.2f} | {r.repetitions} |"
-        )
+        acc = "n/a (no test set)" if np.isnan(r.accuracy_mean) else f"{r.accuracy_mean:.2f} ± {r.accuracy_std:.2f}"
+        out.append(f"| {r.run} | {r.strategy}{extra} | {r.variant} | {r.cycle} | {r.n_labeled} | {acc} | {r.repetitions} |")
     return "\n".join(out)
 
 
@@ -138,8 +186,20 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def report(run_dir: Path | None, fmt: str, plot_path: Path | None = None) -> str:
-    """Text of the report over one run directory, or every run under ./runs when None."""
+def unfinished_lines(run_dirs: list[Path]) -> list[str]:
+    """One line per planned task that is not finished (running, stopped, not started)."""
+    lines = []
+    for run in run_dirs:
+        for st in task_statuses(run) or []:
+            if st.state != "finished":
+                detail = f" ({st.detail})" if st.detail else ""
+                lines.append(f"{st.run} task {st.index} {st.key}: {st.state}, {st.cycles_done}/{st.cycles_total}"
+                             f" cycles{detail}")
+    return lines
+
+
+def report(run_dir: Path | None, fmt: str, plot_path: Path | None = None) -> tuple[str, list[str]]:
+    """(report text over one run directory, or every run under ./runs when None; lines naming unfinished tasks)."""
     if run_dir is None:
         runs = find_runs(Path("runs"))
         if not runs:
@@ -151,9 +211,11 @@ def report(run_dir: Path | None, fmt: str, plot_path: Path | None = None) -> str
         if not runs:
             raise UserError(f"{run_dir}: no tasks/ inside; is this a run directory (runs/<name>)?")
     rows = aggregate(runs)
+    missing = unfinished_lines(runs)
     if not rows:
-        raise UserError(f"{', '.join(map(str, runs))}: no finished cycle yet (no metrics.parquet)")
+        detail = f"; {len(missing)} tasks not finished" if missing else ""
+        raise UserError(f"{', '.join(map(str, runs))}: no finished task yet{detail}")
     if plot_path is not None:
         plot(rows, plot_path)
     renderers = {"markdown": render_markdown, "csv": render_csv, "json": render_json}
-    return renderers[fmt](rows)
+    return renderers[fmt](rows), missing

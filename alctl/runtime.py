@@ -56,3 +56,49 @@ def scheduler_task_index() -> int | None:
 
                 raise UserError(f"{var}={value!r} is not an integer task index") from None
     return None
+
+
+class Preemption:
+    """SIGTERM / SIGUSR1 (what Slurm and Kubernetes send before a kill) set a flag instead of killing at once.
+
+    Use as a context manager around work that checkpoints: call it (or read `requested`) at safe points, save,
+    and stop.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self) -> None:
+        """Not yet installed; `requested` is False."""
+        self.requested: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        """Record the signal (first one wins)."""
+        import signal
+
+        if self.requested is None:
+            self.requested = signal.Signals(signum).name
+
+    def __call__(self) -> bool:
+        """True once a preemption signal arrived."""
+        return self.requested is not None
+
+    def __enter__(self) -> "Preemption":
+        """Install the handlers (main thread only; elsewhere a no-op)."""
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Restore the previous handlers."""
+        import signal
+
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        self._previous.clear()

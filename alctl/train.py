@@ -45,12 +45,31 @@ class Targets:
 
 @dataclass
 class FitState:
-    """What a callback sees after each epoch (for checkpoints and preemption)."""
+    """Where training stands: after an epoch (step 0), or mid-epoch when stopped early (for checkpoints/preemption)."""
 
-    epoch: int  # epochs finished
+    epoch: int  # epoch in progress; equals spec.epochs when training is finished
     model: nn.Module
     optimizer: torch.optim.Optimizer
     targets: Targets
+    step: int = 0  # steps of `epoch` already done
+    batches: list[torch.Tensor] | None = None  # the batch order of `epoch` while it is in progress (step > 0)
+    stopped: bool = False  # should_stop() ended training before spec.epochs
+
+
+@dataclass(frozen=True)
+class Semi:
+    """How pseudo-labels enter training: recomputed by `refresh(epoch)` and mixed into every batch."""
+
+    refresh: Callable[[int], Targets]  # epoch -> targets with pseudo-labels (label propagation)
+    every: int = 1  # epochs between refreshes
+    warmup: int = 0  # epochs on labels only before the first refresh
+    batch_size: int = 128  # images per mixed batch
+    labeled_per_batch: int = 50  # labeled images in each mixed batch
+    unlabeled_per_epoch: int | None = None  # pseudo-labeled images per epoch; None = all
+
+    def due(self, epoch: int) -> bool:
+        """True when pseudo-labels are recomputed at the start of `epoch`."""
+        return epoch >= self.warmup and (epoch - self.warmup) % self.every == 0
 
 
 def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.SGD:
@@ -79,19 +98,30 @@ def _plain_batches(n: int, n_labeled: int, spec: TrainSpec, generator: torch.Gen
     return [order[i * bs : (i + 1) * bs] for i in range(steps)]
 
 
-def _mixed_batches(
-    n_l: int, n_p: int, batch_size: int, labeled_per_batch: int, generator: torch.Generator
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One pass over the pseudo-labeled items, each batch completed with labeled items cycled in shuffled order."""
-    per_pseudo = batch_size - labeled_per_batch
-    steps = max(1, math.ceil(n_p / per_pseudo))
+def _mixed_batches(n_l: int, n_p: int, semi: Semi, generator: torch.Generator) -> list[torch.Tensor]:
+    """One pass over (up to unlabeled_per_epoch of) the n_p pseudo-labeled items, each batch completed with
+    labeled items cycled in shuffled order; indices >= n_l address the pseudo-labeled items."""
+    per_pseudo = semi.batch_size - semi.labeled_per_batch
     p_order = torch.randperm(n_p, generator=generator)
-    need = steps * labeled_per_batch
-    l_order = torch.cat([torch.randperm(n_l, generator=generator) for _ in range(math.ceil(need / n_l))])
+    if semi.unlabeled_per_epoch is not None:
+        p_order = p_order[: semi.unlabeled_per_epoch]
+    steps = max(1, math.ceil(len(p_order) / per_pseudo))
+    lb = semi.labeled_per_batch
+    l_order = torch.cat([torch.randperm(n_l, generator=generator) for _ in range(math.ceil(steps * lb / n_l))])
     return [
-        (l_order[i * labeled_per_batch : (i + 1) * labeled_per_batch], p_order[i * per_pseudo : (i + 1) * per_pseudo])
+        torch.cat([l_order[i * lb : (i + 1) * lb], p_order[i * per_pseudo : (i + 1) * per_pseudo] + n_l])
         for i in range(steps)
     ]
+
+
+def _flat_targets(t: Targets, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Positions [m], labels [m], sample weights [m] (labeled first, then pseudo) and class weights [C] on device."""
+    pos = np.concatenate([t.labeled_pos, t.pseudo_pos]).astype(np.int64)
+    ys = np.concatenate([t.labeled_y, t.pseudo_y]).astype(np.int64)
+    ws = np.concatenate([np.ones(len(t.labeled_pos), np.float32), t.pseudo_w.astype(np.float32)])
+    class_w = None if t.class_w is None else torch.as_tensor(t.class_w, dtype=torch.float32, device=device)
+    pos_t, ys_t, ws_t = (torch.from_numpy(a).to(device) for a in (pos, ys, ws))
+    return pos_t, ys_t, ws_t, class_w
 
 
 def fit(
@@ -103,46 +133,45 @@ def fit(
     std: Sequence[float],
     generator: torch.Generator,
     *,
-    refresh: Callable[[int], Targets] | None = None,
-    refresh_every: int = 1,
-    mix: tuple[int, int] | None = None,
-    start_epoch: int = 0,
-    optimizer_state: dict | None = None,
+    semi: Semi | None = None,
+    resume: FitState | None = None,
     on_epoch: Callable[[FitState], None] | None = None,
-    on_step: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> FitState:
-    """Train `model` for spec.epochs epochs on images[targets] (on the images' device) and return the final state.
+    """Train `model` on images[targets] (uint8 [N, C, H, W] on the training device) up to spec.epochs; return the state.
 
-    refresh(epoch) recomputes pseudo-targets every `refresh_every` epochs (label propagation); mix=(batch, labeled)
-    mixes labeled and pseudo-labeled images in each batch; otherwise labeled and pseudo-labeled images are
-    shuffled together in batches of spec.batch_size. Resumes at start_epoch with optimizer_state.
+    Without `semi`, labeled and (CEAL) pseudo-labeled images are shuffled together in batches of spec.batch_size.
+    With `semi`, pseudo-targets come from semi.refresh(epoch) when due and every batch mixes labeled and
+    pseudo-labeled images. `resume` continues a state returned earlier (the caller restores the model, optimizer,
+    generator and global RNG states that went with it); `should_stop()` is checked after every step and ends
+    training early with state.stopped set, mid-epoch if need be, so that resuming replays the rest exactly.
     """
     device = images.device
-    optimizer = make_optimizer(model, spec)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    state = FitState(epoch=start_epoch, model=model, optimizer=optimizer, targets=targets)
-    for epoch in range(start_epoch, spec.epochs):
-        if refresh is not None and (epoch - start_epoch) % refresh_every == 0:
-            state.targets = refresh(epoch)
-        t = state.targets
-        pos = np.concatenate([t.labeled_pos, t.pseudo_pos]).astype(np.int64)
-        ys = np.concatenate([t.labeled_y, t.pseudo_y]).astype(np.int64)
-        ws = np.concatenate([np.ones(len(t.labeled_pos), np.float32), t.pseudo_w.astype(np.float32)])
-        pos_t, ys_t, ws_t = (torch.from_numpy(a).to(device) for a in (pos, ys, ws))
-        class_w = None if t.class_w is None else torch.as_tensor(t.class_w, dtype=torch.float32, device=device)
-        n_l = len(t.labeled_pos)
-        if mix is not None and len(t.pseudo_pos) > 0:
-            batches = [
-                torch.cat([lb, pb + n_l]) for lb, pb in _mixed_batches(n_l, len(t.pseudo_pos), mix[0], mix[1], generator)
-            ]
-        else:
-            batches = _plain_batches(len(pos), n_l, spec, generator)
+    if resume is not None:
+        state = resume
+        state.model, state.stopped = model, False
+    else:
+        state = FitState(epoch=0, model=model, optimizer=make_optimizer(model, spec), targets=targets)
+    optimizer = state.optimizer
+    while state.epoch < spec.epochs:
+        epoch = state.epoch
+        if state.batches is None:  # a new epoch
+            if semi is not None and semi.due(epoch):
+                state.targets = semi.refresh(epoch)
+            t = state.targets
+            if semi is not None and len(t.pseudo_pos) > 0:
+                state.batches = _mixed_batches(len(t.labeled_pos), len(t.pseudo_pos), semi, generator)
+            else:
+                state.batches = _plain_batches(len(t.labeled_pos) + len(t.pseudo_pos), len(t.labeled_pos), spec,
+                                               generator)
+            state.step = 0
+        pos_t, ys_t, ws_t, class_w = _flat_targets(state.targets, device)
+        batches = state.batches
         model.train()
-        for step, b in enumerate(batches):
+        for step in range(state.step, len(batches)):
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(epoch + step / len(batches), spec)
-            b = b.to(device)
+            b = batches[step].to(device)
             x = augment(normalize(images[pos_t[b]], mean, std), spec.translate, spec.flip, generator)
             logits, _ = model(x)
             per_sample = F.cross_entropy(logits, ys_t[b], weight=class_w, reduction="none")
@@ -150,11 +179,16 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if on_step is not None:
-                on_step(step + 1, len(batches))
-        state.epoch = epoch + 1
+            state.step = step + 1
+            if should_stop is not None and state.step < len(batches) and should_stop():
+                state.stopped = True
+                return state
+        state.epoch, state.step, state.batches = epoch + 1, 0, None
         if on_epoch is not None:
             on_epoch(state)
+        if should_stop is not None and state.epoch < spec.epochs and should_stop():
+            state.stopped = True
+            return state
     return state
 
 

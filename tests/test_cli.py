@@ -102,7 +102,8 @@ def test_cycle_then_report_end_to_end(write_manifest, workdir: Path) -> None:
     res = runner.invoke(app, ["select", str(path), "--task", "4", "--export", "out"])
     assert res.exit_code == 0, res.output
     exported = (workdir / "out" / "to_label.csv").read_text().splitlines()
-    assert exported[0].startswith("sample_id,score,top1") and len(exported) == 11
+    assert exported[0] == "sample_id,path,score,top1,p1,top2,p2,top3,p3,label" and len(exported) == 11
+    assert (workdir / "out" / "contact_sheet.png").stat().st_size > 1000
 
 
 def test_console_script_help() -> None:
