@@ -157,7 +157,7 @@ class SchedulerConfig(_Section):
     cpus: int = Field(4, ge=1, description="CPU cores per task")
     memory: str = Field("16G", description="memory per task, e.g. 16G (Slurm --mem; k8s 16Gi)")
     image: str | None = Field(
-        None, description="container image; Slurm runs through it with --container when set; required for k8s"
+        None, description="container image; Slurm runs alctl in it with apptainer/singularity when set; required for k8s"
     )
     max_parallel: int | None = Field(None, ge=1, description="tasks running at once (Slurm %N, k8s parallelism); null = all")
     namespace: str = Field("default", description="Kubernetes namespace")
@@ -167,6 +167,19 @@ class SchedulerConfig(_Section):
     data_claim: str | None = Field(None, description="Kubernetes PersistentVolumeClaim holding dataset.root; null = hostPath")
     backoff_limit: int = Field(3, ge=0, description="Kubernetes retries per index (backoffLimitPerIndex)")
     signal_seconds: int = Field(120, ge=0, description="seconds of warning before a kill (Slurm --signal, k8s grace period)")
+
+    @model_validator(mode="after")
+    def _formats(self) -> "SchedulerConfig":
+        """time and memory in the forms Slurm and Kubernetes accept."""
+        from alctl.errors import UserError
+        from alctl.jobs import memory_parts, time_seconds
+
+        try:
+            time_seconds(self.time)
+            memory_parts(self.memory)
+        except UserError as exc:
+            raise ValueError(exc.problems[0]) from None
+        return self
 
 
 class Manifest(_Section):
@@ -192,7 +205,7 @@ class Manifest(_Section):
         """Cross-field rules of one resolved configuration (sweeps are checked per task)."""
         problems = cross_field_problems(self)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
 
@@ -298,7 +311,7 @@ def _format_validation(err: ValidationError, prefix: str = "") -> list[str]:
         where = prefix + loc if loc else (prefix.rstrip(".") or "manifest")
         msg = e["msg"]
         if msg.startswith("Value error, "):
-            for part in msg[len("Value error, ") :].split("; "):
+            for part in msg[len("Value error, ") :].split("\n"):
                 lines.append(f"{prefix}{part}" if prefix else part)
             continue
         if e["type"] == "extra_forbidden":
