@@ -1,0 +1,56 @@
+"""report over a shared run directory where some tasks finished, one is running, one failed and one never started."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from rich.console import Console
+from typer.testing import CliRunner
+
+from alctl import manifest as mf
+from alctl import pipeline
+from alctl.cli import app
+from alctl.report import task_statuses
+
+runner = CliRunner()
+
+
+def test_report_lists_unfinished_tasks_and_reports_the_finished_ones(write_manifest, workdir: Path) -> None:
+    path = write_manifest({"repetitions": 2, "train": {"epochs": 2, "rampdown_epochs": 3}, "active": {"cycles": 2},
+                           "sweep": {"active.strategy": ["random", "uncertainty"]}})
+    ui = pipeline.Ui(console=Console(quiet=True), quiet=True)
+    pipeline.cycle_command(path, 0, None, ui)  # finished
+    pipeline.cycle_command(path, 1, None, ui)  # finished
+    pipeline.cycle_command(path, 2, 1, ui)  # stopped after one cycle (failed / preempted)
+    m = mf.load(path)
+    tasks = mf.tasks(m)
+    running = mf.run_dir(m) / "tasks" / tasks[3].key
+    pipeline.cycle_command(path, 3, 1, ui)
+    (running / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
+
+    states = {s.index: s.state for s in task_statuses(mf.run_dir(m))}
+    assert states == {0: "finished", 1: "finished", 2: "stopped", 3: "running"}
+
+    res = runner.invoke(app, ["report", "runs/tiny", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert {r["strategy"] for r in rows} == {"random"} and {r["repetitions"] for r in rows} == {2}
+    assert "2 tasks not finished" in res.stderr
+    assert f"task 2 {tasks[2].key}: stopped, 1/2 cycles" in res.stderr
+    assert f"task 3 {tasks[3].key}: running, 1/2 cycles (process {os.getpid()}" in res.stderr
+
+    # a task whose directory never appeared (another machine has not started it)
+    for f in running.rglob("*"):
+        if f.is_file():
+            f.unlink()
+    for d in sorted(running.rglob("*"), reverse=True):
+        d.rmdir()
+    running.rmdir()
+    res = runner.invoke(app, ["report", "--format", "csv"])
+    assert res.exit_code == 0 and f"task 3 {tasks[3].key}: not started, 0/2 cycles" in res.stderr
+    assert res.stdout.splitlines()[0].startswith("run,setting,strategy")
+    assert pq.read_table(mf.run_dir(m) / "tasks" / tasks[0].key / "metrics.parquet").num_rows == 2
