@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import resource
 import time
@@ -351,14 +352,13 @@ def _targets_dict(t: Targets) -> dict[str, Any]:
 
 
 def pretrain_key(config: mf.Manifest, ds: DatasetSplits) -> str:
-    """Hash of what determines the encoder: dataset, input shape, model, pretrain settings, seed."""
+    """Hash of what determines the encoder: dataset, input shape, model, augmentation, pretrain settings, seed."""
     payload = {
         "dataset": config.dataset.model_dump(mode="json"), "input": list(ds.train_images.shape[1:]),
         "model": config.model.model_dump(mode="json"),
+        "augment": {"translate": config.train.translate, "flip": config.train.flip},
         "pretrain": config.pretrain.model_dump(mode="json", exclude={"method", "weights"}), "seed": config.seed,
     }
-    import hashlib
-
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,71 @@
+"""+SEMI in the pipeline: label propagation every epoch, pseudo.parquet, `alctl propagate`, jLP, the report's variants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from alctl import manifest as mf
+from alctl.cli import app
+
+runner = CliRunner()
+SEMI = {
+    "repetitions": 1,
+    "train": {"epochs": 4, "rampdown_epochs": 5},
+    "active": {"cycles": 2},
+    "semi": {"k": 10, "batch_size": 64, "labeled_per_batch": 16, "unlabeled_per_epoch": 480, "every": 2},
+    "sweep": {"active.strategy": ["random", "jlp"], "semi.method": ["none", "label-propagation"]},
+}
+
+
+@pytest.mark.slow
+def test_semi_cycles_write_pseudo_labels_and_report_variants(write_manifest, workdir: Path) -> None:
+    path = write_manifest(SEMI)
+    res = runner.invoke(app, ["validate", str(path)])
+    assert res.exit_code == 0 and "4 tasks" in res.output
+    res = runner.invoke(app, ["cycle", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "pseudo-labels" in res.output and "% correct" in res.output
+    m = mf.load(path)
+    for t in mf.tasks(m):
+        tdir = mf.run_dir(m) / "tasks" / t.key
+        metrics = pq.read_table(tdir / "metrics.parquet").to_pydict()
+        if t.config.semi.method == "none":
+            assert not (tdir / "pseudo.parquet").exists() and metrics["pseudo_accuracy"] == [None, None]
+            continue
+        assert t.variant == "+SEMI" and metrics["variant"] == ["+SEMI", "+SEMI"]
+        assert all(0.1 < a <= 1.0 for a in metrics["pseudo_accuracy"]), metrics["pseudo_accuracy"]
+        assert all(s > 0 for s in metrics["seconds_propagate"]) and all(n > 1000 for n in metrics["n_pseudo"])
+        pseudo = pq.read_table(tdir / "pseudo.parquet").to_pydict()
+        assert sorted(set(zip(pseudo["cycle"], pseudo["epoch"]))) == [(0, 2), (1, 2)]  # the last refresh per cycle
+        w = np.array(pseudo["weight"])
+        assert w.min() >= 0 and w.max() <= 1 and len(w) == 2 * 1397 - 10 - 20
+    res = runner.invoke(app, ["report", "runs/tiny", "--format", "json"])
+    rows = json.loads(res.stdout)
+    assert {(r["strategy"], r["variant"]) for r in rows} == {
+        ("random", "plain"), ("random", "+SEMI"), ("jlp", "plain"), ("jlp", "+SEMI")}
+
+    # alctl propagate on the final model of a +SEMI task: rows for (last cycle, epoch = train.epochs) and accuracy
+    res = runner.invoke(app, ["propagate", str(path), "--task", "1"])
+    assert res.exit_code == 0, res.output
+    assert "propagated 20 labels to 1377 images" in res.output and "most certain half" in res.output
+    tdir = mf.run_dir(m) / "tasks" / mf.tasks(m)[1].key
+    pseudo = pq.read_table(tdir / "pseudo.parquet").to_pydict()
+    assert sum(1 for c, e in zip(pseudo["cycle"], pseudo["epoch"]) if (c, e) == (1, 4)) == 1377
+    metrics = pq.read_table(tdir / "metrics.parquet").to_pydict()
+    assert metrics["pseudo_accuracy_top_half"][1] >= metrics["pseudo_accuracy"][1] - 0.05
+    again = runner.invoke(app, ["propagate", str(path), "--task", "1"])  # idempotent: rows replaced, not appended
+    assert again.exit_code == 0 and pq.read_table(tdir / "pseudo.parquet").num_rows == len(pseudo["cycle"])
+
+
+def test_ceal_with_label_propagation_is_rejected_naming_both_fields(write_manifest) -> None:
+    path = write_manifest({"sweep": {"active.strategy": ["random", "ceal"], "semi.method": ["label-propagation"]}})
+    res = runner.invoke(app, ["validate", str(path)])
+    assert res.exit_code == 2
+    assert "active.strategy: ceal does not combine with semi.method: label-propagation" in res.output
+    assert "(sweep point active.strategy=ceal, semi.method=label-propagation)" in res.output
