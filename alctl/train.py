@@ -86,32 +86,51 @@ def cosine_lr(epoch: float, spec: TrainSpec) -> float:
     return spec.lr * 0.5 * (math.cos(math.pi * t) + 1.0)
 
 
-def _plain_batches(n: int, n_labeled: int, spec: TrainSpec, generator: torch.Generator) -> list[torch.Tensor]:
-    """Index batches over n items for one epoch of max(ceil(n_labeled / batch), min_steps) shuffled batches.
-
-    The epoch length follows the labeled set, so extra pseudo-labeled items (CEAL) are sampled alongside the
-    labeled ones instead of multiplying the cost of a cycle.
-    """
+def _plain_batches(n: int, spec: TrainSpec, generator: torch.Generator) -> list[torch.Tensor]:
+    """Index batches over n labeled items for one epoch of max(ceil(n / batch), min_steps) shuffled batches."""
     bs = min(spec.batch_size, n)
-    steps = max(math.ceil(max(n_labeled, 1) / bs), spec.min_steps, 1)
+    steps = max(math.ceil(max(n, 1) / bs), spec.min_steps, 1)
     order = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(steps * bs / n))])
     return [order[i * bs : (i + 1) * bs] for i in range(steps)]
 
 
-def _mixed_batches(n_l: int, n_p: int, semi: Semi, generator: torch.Generator) -> list[torch.Tensor]:
+def _mixed_batches(
+    n_l: int, n_p: int, batch_size: int, labeled_per_batch: int, unlabeled_per_epoch: int | None,
+    generator: torch.Generator,
+) -> list[torch.Tensor]:
     """One pass over (up to unlabeled_per_epoch of) the n_p pseudo-labeled items, each batch completed with
-    labeled items cycled in shuffled order; indices >= n_l address the pseudo-labeled items."""
-    per_pseudo = semi.batch_size - semi.labeled_per_batch
+    labeled_per_batch labeled items cycled in shuffled order; indices >= n_l address the pseudo-labeled items."""
+    per_pseudo = batch_size - labeled_per_batch
     p_order = torch.randperm(n_p, generator=generator)
-    if semi.unlabeled_per_epoch is not None:
-        p_order = p_order[: semi.unlabeled_per_epoch]
+    if unlabeled_per_epoch is not None:
+        p_order = p_order[:unlabeled_per_epoch]
     steps = max(1, math.ceil(len(p_order) / per_pseudo))
-    lb = semi.labeled_per_batch
+    lb = labeled_per_batch
     l_order = torch.cat([torch.randperm(n_l, generator=generator) for _ in range(math.ceil(steps * lb / n_l))])
     return [
         torch.cat([l_order[i * lb : (i + 1) * lb], p_order[i * per_pseudo : (i + 1) * per_pseudo] + n_l])
         for i in range(steps)
     ]
+
+
+def _epoch_batches(t: Targets, spec: TrainSpec, semi: Semi | None, generator: torch.Generator) -> list[torch.Tensor]:
+    """The batches of one epoch over labeled items then pseudo-labeled ones (indices into their concatenation).
+
+    Labels only: max(ceil(n_l / batch), min_steps) shuffled batches. Label propagation: semi's mixed batches, one
+    pass over the pseudo-labeled items. Other pseudo-labels (CEAL): as many steps as with labels only, each batch
+    of spec.batch_size labeled items plus as many pseudo-labeled ones, so that thousands of confident
+    pseudo-labels complement the few true labels instead of drowning them.
+    """
+    n_l, n_p = len(t.labeled_pos), len(t.pseudo_pos)
+    if n_p and semi is not None:
+        return _mixed_batches(n_l, n_p, semi.batch_size, semi.labeled_per_batch, semi.unlabeled_per_epoch, generator)
+    batches = _plain_batches(n_l, spec, generator)
+    if not n_p:
+        return batches
+    bs = spec.batch_size
+    need = len(batches) * bs
+    p_order = torch.cat([torch.randperm(n_p, generator=generator) for _ in range(math.ceil(need / n_p))])
+    return [torch.cat([b, p_order[i * bs : (i + 1) * bs] + n_l]) for i, b in enumerate(batches)]
 
 
 def _flat_targets(t: Targets, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -158,12 +177,7 @@ def fit(
         if state.batches is None:  # a new epoch
             if semi is not None and semi.due(epoch):
                 state.targets = semi.refresh(epoch)
-            t = state.targets
-            if semi is not None and len(t.pseudo_pos) > 0:
-                state.batches = _mixed_batches(len(t.labeled_pos), len(t.pseudo_pos), semi, generator)
-            else:
-                state.batches = _plain_batches(len(t.labeled_pos) + len(t.pseudo_pos), len(t.labeled_pos), spec,
-                                               generator)
+            state.batches = _epoch_batches(state.targets, spec, semi, generator)
             state.step = 0
         pos_t, ys_t, ws_t, class_w = _flat_targets(state.targets, device)
         batches = state.batches
