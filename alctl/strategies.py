@@ -80,7 +80,7 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -np.einsum("ij,ij->i", p, logp)
 
 
-def _check_budget(view: PoolView, budget: int) -> int:
+def check_budget(view: PoolView, budget: int) -> int:
     """The budget as an int; a UserError when it is negative or larger than what U still holds."""
     n_u = int(np.asarray(view.unlabeled).shape[0])
     b = int(budget)
@@ -94,7 +94,7 @@ def _check_budget(view: PoolView, budget: int) -> int:
     return b
 
 
-def _check_view(view: PoolView, *, need_probs: bool = False, need_features: bool = False) -> None:
+def check_view(view: PoolView, *, need_probs: bool = False, need_features: bool = False) -> None:
     """Shape / dtype / disjointness checks of a pool view (a failure is a caller bug: ValueError)."""
     unl = np.asarray(view.unlabeled)
     lab = np.asarray(view.labeled)
@@ -137,7 +137,10 @@ def _top_b(scores: np.ndarray, positions: np.ndarray, budget: int) -> np.ndarray
     return positions[order[:budget]].astype(np.int64)
 
 
-def _selection(chosen: np.ndarray, scores: np.ndarray, pseudo_pos=None, pseudo_lab=None) -> Selection:
+def make_selection(
+    chosen: np.ndarray, scores: np.ndarray, pseudo_pos: np.ndarray | None = None, pseudo_lab: np.ndarray | None = None
+) -> Selection:
+    """A Selection with the contract's dtypes: chosen [b] int64, scores [n_u] float32, pseudo [m] int64."""
     return Selection(
         chosen=np.ascontiguousarray(chosen, dtype=np.int64),
         scores=np.ascontiguousarray(scores, dtype=np.float32),
@@ -146,14 +149,21 @@ def _selection(chosen: np.ndarray, scores: np.ndarray, pseudo_pos=None, pseudo_l
     )
 
 
-def _param(params: Mapping[str, float], key: str, default: float, lo: float, hi: float) -> float:
+# Manifest field of each strategy parameter, for messages.
+PARAM_FIELDS = {"threshold": "active.ceal.threshold", "decay": "active.ceal.decay", "k": "semi.k",
+                "alpha": "semi.alpha", "gamma": "semi.gamma", "tol": "semi.tol", "max_iter": "semi.max_iter"}
+
+
+def number_param(params: Mapping[str, float], key: str, default: float, lo: float, hi: float) -> float:
+    """params[key] (default when absent) as a float in [lo, hi]; a UserError naming the manifest field otherwise."""
+    field = PARAM_FIELDS.get(key, key)
     value = params.get(key, default)
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"active.params.{key}: expected a number, got {value!r}") from None
+        raise UserError(f"{field}: expected a number, got {value!r}") from None
     if not (lo <= value <= hi) or math.isnan(value):
-        raise UserError(f"active.params.{key}: must be in [{lo}, {hi}], got {value}")
+        raise UserError(f"{field}: must be in [{lo}, {hi}], got {value}")
     return value
 
 
@@ -396,37 +406,37 @@ def _update(min_sq: np.ndarray, x: np.ndarray, x_sq: np.ndarray, i: int) -> None
 
 def _random(view: PoolView, budget: int, rng: np.random.Generator, params: Mapping[str, float]) -> Selection:
     """b uniformly random images of U: a uniform score per row, the b highest chosen."""
-    b = _check_budget(view, budget)
-    _check_view(view)
+    b = check_budget(view, budget)
+    check_view(view)
     unl = np.asarray(view.unlabeled, dtype=np.int64)
     scores = rng.random(unl.shape[0], dtype=np.float32)
-    return _selection(_top_b(scores, unl, b), scores)
+    return make_selection(_top_b(scores, unl, b), scores)
 
 
 def _uncertainty(view: PoolView, budget: int, rng: np.random.Generator, params: Mapping[str, float]) -> Selection:
     """The b images of U with the highest softmax entropy."""
-    b = _check_budget(view, budget)
-    _check_view(view, need_probs=True)
+    b = check_budget(view, budget)
+    check_view(view, need_probs=True)
     unl = np.asarray(view.unlabeled, dtype=np.int64)
     scores = entropy(view.probs).astype(np.float32)
-    return _selection(_top_b(scores, unl, b), scores)
+    return make_selection(_top_b(scores, unl, b), scores)
 
 
 def _coreset(view: PoolView, budget: int, rng: np.random.Generator, params: Mapping[str, float]) -> Selection:
     """Greedy k-center on the features from the labeled set (Sener & Savarese 2018)."""
-    b = _check_budget(view, budget)
-    _check_view(view, need_features=True)
+    b = check_budget(view, budget)
+    check_view(view, need_features=True)
     chosen, scores = kcenter_greedy(view.features, view.labeled, view.unlabeled, b)
-    return _selection(chosen, scores)
+    return make_selection(chosen, scores)
 
 
 def _ceal(view: PoolView, budget: int, rng: np.random.Generator, params: Mapping[str, float]) -> Selection:
     """CEAL (Wang et al. 2017): uncertainty selection, plus pseudo-labels (argmax) on the remaining
     images of U whose normalised entropy H / log C is below max(0, threshold - decay * cycle)."""
-    b = _check_budget(view, budget)
-    _check_view(view, need_probs=True)
-    threshold = _param(params, "threshold", 0.1, 0.0, 1.0)
-    decay = _param(params, "decay", 0.00033, 0.0, 1.0)
+    b = check_budget(view, budget)
+    check_view(view, need_probs=True)
+    threshold = number_param(params, "threshold", 0.1, 0.0, 1.0)
+    decay = number_param(params, "decay", 0.00033, 0.0, 1.0)
     unl = np.asarray(view.unlabeled, dtype=np.int64)
     h = entropy(view.probs)
     scores = h.astype(np.float32)
@@ -437,12 +447,12 @@ def _ceal(view: PoolView, budget: int, rng: np.random.Generator, params: Mapping
     order = np.argsort(unl[confident], kind="stable")
     pseudo_pos = unl[confident][order]
     pseudo_lab = np.asarray(view.probs)[confident].argmax(axis=1)[order]
-    return _selection(chosen, scores, pseudo_pos, pseudo_lab)
+    return make_selection(chosen, scores, pseudo_pos, pseudo_lab)
 
 
 def _jlp(view: PoolView, budget: int, rng: np.random.Generator, params: Mapping[str, float]) -> Selection:
     """jLP (Siméoni et al.): diffusion-based selection, implemented in `alctl.propagate.jlp_select`."""
-    b = _check_budget(view, budget)
+    b = check_budget(view, budget)
     from alctl.propagate import jlp_select
 
     return jlp_select(view, b, rng, params)
@@ -474,7 +484,7 @@ def select(
 ) -> Selection:
     """Run strategy `name` on `view` for `budget` images and check its answer against the contract."""
     fn = get_strategy(name)
-    b = _check_budget(view, budget)
+    b = check_budget(view, budget)
     sel = fn(view, b, rng, {} if params is None else params)
     unl = np.asarray(view.unlabeled, dtype=np.int64)
     chosen = np.asarray(sel.chosen)

@@ -275,7 +275,7 @@ def test_ceal_never_pseudo_labels_a_chosen_row():
 
 
 def test_ceal_rejects_bad_params():
-    with pytest.raises(UserError, match="active.params.threshold"):
+    with pytest.raises(UserError, match="active.ceal.threshold"):
         select("ceal", _ceal_view(0), 1, np.random.default_rng(0), {"threshold": 2.0})
 
 

@@ -1,0 +1,655 @@
+"""Label propagation (Iscen et al., CVPR 2019) and jLP selection over the kNN graph of the pool's features.
+
+Array contract: features `[n, D]` float32 L2-normalised, one row per pool position; positions and labels
+int64; sims `[n, k]` float32 / ids `[n, k]` int64 from `alctl.knn.knn_search`; the normalised graph W_n
+`[n, n]` float32 CSR, symmetric, zero diagonal; right-hand sides Y and solutions Z `[n, C]` (one column
+per class, or per diffusion source) float32; pseudo-labels `[n]` int64, certainty weights `[n]` float32,
+class weights `[C]` float32. Randomness: none (ties go to the lower pool position). Pure: no file I/O.
+
+The linear solves are conjugate gradient on (I - alpha W_n) Z = Y for all columns at once: each column
+follows the iteration of scipy.sparse.linalg.cg (own step sizes, own stopping test
+||r_c|| < tol ||y_c||, at most max_iter iterations), with float32 vectors, float64 dot products and step
+sizes, and one sparse matrix-matrix product per iteration for all the columns still running (made
+block by block, <= 16 columns each: narrow dense blocks stay in cache). Sparse products run in torch
+with the process's intra-op thread setting; everything else is single-threaded numpy.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from alctl.errors import AlctlError, UserError
+from alctl.strategies import (
+    PARAM_FIELDS,
+    PoolView,
+    Selection,
+    check_budget,
+    check_view,
+    make_selection,
+    number_param,
+)
+
+__all__ = ["Propagation", "normalized_graph", "solve", "label_propagation", "pseudo_labels", "jlp_select"]
+
+# Paper / code defaults (PROTOCOL.md).
+DEFAULTS: dict[str, float] = {"k": 50, "alpha": 0.99, "gamma": 3.0, "tol": 1e-6, "max_iter": 20}
+
+# Sparse products take at most this many dense columns at a time (CG keeps its vectors in such blocks).
+_BLOCK_COLS = 16
+# Narrower blocks go through scipy's CSR product (torch's is slower for 1-3 columns: 15 vs 3.5 ms at n = 50,000).
+_TORCH_MIN_COLS = 4
+# Graphs with fewer stored entries are multiplied in the calling thread only.
+_PARALLEL_MIN_NNZ = 1 << 18
+# Column dot products: float32 partial sums over this many rows, then float64.
+_DOT_BLOCK = 256
+# CG compacts its working arrays to the running columns once this fraction of them has stopped.
+_COMPACT_FRACTION = 0.25
+# jLP: the most columns of (I - alpha W_n)^-1 kept between blocks.
+_JLP_CACHE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Propagation:
+    """Result of label propagation over the pool."""
+
+    labels: np.ndarray  # [n] int64 pseudo-label per pool position (labeled rows keep their given label)
+    weights: np.ndarray  # [n] float32 certainty ω in [0, 1]; labeled rows 1.0; unreached rows 0.0
+    class_weights: np.ndarray  # [C] float32, inversely proportional to class frequency among labels (labeled + pseudo)
+    scores: np.ndarray  # [n, C] float32, the solution Z
+    iterations: int  # CG iterations used
+
+
+# --------------------------------------------------------------------------- graph
+
+
+def normalized_graph(sims: np.ndarray, ids: np.ndarray, gamma: float) -> scipy.sparse.csr_matrix:
+    """W_n = D^-1/2 (A + A^T) D^-1/2 with A_ij = max(s_ij, 0)^gamma, zero diagonal; [n, n] float32 CSR.
+
+    sims `[n, k]` float (row i: similarities of i to ids[i]), ids `[n, k]` int in [0, n). Self-loops
+    (ids[i, j] == i) are dropped; a node with no positive edge gets an empty row (degree 0 → 0, not inf).
+    Entries of W = A + A^T sum both directions where i and j list each other.
+    """
+    s = np.asarray(sims)
+    nb = np.asarray(ids)
+    if s.ndim != 2 or nb.shape != s.shape:
+        raise ValueError(f"normalized_graph: sims and ids must both be [n, k], got {s.shape} and {nb.shape}")
+    if not np.issubdtype(s.dtype, np.floating) or not np.issubdtype(nb.dtype, np.integer):
+        raise ValueError(f"normalized_graph: sims must be float and ids integer, got {s.dtype} and {nb.dtype}")
+    gamma = float(gamma)
+    if not (gamma > 0 and math.isfinite(gamma)):
+        raise ValueError(f"normalized_graph: gamma must be a positive number, got {gamma}")
+    n, k = s.shape
+    if nb.size and (int(nb.min()) < 0 or int(nb.max()) >= n):
+        raise ValueError(f"normalized_graph: ids must lie in [0, {n - 1}]")
+    if not np.isfinite(s).all():
+        raise ValueError("normalized_graph: sims hold NaN or inf")
+    a = np.maximum(s, 0, dtype=np.float32)
+    if gamma == round(gamma) and gamma <= 8:  # repeated products: 10x faster than a float power
+        base = a.copy()
+        for _ in range(int(gamma) - 1):
+            a *= base
+    else:
+        a **= np.float32(gamma)
+    a[nb == np.arange(n)[:, None]] = 0.0
+    # Degrees of W = A + A^T without forming it: row sums of A plus column sums of A.
+    deg = a.sum(axis=1, dtype=np.float64) + np.bincount(nb.ravel(), weights=a.ravel(), minlength=n)
+    inv_sqrt = np.zeros(n, dtype=np.float64)
+    np.divide(1.0, np.sqrt(deg), out=inv_sqrt, where=deg > 0)
+    inv32 = inv_sqrt.astype(np.float32)
+    a *= inv32[:, None]
+    a *= inv32[nb]
+    index_dtype = np.int32 if n * k < 2**31 else np.int64
+    half = scipy.sparse.csr_matrix(
+        (a.ravel(), nb.ravel().astype(index_dtype, copy=False), np.arange(0, n * k + 1, k, dtype=index_dtype)),
+        shape=(n, n),
+    )
+    wn = (half + half.T.tocsr()).tocsr()  # sums duplicates, drops the zeros
+    wn.eliminate_zeros()
+    return wn
+
+
+# --------------------------------------------------------------------------- solver
+
+
+class _Operator:
+    """p ↦ (I - alpha W_n) p on column blocks: a block is a C-contiguous float32 [n, w] array with
+    w <= `_BLOCK_COLS` (a narrow dense block stays in cache: measured 4x faster per column than one
+    product with 100 columns). W_n is a torch CSR tensor (int32 indices); with T = torch's intra-op
+    thread count > 1 and a large enough graph, its rows are cut into 4 T slices that T worker threads
+    (one OpenMP thread each) take in turn: unlike torch's own OpenMP split, a worker that loses its core
+    to another process only delays its current slice (measured on 2 shared cores: 13 vs 21 ms per 16
+    columns at n = 50,000; ~2x the single-thread speed when the cores are free). Blocks narrower than
+    `_TORCH_MIN_COLS` use scipy's single-threaded product."""
+
+    def __init__(self, wn: scipy.sparse.spmatrix, alpha: float, workers: int | None = None) -> None:
+        import torch
+
+        w = scipy.sparse.csr_matrix(wn, dtype=np.float32)
+        self.n = int(w.shape[0])
+        self.alpha = float(alpha)
+        self.csr = w
+        if workers is None:
+            workers = torch.get_num_threads() if w.nnz >= _PARALLEL_MIN_NNZ else 1
+        self.workers = max(1, int(workers))
+        index = np.int32 if w.nnz < 2**31 else np.int64
+        indptr, indices = w.indptr.astype(index, copy=False), w.indices.astype(index, copy=False)
+        data = np.ascontiguousarray(w.data, dtype=np.float32)
+        self.whole = _torch_csr(indptr, indices, data, w.shape)
+        self.slices: list[tuple[int, int, Any]] = []
+        if self.workers > 1:  # row slices share the arrays of the whole matrix
+            cuts = np.linspace(0, self.n, 4 * self.workers + 1).astype(np.int64)
+            for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+                if b > a:
+                    lo, hi = int(indptr[a]), int(indptr[b])
+                    crow = indptr[a : b + 1] - indptr[a]
+                    self.slices.append((a, b, _torch_csr(crow, indices[lo:hi], data[lo:hi], (b - a, self.n))))
+
+    def apply(self, p: np.ndarray, out: np.ndarray, threads: bool = True) -> None:
+        """out[j] = (I - alpha W_n) p[j] for each block j of p [g, n_rows >= n, w] (rows past n left alone);
+        threads=False: in the calling thread only (a pool worker)."""
+        import torch
+
+        n = self.n
+        for j in range(p.shape[0]):
+            if p.shape[2] < _TORCH_MIN_COLS:
+                out[j, :n] = self.csr @ p[j, :n]
+                out[j, :n] *= -self.alpha
+                out[j, :n] += p[j, :n]
+                continue
+            pj = torch.from_numpy(p[j, :n])
+            oj = torch.from_numpy(out[j, :n])
+            if not threads or not self.slices:
+                torch.addmm(pj, self.whole, pj, beta=1.0, alpha=-self.alpha, out=oj)
+                continue
+
+            def one(part: tuple[int, int, Any], pj: Any = pj, oj: Any = oj) -> None:
+                """Rows a:b of the product, from that row slice of W_n."""
+                a, b, mat = part
+                torch.addmm(pj[a:b], mat, pj, beta=1.0, alpha=-self.alpha, out=oj[a:b])
+
+            list(_pool(self.workers).map(one, self.slices))
+
+    def solve(self, b: np.ndarray, tol: float, max_iter: int, x0: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """CG on all columns of b [n, m] → (x [n, m] float32, iterations)."""
+        bb = np.ascontiguousarray(b, dtype=np.float32)
+        xx = None if x0 is None else np.array(x0, dtype=np.float32, order="C")
+        return _cg(self, bb, tol, max_iter, xx)
+
+
+def _torch_csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, shape: tuple[int, int]) -> Any:
+    """A torch sparse CSR tensor on the given CSR arrays (shared, not copied)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(indptr), torch.from_numpy(indices), torch.from_numpy(data), size=shape, check_invariants=False
+        )
+
+
+_POOLS: dict[int, Any] = {}
+
+
+def _pool(workers: int) -> Any:
+    """A lasting pool of `workers` threads, each limited to one OpenMP thread (torch's intra-op pool)."""
+    if workers not in _POOLS:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="alctl-spmm", initializer=_one_openmp_thread)
+    return _POOLS[workers]
+
+
+def _one_openmp_thread() -> None:
+    """Worker initializer: this thread's OpenMP regions (torch, MKL) use one thread."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="openmp")
+
+
+class _Blocks:
+    """Layout of k columns as g blocks [g, n_rows, w] (w <= _BLOCK_COLS, the last block padded with unused
+    columns); n_rows = n rounded up to a multiple of _DOT_BLOCK, the extra rows zero."""
+
+    def __init__(self, n: int, k: int) -> None:
+        self.n, self.k = n, k
+        self.g = max(1, -(-k // _BLOCK_COLS))
+        self.w = max(1, -(-k // self.g))
+        self.rows = -(-n // _DOT_BLOCK) * _DOT_BLOCK
+
+    def pack(self, a: np.ndarray) -> np.ndarray:
+        """[n, k] → [g, rows, w] float32 (copy)."""
+        out = np.zeros((self.g, self.rows, self.w), dtype=np.float32)
+        for j in range(self.g):
+            cols = a[:, j * self.w : (j + 1) * self.w]
+            out[j, : self.n, : cols.shape[1]] = cols
+        return out
+
+    def unpack(self, blocks: np.ndarray) -> np.ndarray:
+        """[g, rows, w] → [n, k] (copy)."""
+        return blocks[:, : self.n].transpose(1, 0, 2).reshape(self.n, self.g * self.w)[:, : self.k]
+
+    def flat(self, v: np.ndarray, fill: float) -> np.ndarray:
+        """Per-column values [k] → [g * w], the unused columns set to `fill`."""
+        out = np.full(self.g * self.w, fill, dtype=np.float64)
+        out[: self.k] = v
+        return out
+
+
+def _coldot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Column dot products of blocks [g, rows, w] float32 → [g * w] float64: float32 sums over runs of
+    `_DOT_BLOCK` rows added in float64 (relative error ~1e-7; one float32 sum over 50,000 rows errs by
+    ~1e-5, which made CG drift from scipy's by 4e-5 on weakly reached rows)."""
+    g, rows, w = a.shape
+    shape = (g, rows // _DOT_BLOCK, _DOT_BLOCK, w)
+    part = np.einsum("gbiw,gbiw->gbw", a.reshape(shape), b.reshape(shape))
+    return part.sum(axis=1, dtype=np.float64).reshape(g * w)
+
+
+def _cg(op: _Operator, b: np.ndarray, tol: float, max_iter: int, x0: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Batched conjugate gradient on float32 b [n, m]: column c runs scipy's cg iteration on its own
+    (step sizes from its own dot products, stop once ||r_c|| < tol ||b_c||, at most max_iter steps;
+    a zero column gives a zero solution), all columns sharing one sparse product per iteration.
+    The columns sit in blocks of <= `_BLOCK_COLS`; an iteration runs block by block (direction update,
+    sparse product, step, residual) so that each block's vectors are reused while in cache. Vectors are
+    float32, dot products and step sizes float64. Columns that have stopped are dropped from the blocks
+    once they are `_COMPACT_FRACTION` of them. Returns (x [n, m] float32, iterations of the longest-running column)."""
+    n, m = b.shape
+    x = np.zeros(b.shape, dtype=np.float32) if x0 is None else x0
+    bnorm = np.sqrt(np.einsum("ij,ij->j", b, b, dtype=np.float64))
+    work = np.flatnonzero(bnorm > 0)
+    if x0 is not None:
+        x[:, bnorm == 0] = 0.0
+    if work.size == 0 or max_iter <= 0:
+        return x, 0
+    lay = _Blocks(n, work.size)
+    rs = lay.pack(b[:, work])
+    if x0 is not None and x[:, work].any():
+        xs = lay.pack(x[:, work])
+        q = np.zeros(rs.shape, dtype=np.float32)
+        op.apply(xs, out=q)
+        rs -= q
+    else:
+        xs = np.zeros(rs.shape, dtype=np.float32)
+    atol = lay.flat(tol * bnorm[work], np.inf)  # unused columns never run
+    p = np.zeros(rs.shape, dtype=np.float32)  # np.zeros maps zero pages lazily; zeros_like writes them
+    q = np.zeros(rs.shape, dtype=np.float32)
+    rr = _coldot(rs, rs)
+    rho_prev = np.ones_like(rr)
+    its = 0
+    for it in range(max_iter):
+        live = np.sqrt(rr) >= atol
+        n_live = int(live.sum())
+        if n_live == 0:
+            break
+        stopped = lay.k - n_live
+        if stopped and stopped >= _COMPACT_FRACTION * lay.k:
+            # Write back the columns that stopped; go on with the others only.
+            keep = np.flatnonzero(live[: lay.k])
+            x[:, work] = lay.unpack(xs)
+            new = _Blocks(n, keep.size)
+            xs, rs, p = (new.pack(lay.unpack(a)[:, keep]) for a in (xs, rs, p))
+            q = np.zeros(rs.shape, dtype=np.float32)
+            work, atol = work[keep], new.flat(atol[keep], np.inf)
+            rr, rho_prev = new.flat(rr[keep], 0.0), new.flat(rho_prev[keep], 1.0)
+            lay = new
+            live = np.zeros(lay.g * lay.w, dtype=bool)
+            live[: lay.k] = True
+        its += 1
+        beta = np.zeros_like(rr)
+        np.divide(rr, rho_prev, out=beta, where=live & (rho_prev > 0))
+        beta = beta.astype(np.float32).reshape(lay.g, 1, lay.w)
+        rr_next = np.empty_like(rr)
+
+        def step_block(j: int, threads: bool, first: bool = it == 0, lay: _Blocks = lay, live: np.ndarray = live,
+                       rr: np.ndarray = rr, beta: np.ndarray = beta, rr_next: np.ndarray = rr_next,
+                       p: np.ndarray = p, q: np.ndarray = q, rs: np.ndarray = rs, xs: np.ndarray = xs) -> None:
+            """One CG iteration for the columns of block j (they depend on no other block)."""
+            cols = slice(j * lay.w, (j + 1) * lay.w)
+            pj, qj, rj, xj = p[j : j + 1], q[j : j + 1], rs[j : j + 1], xs[j : j + 1]
+            if first:
+                pj[:] = rj
+            else:
+                pj *= beta[j]
+                pj += rj
+            op.apply(pj, out=qj, threads=threads)
+            pq = _coldot(pj, qj)
+            step = np.zeros(lay.w)
+            np.divide(rr[cols], pq, out=step, where=live[cols] & (pq > 0))
+            step32 = step.astype(np.float32)
+            tmp = pj * step32
+            xj += tmp
+            np.multiply(qj, step32, out=tmp)
+            rj -= tmp
+            rr_next[cols] = _coldot(rj, rj)
+
+        if op.workers > 1 and lay.g > 1:  # whole blocks to the workers (numpy releases the GIL)
+            list(_pool(op.workers).map(lambda j: step_block(j, False), range(lay.g)))
+        else:  # one block: its sparse product split by rows over the workers
+            for j in range(lay.g):
+                step_block(j, True)
+        rho_prev, rr = rr, rr_next
+    x[:, work] = lay.unpack(xs)
+    return x, its
+
+
+def _check_solver_args(alpha: float, tol: float, max_iter: int) -> tuple[float, float, int]:
+    """(alpha, tol, max_iter) as numbers after range checks (ValueError)."""
+    alpha, tol = float(alpha), float(tol)
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    if not (tol >= 0.0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol}")
+    if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 0:
+        raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
+    return alpha, tol, int(max_iter)
+
+
+def solve(
+    wn: scipy.sparse.spmatrix, y: np.ndarray, alpha: float, tol: float, max_iter: int, x0: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
+    """Solve (I - alpha W_n) Z = Y for all columns at once (batched/block conjugate gradient); Z [n, C].
+
+    wn `[n, n]` sparse symmetric with ||W_n|| <= 1 (as `normalized_graph` gives), y `[n, C]` or `[n]`,
+    optional warm start x0 of y's shape. Column c is scipy.sparse.linalg.cg(I - alpha W_n, y[:, c],
+    x0=x0[:, c], rtol=tol, maxiter=max_iter) run in float32: same iterates, same stopping rule relative
+    to ||y_c|| (a zero column stays zero). Returns (Z float32 of y's shape, iterations of the
+    longest-running column).
+    """
+    alpha, tol, max_iter = _check_solver_args(alpha, tol, max_iter)
+    if not scipy.sparse.issparse(wn) or wn.ndim != 2 or wn.shape[0] != wn.shape[1]:
+        raise ValueError(f"solve: wn must be a square sparse matrix, got {type(wn).__name__} {getattr(wn, 'shape', None)}")
+    yy = np.asarray(y)
+    vector = yy.ndim == 1
+    y2 = yy[:, None] if vector else yy
+    if y2.ndim != 2 or y2.shape[0] != wn.shape[0]:
+        raise ValueError(f"solve: y must be [{wn.shape[0]}, C] or [{wn.shape[0]}], got {yy.shape}")
+    if not np.isfinite(y2).all():
+        raise ValueError("solve: y holds NaN or inf")
+    x2 = None
+    if x0 is not None:
+        xx = np.asarray(x0)
+        if xx.shape != yy.shape:
+            raise ValueError(f"solve: x0 must have y's shape {yy.shape}, got {xx.shape}")
+        x2 = xx[:, None] if vector else xx
+    op = _Operator(wn, alpha)
+    z, its = op.solve(y2, tol, max_iter, x2)
+    return (z[:, 0] if vector else z), its
+
+
+# --------------------------------------------------------------------------- pseudo-labels
+
+
+def pseudo_labels(
+    z: np.ndarray, labeled: np.ndarray, labels: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels [n], weights [n], class_weights [C]) from Z, vectorised.
+
+    z `[n, C]`; labeled `[n_l]` int positions with given labels `[n_l]`. Pseudo-label = argmax of the row
+    (first column on ties). Certainty ω = 1 - H(ẑ)/log C with ẑ the row with negatives clipped to 0 and
+    L1-normalised, then divided by its maximum over the pool (the authors' code; skipped when that maximum
+    is 0); a row with no positive entry (unreached) gets ω = 0. Labeled rows take their given label and
+    ω = 1. Class weights: count_c = positions labeled (given or pseudo) c, w_c = (n / C) / count_c, and
+    0 for a class with count 0. labels int64, weights float32 in [0, 1], class_weights float32.
+    """
+    zz = np.asarray(z)
+    lab = np.asarray(labeled)
+    given = np.asarray(labels)
+    c = int(num_classes)
+    if zz.ndim != 2 or zz.shape[1] != c or c < 1:
+        raise ValueError(f"pseudo_labels: z must be [n, num_classes={num_classes}], got {zz.shape}")
+    n = zz.shape[0]
+    if lab.ndim != 1 or given.shape != lab.shape:
+        raise ValueError(f"pseudo_labels: labeled and labels must be 1-D of equal length, got {lab.shape} and {given.shape}")
+    if lab.size and (not np.issubdtype(lab.dtype, np.integer) or not np.issubdtype(given.dtype, np.integer)):
+        raise ValueError("pseudo_labels: labeled and labels must be integer arrays")
+    if lab.size and (lab.min() < 0 or lab.max() >= n or given.min() < 0 or given.max() >= c):
+        raise ValueError("pseudo_labels: a labeled position or label is out of range")
+    if not np.isfinite(zz).all():
+        raise ValueError("pseudo_labels: z holds NaN or inf")
+    out = zz.argmax(axis=1).astype(np.int64) if n else np.zeros(0, np.int64)
+    pos = np.maximum(zz, 0, dtype=np.float32)
+    total = pos.sum(axis=1, dtype=np.float64)
+    reached = total > 0
+    # H(ẑ) with ẑ = pos / total: log(total) - sum(pos log pos) / total, one logarithm per entry.
+    logs = np.zeros(pos.shape, dtype=np.float32)
+    np.log(pos, out=logs, where=pos > 0)
+    logs *= pos
+    safe = np.where(reached, total, 1.0)
+    ent = np.log(safe) - logs.sum(axis=1, dtype=np.float64) / safe
+    if c > 1:
+        w = np.where(reached, 1.0 - ent / math.log(c), 0.0)
+    else:
+        w = reached.astype(np.float64)
+    np.clip(w, 0.0, 1.0, out=w)
+    top = w.max(initial=0.0)
+    if top > 0:
+        w /= top
+    out[lab] = given
+    w[lab] = 1.0
+    counts = np.bincount(out, minlength=c)[:c]
+    cw = np.zeros(c, dtype=np.float64)
+    np.divide(n / c, counts, out=cw, where=counts > 0)
+    return out, w.astype(np.float32), cw.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- label propagation
+
+
+def _positions(labeled: np.ndarray, labels: np.ndarray, n: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """labeled / labels as int64 after range, uniqueness and shape checks (ValueError)."""
+    lab = np.asarray(labeled)
+    given = np.asarray(labels)
+    if lab.ndim != 1 or given.shape != lab.shape:
+        raise ValueError(f"labeled and labels must be 1-D of equal length, got {lab.shape} and {given.shape}")
+    if lab.size and (not np.issubdtype(lab.dtype, np.integer) or not np.issubdtype(given.dtype, np.integer)):
+        raise ValueError(f"labeled and labels must be integer arrays, got {lab.dtype} and {given.dtype}")
+    lab, given = lab.astype(np.int64), given.astype(np.int64)
+    if lab.size and (lab.min() < 0 or lab.max() >= n):
+        raise ValueError(f"labeled positions must lie in [0, {n - 1}]")
+    if lab.size and (given.min() < 0 or given.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}]")
+    if np.unique(lab).size != lab.size:
+        raise ValueError("labeled positions must be unique")
+    return lab, given
+
+
+def label_propagation(
+    features: Any,
+    labeled: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    k: int = 50,
+    alpha: float = 0.99,
+    gamma: float = 3.0,
+    tol: float = 1e-6,
+    max_iter: int = 20,
+    knn: str = "exact",
+) -> Propagation:
+    """kNN graph on L2-normalised features [n, D] + propagation from labeled positions [n_l] with labels [n_l].
+
+    Graph: `knn_search(features, min(k, n - 1), knn)` then `normalized_graph(..., gamma)`. Y `[n, C]` has
+    1/|L_c| on the labeled rows of class c (a class without labeled rows: a zero column of Y and of Z).
+    Z = `solve(W_n, Y, alpha, tol, max_iter)`; labels / weights / class weights from `pseudo_labels`.
+    `features` may be a numpy array or a torch tensor (CUDA: the kNN search runs there).
+    """
+    from alctl.knn import knn_search
+
+    c = int(num_classes)
+    if c < 1 or c != num_classes:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    alpha, tol, max_iter = _check_solver_args(alpha, tol, max_iter)
+    n = int(features.shape[0])
+    if n < 2:
+        raise ValueError(f"label_propagation: needs at least 2 pool rows, got {n}")
+    lab, given = _positions(labeled, labels, n, c)
+    kk = int(k)
+    if kk < 1 or kk != k:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    sims, ids = knn_search(features, min(kk, n - 1), knn)
+    return _propagate_knn(sims, ids, lab, given, c, alpha=alpha, gamma=gamma, tol=tol, max_iter=max_iter)
+
+
+def _propagate_knn(
+    sims: np.ndarray, ids: np.ndarray, labeled: np.ndarray, labels: np.ndarray, num_classes: int, *,
+    alpha: float, gamma: float, tol: float, max_iter: int,
+) -> Propagation:
+    """label_propagation after the kNN search (checked arguments): graph, solve, pseudo-labels."""
+    n, c = sims.shape[0], num_classes
+    wn = normalized_graph(sims, ids, gamma)
+    counts = np.bincount(labels, minlength=c)
+    y = np.zeros((n, c), dtype=np.float32)
+    y[labeled, labels] = (1.0 / counts[labels]).astype(np.float32)  # only classes that have labeled rows
+    op = _Operator(wn, alpha)
+    z, its = op.solve(y, tol, max_iter)
+    out, w, cw = pseudo_labels(z, labeled, labels, c)
+    return Propagation(labels=out, weights=w, class_weights=cw, scores=z, iterations=its)
+
+
+# --------------------------------------------------------------------------- jLP
+
+
+def _int_param(params: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    """A whole-number strategy parameter in [lo, hi] (UserError naming its manifest field otherwise)."""
+    value = number_param(params, key, default, lo, hi)
+    if value != int(value):
+        raise UserError(f"{PARAM_FIELDS.get(key, key)}: expected a whole number, got {params.get(key)!r}")
+    return int(value)
+
+
+def _jlp_greedy(
+    op: _Operator, sources: np.ndarray, candidates: np.ndarray, budget: int, tol: float, max_iter: int,
+    block: int | None = None, increment_atol: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy jLP on a built operator: (picks [budget] int64 positions in pick order, f at each pick's
+    turn [budget] float64, final f [n] float64). See `jlp_select` for what it computes.
+
+    block: columns solved ahead together (default `_BLOCK_COLS` per worker thread of the operator).
+    increment_atol: solve each increment column e_p to the absolute residual the full solve of that
+    turn stops at, tol * ||q_t|| (True), or to tol relative to ||e_p|| = 1 (False; tighter)."""
+    n = op.n
+    block = _BLOCK_COLS * op.workers if block is None else max(1, int(block))
+    q = np.zeros((n, 1), dtype=np.float32)
+    q[sources, 0] = 1.0
+    f = op.solve(q, tol, max_iter)[0][:, 0].astype(np.float64)
+    avail = np.zeros(n, dtype=bool)
+    avail[candidates] = True
+    avail[sources] = False
+    n_sources = int(np.count_nonzero(q))
+    picks = np.empty(budget, dtype=np.int64)
+    pick_f = np.empty(budget, dtype=np.float64)
+    cache: dict[int, np.ndarray] = {}
+    cached = np.zeros(n, dtype=bool)
+    max_cached = max(block, _JLP_CACHE_BYTES // max(4 * n, 1))
+    for t in range(budget):
+        fm = np.where(avail, f, np.inf)
+        p = int(np.argmin(fm))
+        if not cached[p]:
+            # Speculate: the next picks are most likely the lowest f; solve their columns together.
+            fm[cached] = np.inf
+            fm[p] = -np.inf  # p is in the block even among tied values
+            size = min(block, int(np.count_nonzero(avail & ~cached)))
+            want = np.argpartition(fm, size - 1)[:size] if size < n else np.arange(n)
+            want = want[np.lexsort((want, fm[want]))]  # p first, then by f (lower position on ties)
+            e = np.zeros((n, size), dtype=np.float32)
+            e[want, np.arange(size)] = 1.0
+            col_tol = tol * math.sqrt(max(n_sources + t, 1)) if increment_atol else tol
+            cols = op.solve(e, col_tol, max_iter)[0]
+            for j, i in enumerate(want.tolist()):
+                cache[i] = cols[:, j].copy()
+            cached[want] = True
+            if len(cache) > max_cached:  # drop the columns least likely to be needed: highest f
+                keys = np.fromiter(cache.keys(), dtype=np.int64)
+                for i in keys[np.argsort(f[keys], kind="stable")[max_cached:]].tolist():
+                    del cache[i]
+                    cached[i] = False
+        picks[t] = p
+        pick_f[t] = f[p]
+        f += cache.pop(p)
+        cached[p] = False
+        avail[p] = False
+    return picks, pick_f, f
+
+
+def jlp_select(view: PoolView, budget: int, rng: np.random.Generator, params: Mapping[str, float]) -> Selection:
+    """jLP: diffuse from the labeled set, pick the unlabeled image least reached, add it to the sources, repeat b times.
+
+    The authors' loop solves, before each pick t, f_t = (I - alpha W_n)^-1 q_t by a cold CG solve (tol,
+    max_iter), q_t = 1 on the labeled images and on the picks so far, and picks the unlabeled, not yet
+    picked image of smallest f_t. Here f_0 is that first cold solve (the same CG iteration, in float32),
+    and each later f_t = f_{t-1} + g_p with g_p = (I - alpha W_n)^-1 e_p the diffusion from the last
+    pick p alone, solved by CG (capped at max_iter) to the absolute residual tol * ||q_t|| at which the
+    cold solve of turn t stops (t: the turn its block is solved, at or before the turn it is used). Equivalence: by linearity f_0 + sum of the g's equals (I - alpha W_n)^-1 q_t
+    exactly, so with solves that converge the picks are those of b cold solves (float32 rounding and
+    exact ties aside; tested on small pools). With finite tol the residual of f_t is at most the sum of
+    the t + 1 solves' residuals, where a converged cold solve's is tol * ||q_t||; with solves capped
+    at max_iter before reaching tol, both are different approximations of the same diffusion and may
+    order near-ties differently (benchmarks/bench_propagate.py reports the agreement). The g columns
+    are solved ahead, 16 per worker thread at a time, for the lowest-f candidates without one (batched
+    CG, one sparse product per iteration for the block); the greedy argmin is then replayed on the
+    updated f, so which columns are prepared ahead changes the cost, never the picks.
+    Ties go to the lower pool position; `rng` is not used. params: k, alpha, gamma, tol, max_iter
+    (PROTOCOL defaults) and knn ("exact" default). Scores `[n_u]` float32 follow view.unlabeled:
+    -f at the pick's turn for the picks, -f after all picks for the rest, with the picks first in pick order.
+    """
+    from alctl.knn import METHODS, knn_search
+
+    b = check_budget(view, budget)
+    check_view(view, need_features=True)
+    k = _int_param(params, "k", int(DEFAULTS["k"]), 1, 10**6)
+    alpha = number_param(params, "alpha", DEFAULTS["alpha"], 0.0, 0.999999)
+    gamma = number_param(params, "gamma", DEFAULTS["gamma"], 1e-6, 1e6)
+    tol = number_param(params, "tol", DEFAULTS["tol"], 0.0, 1.0)
+    max_iter = _int_param(params, "max_iter", int(DEFAULTS["max_iter"]), 1, 10**6)
+    method = params.get("knn", "exact")
+    if method not in METHODS:
+        raise UserError(f"semi.knn: unknown method {method!r}; valid: {', '.join(METHODS)}")
+    feats = np.ascontiguousarray(view.features, dtype=np.float32)
+    if not np.isfinite(feats).all():
+        raise AlctlError("selection: the features hold NaN or inf (did training diverge?)")
+    n = feats.shape[0]
+    unl = np.asarray(view.unlabeled, dtype=np.int64)
+    lab = np.asarray(view.labeled, dtype=np.int64)
+    if n < 2:
+        scores = np.zeros(unl.shape[0], dtype=np.float32)
+        return make_selection(unl[:b], scores)
+    sims, ids = knn_search(feats, min(k, n - 1), method)
+    wn = normalized_graph(sims, ids, gamma)
+    op = _Operator(wn, alpha)
+    picks, pick_f, f = _jlp_greedy(op, lab, unl, b, tol, max_iter)
+    return make_selection(picks, _jlp_scores(unl, picks, pick_f, f))
+
+
+def _jlp_scores(unl: np.ndarray, picks: np.ndarray, pick_f: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """-f per unlabeled row [n_u] float32; picks score -f at their turn, nudged (by float32 ulps where
+    needed) to decrease strictly along the picks and to stay above every leftover, so that sorting by
+    score replays the picks."""
+    scores = (-f[unl]).astype(np.float32)
+    if picks.size:
+        ordered = np.maximum.accumulate((-pick_f)[::-1])[::-1].astype(np.float32)
+        ties = np.flatnonzero(ordered[1:] >= ordered[:-1])
+        if ties.size:  # float32 ties between picks: a pass over the picks after the first one
+            for j in range(int(ties[0]) + 1, ordered.size):
+                if ordered[j] >= ordered[j - 1]:
+                    ordered[j] = np.nextafter(ordered[j - 1], np.float32(-np.inf))
+        scores = np.minimum(scores, np.nextafter(ordered[-1], np.float32(-np.inf)))
+        scores[np.searchsorted(unl, picks) if _is_sorted(unl) else _where(unl, picks)] = ordered
+    return scores
+
+
+def _is_sorted(a: np.ndarray) -> bool:
+    """True when `a` is strictly increasing."""
+    return bool(a.size < 2 or np.all(a[1:] > a[:-1]))
+
+
+def _where(unl: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """Rows of `unl` holding each of `picks`."""
+    order = np.argsort(unl, kind="stable")
+    return order[np.searchsorted(unl[order], picks)]
