@@ -921,17 +921,22 @@ def select_command(manifest_path: str | Path, task_index: int | None, export: Pa
     device = runtime.choose_device(config.train.device)
     ts = store.TaskStore(task_dir(task))
     pool = read_pool(ts, ds)
-    model, cycle = load_task_model(task, ds, ts, device)
-    assert pool is not None  # a model implies a pool
     images = ds.train_images.to(device)
-    pending = pool.pending()
-    if len(pending):
+    pending = np.zeros(0, np.int64) if pool is None else pool.pending()
+    model: ConvLarge | None = None
+    if len(pending) and not (ts.checkpoints / "model.pt").is_file():  # the initial set, before any training
+        chosen, score_of = pending, {}
+        what = "the initial set, waiting for labels"
+    elif len(pending):
+        model, cycle = load_task_model(task, ds, ts, device)
         chosen = pending
         scores = ts.read("scores")
         last = scores.filter(pa.array(scores["cycle"].to_numpy() == cycle))
         score_of = dict(zip(last["sample_id"].to_pylist(), last["score"].to_pylist()))
         what = f"selected at cycle {cycle}, waiting for labels"
     else:
+        model, cycle = load_task_model(task, ds, ts, device)
+        assert pool is not None  # a model implies a pool
         sel = acquire(config, task, ds, pool, model, images, cycle)
         chosen = sel.chosen
         ids_u = ds.train_ids.numpy()[pool.unlabeled]
@@ -948,10 +953,11 @@ def select_command(manifest_path: str | Path, task_index: int | None, export: Pa
 
 
 def export_selection(
-    export: Path, ds: DatasetSplits, model: ConvLarge, images: torch.Tensor, chosen: np.ndarray,
+    export: Path, ds: DatasetSplits, model: ConvLarge | None, images: torch.Tensor, chosen: np.ndarray,
     score_of: dict[int, float],
 ) -> None:
-    """to_label.csv (sample_id, path, score, top-3 predictions, empty label column) and a contact sheet."""
+    """to_label.csv (sample_id, path, score, the model's top-3 predictions, empty label column) and a contact
+    sheet; without a model yet (the initial set) the prediction columns are empty."""
     import csv
     import io
 
@@ -959,21 +965,27 @@ def export_selection(
 
     ids = ds.train_ids.numpy()[chosen]
     sub = images[torch.from_numpy(chosen).to(images.device)]
-    probs, _ = predict(model, sub, ds.mean, ds.std)
     k = min(3, ds.num_classes)
-    top_p, top_c = (a.cpu().numpy() for a in probs.topk(k, dim=1))
+    if model is not None:
+        probs, _ = predict(model, sub, ds.mean, ds.std)
+        top_p, top_c = (a.cpu().numpy() for a in probs.topk(k, dim=1))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["sample_id", "path", "score"] + [f"{h}{j}" for j in range(1, k + 1) for h in ("top", "p")]
                     + ["label"])
     paths = ds.train_paths
+    captions = []
     for row, (sid, pos) in enumerate(zip(ids.tolist(), chosen.tolist())):
-        preds = [v for j in range(k) for v in (ds.classes[int(top_c[row, j])], f"{float(top_p[row, j]):.4f}")]
+        if model is None:
+            preds, guess = [""] * (2 * k), ""
+        else:
+            preds = [v for j in range(k) for v in (ds.classes[int(top_c[row, j])], f"{float(top_p[row, j]):.4f}")]
+            guess = f"\n{preds[0]} {float(top_p[row, 0]):.2f}"
         score = score_of.get(int(sid))
         writer.writerow([sid, "" if paths is None else paths[pos], "" if score is None else f"{score:.6g}"] + preds
                         + [""])
+        captions.append(f"{sid}{guess}")
     store.atomic_write_bytes(export / "to_label.csv", buf.getvalue().encode())
-    captions = [f"{sid}\n{ds.classes[int(top_c[r, 0])]} {float(top_p[r, 0]):.2f}" for r, sid in enumerate(ids.tolist())]
     contact_sheet(sub.cpu(), captions, export / "contact_sheet.png")
 
 

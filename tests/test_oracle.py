@@ -161,3 +161,23 @@ def test_every_bad_label_file_is_rejected_and_nothing_is_written(folder: dict[st
     assert res.exit_code == 2 and res.output.count("error:") == 2, res.output
     res = runner.invoke(app, ["label", str(human), "--labels", str(workdir / "missing.csv")])
     assert res.exit_code == 2 and "missing.csv not found" in res.output
+
+
+def test_without_a_labeled_tree_a_person_labels_the_initial_set_first(folder: dict[str, int], workdir: Path) -> None:
+    path = _manifest(workdir, "human", "cold")
+    data = yaml.safe_load(path.read_text())
+    del data["dataset"]["labeled"]
+    data["dataset"]["classes"] = [str(d) for d in range(10)]
+    data["active"].update({"initial": 10, "cycles": 1})
+    path.write_text(yaml.safe_dump(data))
+    res = runner.invoke(app, ["cycle", str(path)])
+    assert res.exit_code == 0 and "waiting for labels: 10 images selected for cycle 0" in res.output, res.output
+    res = runner.invoke(app, ["select", str(path), "--export", "first"])
+    assert res.exit_code == 0 and "the initial set" in res.output, res.output
+    rows = list(csv.DictReader((workdir / "first" / "to_label.csv").read_text().splitlines()))
+    assert len(rows) == 10 and all(r["top1"] == "" and r["label"] == "" for r in rows)
+    assert (workdir / "first" / "contact_sheet.png").is_file()
+    res = runner.invoke(app, ["label", str(path), "--labels", str(_answer(workdir / "first" / "to_label.csv", folder))])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["cycle", str(path)])
+    assert res.exit_code == 0 and "cycle 0: 10 labels, accuracy" in res.output, res.output
