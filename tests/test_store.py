@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,16 @@ def test_metrics_dataset_merges_tasks(tmp_path: Path) -> None:
         store.TaskStore(tmp_path / "tasks" / key).write("metrics", store.to_table("metrics", {"cycle": [0], "accuracy": [acc]}))
     t = store.read_metrics_dataset(tmp_path)
     assert sorted(t["accuracy"].to_pylist()) == [0.5, 0.7]
+
+
+def test_written_files_follow_the_umask_not_mkstemps_0600(tmp_path: Path) -> None:
+    """Tasks on other machines / users of a shared runs directory must be able to read every table."""
+    old = os.umask(0o022)
+    try:
+        store.atomic_write_bytes(tmp_path / "a.txt", b"x")
+        store.TaskStore(tmp_path).write("pool", store.to_table("pool", {"sample_id": [1], "label": [2],
+                                                                        "labeled_cycle": [0], "label_source": ["initial"]}))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "pool.parquet").stat().st_mode & 0o777 == 0o644
