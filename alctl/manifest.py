@@ -128,6 +128,12 @@ class SemiConfig(_Section):
     warmup: int = Field(
         0, ge=0, description="epochs on labels only before the first propagation (0 = propagate from the first epoch)"
     )
+    selection: Literal["all", "prob"] = Field(
+        "prob",
+        description="which unlabeled images get pseudo-labels at each propagation: all, or a `fraction` of them drawn"
+        " with probability proportional to certainty (the authors' code, lp_mode prob)",
+    )
+    fraction: float = Field(0.5, gt=0, le=1, description="share of the unlabeled images drawn when selection is prob")
     unlabeled_per_epoch: int | None = Field(
         None, ge=1, description="pseudo-labeled images drawn per epoch; null = one pass over every unlabeled image"
     )

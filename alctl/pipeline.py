@@ -643,13 +643,19 @@ def _train(ctx: TaskContext, pool: PoolState, cycle: int, seconds: dict[str, flo
         s = config.semi
 
         def refresh(epoch: int) -> Targets:
+            from alctl.propagate import class_weights, sample_by_certainty
+
             t0 = time.perf_counter()
             prop = propagate_pool(config, ds, model, ctx.images, labeled, pool.label[labeled], epoch)
             last_prop[:] = [prop]
-            seconds["propagate"] = seconds.get("propagate", 0.0) + time.perf_counter() - t0
             u = prop.unlabeled
+            if s.selection == "prob":
+                rng = runtime.rng(config.seed, ctx.task.rep, cycle, f"pseudo-subset-{epoch}")
+                u = u[sample_by_certainty(prop.weights[u], s.fraction, rng)]
+            cw = class_weights(np.concatenate([pool.label[labeled], prop.labels[u]]), ds.num_classes)
+            seconds["propagate"] = seconds.get("propagate", 0.0) + time.perf_counter() - t0
             return Targets(labeled_pos=labeled, labeled_y=pool.label[labeled], pseudo_pos=u, pseudo_y=prop.labels[u],
-                           pseudo_w=prop.weights[u], class_w=prop.class_weights)
+                           pseudo_w=prop.weights[u], class_w=cw)
 
         semi = Semi(refresh=refresh, every=s.every, warmup=s.warmup, batch_size=s.batch_size,
                     labeled_per_batch=s.labeled_per_batch, unlabeled_per_epoch=s.unlabeled_per_epoch)
@@ -682,8 +688,8 @@ def _train(ctx: TaskContext, pool: PoolState, cycle: int, seconds: dict[str, flo
                         " rerun the same command to resume")
     seconds["train"] = base + time.perf_counter() - started - seconds.get("propagate", 0.0)
     prop = last_prop[0] if last_prop else None
-    if prop is not None:
-        n_pseudo = int((prop.weights[prop.unlabeled] > 0).sum())
+    if semi is not None:
+        n_pseudo = len(state.targets.pseudo_pos)  # pseudo-labeled images used since the last propagation
     return model, n_pseudo, prop
 
 

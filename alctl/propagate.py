@@ -36,7 +36,10 @@ from alctl.strategies import (
     number_param,
 )
 
-__all__ = ["Propagation", "normalized_graph", "solve", "label_propagation", "pseudo_labels", "jlp_select"]
+__all__ = [
+    "Propagation", "normalized_graph", "solve", "label_propagation", "pseudo_labels", "class_weights",
+    "sample_by_certainty", "jlp_select",
+]
 
 # Paper / code defaults (PROTOCOL.md).
 DEFAULTS: dict[str, float] = {"k": 50, "alpha": 0.99, "gamma": 3.0, "tol": 1e-6, "max_iter": 20}
@@ -433,10 +436,28 @@ def pseudo_labels(
         w /= top
     out[lab] = given
     w[lab] = 1.0
-    counts = np.bincount(out, minlength=c)[:c]
-    cw = np.zeros(c, dtype=np.float64)
-    np.divide(n / c, counts, out=cw, where=counts > 0)
-    return out, w.astype(np.float32), cw.astype(np.float32)
+    return out, w.astype(np.float32), class_weights(out, c)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class weights [C] float32 inverse to class frequency among labels [m]: (m / C) / count_c, 0 when count_c = 0."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes]
+    cw = np.zeros(num_classes, dtype=np.float64)
+    np.divide(len(labels) / num_classes, counts, out=cw, where=counts > 0)
+    return cw.astype(np.float32)
+
+
+def sample_by_certainty(weights: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices [m] of round(fraction * n) rows drawn without replacement with probability proportional to
+    their certainty weights [n] (the authors' `lp_mode: prob`); rows of weight 0 are never drawn."""
+    w = np.asarray(weights, dtype=np.float64)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    m = min(int(round(fraction * len(w))), int(np.count_nonzero(w > 0)))
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    chosen = rng.choice(len(w), size=m, replace=False, p=w / w.sum())
+    return np.sort(chosen).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- label propagation

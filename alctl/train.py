@@ -143,6 +143,20 @@ def _flat_targets(t: Targets, device: torch.device) -> tuple[torch.Tensor, torch
     return pos_t, ys_t, ws_t, class_w
 
 
+def weighted_loss(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, class_w: torch.Tensor | None
+) -> torch.Tensor:
+    """Cross-entropy of logits [b, C] against targets [b], each term times its certainty weight [b] and its class
+    weight; normalised by the batch's total class weight (as torch's weighted cross-entropy does), so that a rare
+    class's large weight re-balances the batch without scaling the step. Uniform class weights: the plain mean of
+    weight x cross-entropy (Iscen et al.)."""
+    per_sample = F.cross_entropy(logits, targets, reduction="none") * weights
+    if class_w is None:
+        return per_sample.mean()
+    cw = class_w[targets]
+    return (per_sample * cw).sum() / cw.sum().clamp_min(1e-12)
+
+
 def fit(
     model: nn.Module,
     images: torch.Tensor,
@@ -188,8 +202,7 @@ def fit(
             b = batches[step].to(device)
             x = augment(normalize(images[pos_t[b]], mean, std), spec.translate, spec.flip, generator)
             logits, _ = model(x)
-            per_sample = F.cross_entropy(logits, ys_t[b], weight=class_w, reduction="none")
-            loss = (per_sample * ws_t[b]).mean()
+            loss = weighted_loss(logits, ys_t[b], ws_t[b], class_w)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

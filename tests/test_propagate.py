@@ -362,3 +362,19 @@ def test_threaded_row_slices_give_the_same_products():
     three, its3 = pr._Operator(wn, 0.99, workers=3).solve(rhs, 1e-6, 20)
     assert its1 == its3 and np.allclose(one, three, atol=1e-7)
     assert np.abs(one - scipy_columns(wn, rhs, 0.99, 1e-6, 20)).max() <= 1e-5
+
+
+def test_sample_by_certainty_draws_half_never_zero_weights_and_favours_certain_rows() -> None:
+    from alctl.propagate import class_weights, sample_by_certainty
+
+    w = np.r_[np.zeros(100), np.full(100, 0.05), np.full(100, 1.0)].astype(np.float32)
+    counts = np.zeros(300)
+    for seed in range(50):
+        idx = sample_by_certainty(w, 0.2, np.random.default_rng(seed))
+        assert len(idx) == 60 and np.unique(idx).size == 60 and np.all(np.diff(idx) > 0)
+        counts[idx] += 1
+    assert counts[:100].sum() == 0  # weight 0: never pseudo-labeled
+    assert counts[200:].mean() > 5 * counts[100:200].mean()
+    assert len(sample_by_certainty(np.zeros(10), 0.5, np.random.default_rng(0))) == 0
+    assert len(sample_by_certainty(w, 1.0, np.random.default_rng(0))) == 200  # at most the rows of weight > 0
+    assert np.allclose(class_weights(np.array([0, 0, 0, 1]), 3), [4 / 3 / 3, 4 / 3, 0.0])

@@ -40,7 +40,8 @@ def test_semi_cycles_write_pseudo_labels_and_report_variants(write_manifest, wor
             continue
         assert t.variant == "+SEMI" and metrics["variant"] == ["+SEMI", "+SEMI"]
         assert all(0.1 < a <= 1.0 for a in metrics["pseudo_accuracy"]), metrics["pseudo_accuracy"]
-        assert all(s > 0 for s in metrics["seconds_propagate"]) and all(n > 1000 for n in metrics["n_pseudo"])
+        assert all(s > 0 for s in metrics["seconds_propagate"])
+        assert metrics["n_pseudo"] == [694, 688]  # semi.selection prob: half of the 1,387 / 1,377 unlabeled images
         pseudo = pq.read_table(tdir / "pseudo.parquet").to_pydict()
         assert sorted(set(zip(pseudo["cycle"], pseudo["epoch"]))) == [(0, 2), (1, 2)]  # the last refresh per cycle
         w = np.array(pseudo["weight"])
