@@ -396,8 +396,9 @@ def pseudo_labels(
 
     z `[n, C]`; labeled `[n_l]` int positions with given labels `[n_l]`. Pseudo-label = argmax of the row
     (first column on ties). Certainty ω = 1 - H(ẑ)/log C with ẑ the row with negatives clipped to 0 and
-    L1-normalised, then divided by its maximum over the pool (the authors' code; skipped when that maximum
-    is 0); a row with no positive entry (unreached) gets ω = 0. Labeled rows take their given label and
+    L1-normalised (Iscen et al.; not divided by its maximum over the pool as the authors' code does, which
+    inflates every weight when the propagation is uncertain everywhere); a row with no positive entry
+    (unreached) gets ω = 0. Labeled rows take their given label and
     ω = 1. Class weights: count_c = positions labeled (given or pseudo) c, w_c = (n / C) / count_c, and
     0 for a class with count 0. labels int64, weights float32 in [0, 1], class_weights float32.
     """
@@ -431,9 +432,6 @@ def pseudo_labels(
     else:
         w = reached.astype(np.float64)
     np.clip(w, 0.0, 1.0, out=w)
-    top = w.max(initial=0.0)
-    if top > 0:
-        w /= top
     out[lab] = given
     w[lab] = 1.0
     return out, w.astype(np.float32), class_weights(out, c)

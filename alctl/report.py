@@ -120,9 +120,11 @@ _STRATEGY_ORDER = {"random": 0, "uncertainty": 1, "coreset": 2, "ceal": 3, "jlp"
 
 
 def _setting_order(setting: str) -> tuple:
-    """Sort settings as the paper does: strategy, then variant."""
+    """Sort settings as the paper does: strategy, then variant (plain, +PRE, +SEMI, +PRE+SEMI), then the rest."""
     parts = dict(p.split("=", 1) for p in setting.split("/") if "=" in p)
-    return (_STRATEGY_ORDER.get(parts.get("strategy", ""), 9), parts.get("pretrain", ""), parts.get("semi", ""), setting)
+    pre = parts.get("pretrain", "none") != "none"
+    semi = parts.get("semi", "none") != "none"
+    return (_STRATEGY_ORDER.get(parts.get("strategy", ""), 9), semi, pre, setting)
 
 
 def render_markdown(rows: list[Row]) -> str:
