@@ -215,6 +215,11 @@ class Manifest(_Section):
         return self
 
 
+def layer_channels(base: int, width: float) -> int:
+    """Channels of a CNN layer with `base` channels at the paper's width 1.0, at a width multiplier (at least 8)."""
+    return max(8, int(round(base * width)))
+
+
 def cross_field_problems(m: Manifest) -> list[str]:
     """Cross-field problems of a configuration, one line each, naming the fields."""
     problems: list[str] = []
@@ -252,6 +257,12 @@ def cross_field_problems(m: Manifest) -> list[str]:
         problems.append(
             "active.strategy: ceal does not combine with semi.method: label-propagation"
             " (CEAL brings its own pseudo-labels); use another strategy or semi.method: none"
+        )
+    feature_dim = layer_channels(128, m.model.width)
+    if m.pretrain.pca is not None and m.pretrain.pca > feature_dim:
+        problems.append(
+            f"pretrain.pca: {m.pretrain.pca} exceeds the feature dimension {feature_dim} of model.width {m.model.width};"
+            f" use at most {feature_dim} or null"
         )
     if m.semi.labeled_per_batch >= m.semi.batch_size:
         problems.append(

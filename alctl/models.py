@@ -7,10 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from alctl.manifest import layer_channels
 
-def _ch(base: int, width: float) -> int:
-    """Channels of a layer at a width multiplier (at least 8)."""
-    return max(8, int(round(base * width)))
 
 
 class ConvBlock(nn.Sequential):
@@ -31,7 +29,7 @@ class ConvLarge(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0, dropout: float = 0.5) -> None:
         """Build the network for `in_channels`-channel images and `num_classes` outputs."""
         super().__init__()
-        c1, c2, c3, c4, c5 = (_ch(b, width) for b in (128, 256, 512, 256, 128))
+        c1, c2, c3, c4, c5 = (layer_channels(b, width) for b in (128, 256, 512, 256, 128))
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.width = width

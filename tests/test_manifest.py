@@ -48,6 +48,12 @@ def test_ceal_with_label_propagation_is_rejected_also_inside_a_sweep() -> None:
         mf.parse({"sweep": {"active.strategy": ["random", "ceal"], "semi.method": ["none", "label-propagation"]}})
 
 
+def test_pca_larger_than_the_feature_dimension_is_rejected() -> None:
+    mf.parse({"model": {"width": 0.125}, "pretrain": {"method": "deepcluster", "pca": 16}})
+    with pytest.raises(ManifestError, match=r"pretrain.pca: 32 exceeds the feature dimension 16 of model.width 0.125"):
+        mf.parse({"model": {"width": 0.125}, "pretrain": {"method": "deepcluster", "pca": 32}})
+
+
 def test_unknown_sweep_path() -> None:
     with pytest.raises(ManifestError, match=r"sweep.active.strategyy: not a manifest field"):
         mf.parse({"sweep": {"active.strategyy": ["random"]}})
