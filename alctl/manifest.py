@@ -137,6 +137,11 @@ class SemiConfig(_Section):
     unlabeled_per_epoch: int | None = Field(
         None, ge=1, description="pseudo-labeled images drawn per epoch; null = one pass over every unlabeled image"
     )
+    weight_scale: Literal["max", "none"] = Field(
+        "max",
+        description="certainty weights divided by their maximum over the pool (max, the authors' code) or kept"
+        " as 1 - H/log C (none)",
+    )
 
 
 class PretrainConfig(_Section):

@@ -531,7 +531,7 @@ def propagate_pool(
     features: Any = feats if feats.is_cuda else np.ascontiguousarray(feats.numpy(), dtype=np.float32)
     s = config.semi
     prop = label_propagation(features, labeled, labels, ds.num_classes, k=s.k, alpha=s.alpha, gamma=s.gamma,
-                             tol=s.tol, max_iter=s.max_iter, knn=s.knn)
+                             tol=s.tol, max_iter=s.max_iter, knn=s.knn, weight_scale=s.weight_scale)
     unlabeled = np.setdiff1d(np.arange(len(prop.labels)), labeled)
     out = PropagationOutcome(epoch, prop.labels, prop.weights, prop.class_weights, unlabeled)
     truth = ds.train_labels.numpy()[unlabeled]

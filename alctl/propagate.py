@@ -389,17 +389,20 @@ def solve(
 # --------------------------------------------------------------------------- pseudo-labels
 
 
+WEIGHT_SCALES = ("max", "none")
+
+
 def pseudo_labels(
-    z: np.ndarray, labeled: np.ndarray, labels: np.ndarray, num_classes: int
+    z: np.ndarray, labeled: np.ndarray, labels: np.ndarray, num_classes: int, weight_scale: str = "max"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels [n], weights [n], class_weights [C]) from Z, vectorised.
 
     z `[n, C]`; labeled `[n_l]` int positions with given labels `[n_l]`. Pseudo-label = argmax of the row
     (first column on ties). Certainty ω = 1 - H(ẑ)/log C with ẑ the row with negatives clipped to 0 and
-    L1-normalised (Iscen et al.; not divided by its maximum over the pool as the authors' code does, which
-    inflates every weight when the propagation is uncertain everywhere); a row with no positive entry
-    (unreached) gets ω = 0. Labeled rows take their given label and
-    ω = 1. Class weights: count_c = positions labeled (given or pseudo) c, w_c = (n / C) / count_c, and
+    L1-normalised (Iscen et al.); a row with no positive entry (unreached) gets ω = 0. weight_scale "max"
+    then divides every ω by the largest ω over all rows, as the authors' code does (the most certain row
+    weighs 1, so an uncertain propagation from few labels still trains on U); "none" keeps ω as it is.
+    Labeled rows take their given label and ω = 1. Class weights: count_c = positions labeled (given or pseudo) c, w_c = (n / C) / count_c, and
     0 for a class with count 0. labels int64, weights float32 in [0, 1], class_weights float32.
     """
     zz = np.asarray(z)
@@ -432,6 +435,12 @@ def pseudo_labels(
     else:
         w = reached.astype(np.float64)
     np.clip(w, 0.0, 1.0, out=w)
+    if weight_scale == "max":
+        top = float(w.max(initial=0.0))
+        if top > 0:
+            w /= top
+    elif weight_scale != "none":
+        raise ValueError(f"pseudo_labels: weight_scale must be one of {', '.join(WEIGHT_SCALES)}, got {weight_scale!r}")
     out[lab] = given
     w[lab] = 1.0
     return out, w.astype(np.float32), class_weights(out, c)
@@ -491,12 +500,14 @@ def label_propagation(
     tol: float = 1e-6,
     max_iter: int = 20,
     knn: str = "exact",
+    weight_scale: str = "max",
 ) -> Propagation:
     """kNN graph on L2-normalised features [n, D] + propagation from labeled positions [n_l] with labels [n_l].
 
     Graph: `knn_search(features, min(k, n - 1), knn)` then `normalized_graph(..., gamma)`. Y `[n, C]` has
     1/|L_c| on the labeled rows of class c (a class without labeled rows: a zero column of Y and of Z).
-    Z = `solve(W_n, Y, alpha, tol, max_iter)`; labels / weights / class weights from `pseudo_labels`.
+    Z = `solve(W_n, Y, alpha, tol, max_iter)`; labels / weights / class weights from `pseudo_labels`
+    (certainty weights scaled by `weight_scale`).
     `features` may be a numpy array or a torch tensor (CUDA: the kNN search runs there).
     """
     from alctl.knn import knn_search
@@ -513,12 +524,14 @@ def label_propagation(
     if kk < 1 or kk != k:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     sims, ids = knn_search(features, min(kk, n - 1), knn)
-    return _propagate_knn(sims, ids, lab, given, c, alpha=alpha, gamma=gamma, tol=tol, max_iter=max_iter)
+    return _propagate_knn(
+        sims, ids, lab, given, c, alpha=alpha, gamma=gamma, tol=tol, max_iter=max_iter, weight_scale=weight_scale
+    )
 
 
 def _propagate_knn(
     sims: np.ndarray, ids: np.ndarray, labeled: np.ndarray, labels: np.ndarray, num_classes: int, *,
-    alpha: float, gamma: float, tol: float, max_iter: int,
+    alpha: float, gamma: float, tol: float, max_iter: int, weight_scale: str = "max",
 ) -> Propagation:
     """label_propagation after the kNN search (checked arguments): graph, solve, pseudo-labels."""
     n, c = sims.shape[0], num_classes
@@ -528,7 +541,7 @@ def _propagate_knn(
     y[labeled, labels] = (1.0 / counts[labels]).astype(np.float32)  # only classes that have labeled rows
     op = _Operator(wn, alpha)
     z, its = op.solve(y, tol, max_iter)
-    out, w, cw = pseudo_labels(z, labeled, labels, c)
+    out, w, cw = pseudo_labels(z, labeled, labels, c, weight_scale)
     return Propagation(labels=out, weights=w, class_weights=cw, scores=z, iterations=its)
 
 

@@ -230,7 +230,7 @@ def test_pseudo_labels_by_hand():
         ],
         dtype=np.float32,
     )
-    labels, w, cw = pseudo_labels(z, np.array([0]), np.array([2]), 3)
+    labels, w, cw = pseudo_labels(z, np.array([0]), np.array([2]), 3, "none")
     assert labels.tolist() == [2, 0, 2, 0, 0, 0]
     def h(*p: float) -> float:
         """Natural-log entropy."""
@@ -238,8 +238,15 @@ def test_pseudo_labels_by_hand():
 
     raw = 1 - np.array([h(0.9, 0.1), h(0.5, 0.5), h(0.25, 0.75), math.log(3), math.log(3), 0.0]) / math.log(3)
     raw[[3, 4]] = 0.0
-    assert w[1:].tolist() == pytest.approx(raw[1:].tolist(), abs=1e-6)  # Iscen et al.: not divided by the max
+    assert w[1:].tolist() == pytest.approx(raw[1:].tolist(), abs=1e-6)  # weight_scale none: 1 - H/log C
     assert w[0] == 1.0 and w[3] == 0.0 and w[4] == 0.0
+    # the authors' code (default): divided by the largest weight over all rows, labeled rows computed too
+    raw_all = raw.copy()
+    raw_all[0] = 1 - h(0.9, 0.1) / math.log(3)
+    labels_max, w_max, _ = pseudo_labels(z[:5], np.array([0]), np.array([2]), 3)  # no one-hot row: max < 1
+    assert raw_all[:5].max() < 0.75 and labels_max.tolist() == labels[:5].tolist()
+    assert w_max[1:].tolist() == pytest.approx((raw[1:5] / raw_all[:5].max()).tolist(), abs=1e-6)
+    assert w_max[0] == 1.0
     counts = np.array([4, 0, 2])
     assert cw.tolist() == pytest.approx([6 / 3 / 4, 0.0, 6 / 3 / 2])
     assert labels.dtype == np.int64 and w.dtype == np.float32 and cw.dtype == np.float32
