@@ -137,6 +137,14 @@ class SemiConfig(_Section):
     unlabeled_per_epoch: int | None = Field(
         None, ge=1, description="pseudo-labeled images drawn per epoch; null = one pass over every unlabeled image"
     )
+    phase2_epochs: int = Field(
+        0, ge=0,
+        description="0: pseudo-labels enter within train.epochs after `warmup`; > 0: Iscen et al.'s two phases,"
+        " train.epochs on the labels alone (the plain model), then this many epochs with pseudo-labels",
+    )
+    phase2_lr: float | None = Field(
+        None, gt=0, description="phase 2's initial learning rate (cosine ramp-down to 0); null = train.lr"
+    )
     weight_scale: Literal["max", "none"] = Field(
         "max",
         description="certainty weights divided by their maximum over the pool (max, the authors' code) or kept"
@@ -220,6 +228,11 @@ class Manifest(_Section):
         return self
 
 
+def cycle_epochs(m: Manifest) -> int:
+    """Training epochs of one cycle: train.epochs, plus semi.phase2_epochs with label propagation."""
+    return m.train.epochs + (m.semi.phase2_epochs if m.semi.method == "label-propagation" else 0)
+
+
 def layer_channels(base: int, width: float) -> int:
     """Channels of a CNN layer with `base` channels at the paper's width 1.0, at a width multiplier (at least 8)."""
     return max(8, int(round(base * width)))
@@ -268,6 +281,11 @@ def cross_field_problems(m: Manifest) -> list[str]:
         problems.append(
             f"pretrain.pca: {m.pretrain.pca} exceeds the feature dimension {feature_dim} of model.width {m.model.width};"
             f" use at most {feature_dim} or null"
+        )
+    if m.semi.phase2_epochs and m.semi.warmup:
+        problems.append(
+            "semi.warmup: not used with semi.phase2_epochs (phase 1 is the whole of train.epochs on the labels);"
+            " set it to 0"
         )
     if m.semi.labeled_per_batch >= m.semi.batch_size:
         problems.append(

@@ -657,8 +657,9 @@ def _train(ctx: TaskContext, pool: PoolState, cycle: int, seconds: dict[str, flo
             return Targets(labeled_pos=labeled, labeled_y=pool.label[labeled], pseudo_pos=u, pseudo_y=prop.labels[u],
                            pseudo_w=prop.weights[u], class_w=cw)
 
-        semi = Semi(refresh=refresh, every=s.every, warmup=s.warmup, batch_size=s.batch_size,
-                    labeled_per_batch=s.labeled_per_batch, unlabeled_per_epoch=s.unlabeled_per_epoch)
+        semi = Semi(refresh=refresh, every=s.every, warmup=config.train.epochs if s.phase2_epochs else s.warmup,
+                    batch_size=s.batch_size, labeled_per_batch=s.labeled_per_batch,
+                    unlabeled_per_epoch=s.unlabeled_per_epoch, phase2_epochs=s.phase2_epochs, phase2_lr=s.phase2_lr)
 
     started = time.perf_counter()
     base = seconds.get("train", 0.0) + seconds.get("propagate", 0.0)
@@ -767,8 +768,8 @@ def run_task(task: mf.Task, ui: Ui, max_cycles: int | None = None, stop: Callabl
                           ds.test_labels.to(device), encoder, stop, lock, seconds_pretrain=seconds_pretrain)
         ran = 0
         with ui.progress() as prog:
-            bar = prog.add_task(f"task {task.index}", total=total * config.train.epochs,
-                                completed=done * config.train.epochs)
+            bar = prog.add_task(f"task {task.index}", total=total * mf.cycle_epochs(config),
+                                completed=done * mf.cycle_epochs(config))
             ctx.on_epoch = lambda: prog.advance(bar)
             for cycle in range(done, total):
                 if len(pool.pending(cycle)):
@@ -1033,7 +1034,7 @@ def propagate_command(manifest_path: str | Path, task_index: int | None, ui: Ui)
         labeled = pool.labeled_at(cycle)
         t0 = time.perf_counter()
         prop = propagate_pool(config, ds, model, ds.train_images.to(device), labeled, pool.label[labeled],
-                              config.train.epochs)
+                              mf.cycle_epochs(config))
         seconds = time.perf_counter() - t0
         u = prop.unlabeled
         _replace_pseudo(ts, _pseudo_rows(cycle, prop.epoch, ds.train_ids.numpy()[u], prop.labels[u], prop.weights[u]),

@@ -66,6 +66,8 @@ class Semi:
     batch_size: int = 128  # images per mixed batch
     labeled_per_batch: int = 50  # labeled images in each mixed batch
     unlabeled_per_epoch: int | None = None  # pseudo-labeled images per epoch; None = all
+    phase2_epochs: int = 0  # > 0: Iscen et al.'s two phases, these epochs with pseudo-labels after spec.epochs
+    phase2_lr: float | None = None  # phase 2's initial learning rate (cosine ramp-down to 0); None = spec.lr
 
     def due(self, epoch: int) -> bool:
         """True when pseudo-labels are recomputed at the start of `epoch`."""
@@ -84,6 +86,21 @@ def cosine_lr(epoch: float, spec: TrainSpec) -> float:
     """Learning rate at a fractional epoch: cosine ramp-down reaching 0 at rampdown_epochs."""
     t = min(epoch, spec.rampdown_epochs) / spec.rampdown_epochs
     return spec.lr * 0.5 * (math.cos(math.pi * t) + 1.0)
+
+
+def total_epochs(spec: TrainSpec, semi: "Semi | None") -> int:
+    """Epochs of one fit: spec.epochs, plus semi's phase-2 epochs when it has them."""
+    return spec.epochs + (semi.phase2_epochs if semi is not None else 0)
+
+
+def learning_rate(epoch: float, spec: TrainSpec, semi: "Semi | None") -> float:
+    """Learning rate at a fractional epoch: `cosine_lr` up to spec.epochs; in semi's phase 2, a fresh cosine
+    ramp-down from phase2_lr (or spec.lr) to 0 over its phase2_epochs."""
+    if semi is None or not semi.phase2_epochs or epoch < spec.epochs:
+        return cosine_lr(epoch, spec)
+    t = min((epoch - spec.epochs) / semi.phase2_epochs, 1.0)
+    lr = spec.lr if semi.phase2_lr is None else semi.phase2_lr
+    return lr * 0.5 * (math.cos(math.pi * t) + 1.0)
 
 
 def _plain_batches(n: int, spec: TrainSpec, generator: torch.Generator) -> list[torch.Tensor]:
@@ -171,11 +188,12 @@ def fit(
     on_epoch: Callable[[FitState], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> FitState:
-    """Train `model` on images[targets] (uint8 [N, C, H, W] on the training device) up to spec.epochs; return the state.
+    """Train `model` on images[targets] (uint8 [N, C, H, W] on the training device) for `total_epochs`; return the state.
 
     Without `semi`, labeled and (CEAL) pseudo-labeled images are shuffled together in batches of spec.batch_size.
     With `semi`, pseudo-targets come from semi.refresh(epoch) when due and every batch mixes labeled and
-    pseudo-labeled images. `resume` continues a state returned earlier (the caller restores the model, optimizer,
+    pseudo-labeled images; with semi.phase2_epochs (and semi.warmup = spec.epochs), the first spec.epochs are
+    exactly the training on labels alone, then phase 2 trains on labels and pseudo-labels with its own schedule. `resume` continues a state returned earlier (the caller restores the model, optimizer,
     generator and global RNG states that went with it); `should_stop()` is checked after every step and ends
     training early with state.stopped set, mid-epoch if need be, so that resuming replays the rest exactly.
     """
@@ -186,7 +204,8 @@ def fit(
     else:
         state = FitState(epoch=0, model=model, optimizer=make_optimizer(model, spec), targets=targets)
     optimizer = state.optimizer
-    while state.epoch < spec.epochs:
+    epochs = total_epochs(spec, semi)
+    while state.epoch < epochs:
         epoch = state.epoch
         if state.batches is None:  # a new epoch
             if semi is not None and semi.due(epoch):
@@ -198,7 +217,7 @@ def fit(
         model.train()
         for step in range(state.step, len(batches)):
             for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(epoch + step / len(batches), spec)
+                group["lr"] = learning_rate(epoch + step / len(batches), spec, semi)
             b = batches[step].to(device)
             x = augment(normalize(images[pos_t[b]], mean, std), spec.translate, spec.flip, generator)
             logits, _ = model(x)
@@ -213,7 +232,7 @@ def fit(
         state.epoch, state.step, state.batches = epoch + 1, 0, None
         if on_epoch is not None:
             on_epoch(state)
-        if should_stop is not None and state.epoch < spec.epochs and should_stop():
+        if should_stop is not None and state.epoch < epochs and should_stop():
             state.stopped = True
             return state
     return state

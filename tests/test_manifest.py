@@ -54,6 +54,14 @@ def test_pca_larger_than_the_feature_dimension_is_rejected() -> None:
         mf.parse({"model": {"width": 0.125}, "pretrain": {"method": "deepcluster", "pca": 32}})
 
 
+def test_phase2_epochs_with_a_warmup_is_rejected() -> None:
+    m = mf.parse({"semi": {"method": "label-propagation", "phase2_epochs": 15}, "train": {"epochs": 25}})
+    assert mf.cycle_epochs(m) == 40
+    assert mf.cycle_epochs(mf.parse({"semi": {"phase2_epochs": 15}, "train": {"epochs": 25}})) == 25
+    with pytest.raises(ManifestError, match=r"semi.warmup: not used with semi.phase2_epochs"):
+        mf.parse({"semi": {"method": "label-propagation", "phase2_epochs": 15, "warmup": 5}})
+
+
 def test_unknown_sweep_path() -> None:
     with pytest.raises(ManifestError, match=r"sweep.active.strategyy: not a manifest field"):
         mf.parse({"sweep": {"active.strategyy": ["random"]}})

@@ -7,7 +7,7 @@ import torch
 
 from alctl.augment import flip, normalize, translate
 from alctl.models import build_model
-from alctl.train import Targets, TrainSpec, cosine_lr, evaluate, fit, predict
+from alctl.train import Semi, Targets, TrainSpec, cosine_lr, evaluate, fit, learning_rate, predict, total_epochs
 
 
 def test_paper_width_has_13_layers_and_128_features() -> None:
@@ -68,3 +68,61 @@ def test_fit_learns_a_separable_task() -> None:
     assert acc > 0.95 and loss < 0.5
     probs, feats = predict(model, images, (0.5,), (0.5,), batch_size=64)
     assert probs.shape == (n, 2) and torch.allclose(feats.norm(dim=1), torch.ones(n), atol=1e-5)
+
+
+def _two_blocks(n: int = 120) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images [n, 1, 8, 8] whose class (0/1) is the bright half, and the labels [n]."""
+    labels = torch.arange(n) % 2
+    images = torch.zeros(n, 1, 8, 8, dtype=torch.uint8)
+    images[labels == 1, :, :, :4] = 200
+    images[labels == 0, :, :, 4:] = 200
+    return images, labels
+
+
+def test_phase2_learning_rate_restarts_after_the_plain_schedule() -> None:
+    spec = TrainSpec(epochs=10, lr=0.1, rampdown_epochs=12)
+    semi = Semi(refresh=lambda e: Targets(np.zeros(0, np.int64), np.zeros(0, np.int64)), phase2_epochs=4, phase2_lr=0.04)
+    assert total_epochs(spec, semi) == 14 and total_epochs(spec, None) == 10
+    assert learning_rate(9.5, spec, semi) == cosine_lr(9.5, spec)
+    assert learning_rate(10, spec, semi) == 0.04 and abs(learning_rate(12, spec, semi) - 0.02) < 1e-12
+    assert abs(learning_rate(14, spec, semi)) < 1e-12
+
+
+def test_phase1_of_two_phase_training_is_the_plain_model() -> None:
+    """With phase2_epochs, the first spec.epochs train exactly the plain model (same batches, same steps); the
+    pseudo-labels enter after it (the refresh is first called at epoch spec.epochs)."""
+    images, labels = _two_blocks()
+    labeled = np.arange(0, 120, 12)
+    spec = TrainSpec(epochs=3, batch_size=10, lr=0.05, rampdown_epochs=4, translate=1, min_steps=4)
+
+    def run(semi: Semi | None, epochs_seen: list[int]) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model(1, 2, width=0.125)
+        snap: dict[str, torch.Tensor] = {}
+
+        def on_epoch(state) -> None:  # the weights right after epoch spec.epochs - 1
+            epochs_seen.append(state.epoch)
+            if state.epoch == spec.epochs:
+                snap.update({k: v.clone() for k, v in model.state_dict().items()})
+
+        torch.manual_seed(1)
+        fit(model, images, Targets(labeled, labels.numpy()[labeled]), spec, (0.5,), (0.5,),
+            torch.Generator().manual_seed(0), semi=semi, on_epoch=on_epoch)
+        return snap
+
+    refreshed: list[int] = []
+    unl = np.setdiff1d(np.arange(120), labeled)
+
+    def refresh(epoch: int) -> Targets:
+        refreshed.append(epoch)
+        return Targets(labeled, labels.numpy()[labeled], pseudo_pos=unl, pseudo_y=labels.numpy()[unl],
+                       pseudo_w=np.full(len(unl), 0.5, np.float32))
+
+    plain_epochs: list[int] = []
+    two_epochs: list[int] = []
+    plain = run(None, plain_epochs)
+    two = run(Semi(refresh=refresh, every=1, warmup=spec.epochs, batch_size=20, labeled_per_batch=5,
+                   phase2_epochs=2), two_epochs)
+    assert plain_epochs == [1, 2, 3] and two_epochs == [1, 2, 3, 4, 5]
+    assert refreshed == [3, 4]
+    assert all(torch.equal(plain[k], two[k]) for k in plain)
