@@ -10,7 +10,6 @@ from torch.nn.utils.parametrizations import weight_norm
 from alctl.manifest import layer_channels
 
 
-
 class ConvBlock(nn.Sequential):
     """Weight-normalised conv -> batch norm -> LeakyReLU(0.1)."""
 
