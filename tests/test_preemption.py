@@ -102,7 +102,9 @@ def test_sigkill_at_random_moments_never_corrupts_a_table(write_manifest, workdi
 
 @pytest.mark.slow
 def test_a_second_process_on_the_same_task_exits_2_naming_the_holder(write_manifest, workdir: Path) -> None:
-    path = write_manifest({**TINY_RUN, "train": {"epochs": 30, "rampdown_epochs": 31}})
+    # long enough that the first process is still training when the second has imported torch and started
+    # (SIGTERM ends it below); 30 epochs once finished first on a fast machine
+    path = write_manifest({**TINY_RUN, "train": {"epochs": 3000, "rampdown_epochs": 3001}})
     first = _start(path, workdir)
     lock = _task_dir(path) / ".lock"
     _wait_for(lock.is_file, proc=first)
