@@ -657,9 +657,9 @@ def _train(ctx: TaskContext, pool: PoolState, cycle: int, seconds: dict[str, flo
             return Targets(labeled_pos=labeled, labeled_y=pool.label[labeled], pseudo_pos=u, pseudo_y=prop.labels[u],
                            pseudo_w=prop.weights[u], class_w=cw)
 
-        semi = Semi(refresh=refresh, every=s.every, warmup=config.train.epochs if s.phase2_epochs else s.warmup,
-                    batch_size=s.batch_size, labeled_per_batch=s.labeled_per_batch,
-                    unlabeled_per_epoch=s.unlabeled_per_epoch, phase2_epochs=s.phase2_epochs, phase2_lr=s.phase2_lr)
+        semi = Semi(refresh=refresh, every=s.every, warmup=s.warmup, batch_size=s.batch_size,
+                    labeled_per_batch=s.labeled_per_batch, unlabeled_per_epoch=s.unlabeled_per_epoch,
+                    phase2_epochs=s.phase2_epochs, phase2_lr=s.phase2_lr)
 
     started = time.perf_counter()
     base = seconds.get("train", 0.0) + seconds.get("propagate", 0.0)

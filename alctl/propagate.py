@@ -402,8 +402,8 @@ def pseudo_labels(
     L1-normalised (Iscen et al.); a row with no positive entry (unreached) gets ω = 0. weight_scale "max"
     then divides every ω by the largest ω over all rows, as the authors' code does (the most certain row
     weighs 1, so an uncertain propagation from few labels still trains on U); "none" keeps ω as it is.
-    Labeled rows take their given label and ω = 1. Class weights: count_c = positions labeled (given or pseudo) c, w_c = (n / C) / count_c, and
-    0 for a class with count 0. labels int64, weights float32 in [0, 1], class_weights float32.
+    Labeled rows take their given label and ω = 1. Class weights (`class_weights`): count_c = positions
+    labeled (given or pseudo) c, w_c = (n / C) / count_c, and 0 for a class with count 0. labels int64, weights float32 in [0, 1], class_weights float32.
     """
     zz = np.asarray(z)
     lab = np.asarray(labeled)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -69,9 +69,11 @@ class Semi:
     phase2_epochs: int = 0  # > 0: Iscen et al.'s two phases, these epochs with pseudo-labels after spec.epochs
     phase2_lr: float | None = None  # phase 2's initial learning rate (cosine ramp-down to 0); None = spec.lr
 
-    def due(self, epoch: int) -> bool:
-        """True when pseudo-labels are recomputed at the start of `epoch`."""
-        return epoch >= self.warmup and (epoch - self.warmup) % self.every == 0
+    def due(self, epoch: int, plain_epochs: int) -> bool:
+        """True when pseudo-labels are recomputed at the start of `epoch`: from `warmup` on, or with phase 2 from
+        `plain_epochs` (the training's spec.epochs) on, every `every` epochs."""
+        start = plain_epochs if self.phase2_epochs else self.warmup
+        return epoch >= start and (epoch - start) % self.every == 0
 
 
 def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.SGD:
@@ -98,9 +100,8 @@ def learning_rate(epoch: float, spec: TrainSpec, semi: "Semi | None") -> float:
     ramp-down from phase2_lr (or spec.lr) to 0 over its phase2_epochs."""
     if semi is None or not semi.phase2_epochs or epoch < spec.epochs:
         return cosine_lr(epoch, spec)
-    t = min((epoch - spec.epochs) / semi.phase2_epochs, 1.0)
     lr = spec.lr if semi.phase2_lr is None else semi.phase2_lr
-    return lr * 0.5 * (math.cos(math.pi * t) + 1.0)
+    return cosine_lr(epoch - spec.epochs, replace(spec, lr=lr, rampdown_epochs=semi.phase2_epochs))
 
 
 def _plain_batches(n: int, spec: TrainSpec, generator: torch.Generator) -> list[torch.Tensor]:
@@ -192,10 +193,11 @@ def fit(
 
     Without `semi`, labeled and (CEAL) pseudo-labeled images are shuffled together in batches of spec.batch_size.
     With `semi`, pseudo-targets come from semi.refresh(epoch) when due and every batch mixes labeled and
-    pseudo-labeled images; with semi.phase2_epochs (and semi.warmup = spec.epochs), the first spec.epochs are
-    exactly the training on labels alone, then phase 2 trains on labels and pseudo-labels with its own schedule. `resume` continues a state returned earlier (the caller restores the model, optimizer,
-    generator and global RNG states that went with it); `should_stop()` is checked after every step and ends
-    training early with state.stopped set, mid-epoch if need be, so that resuming replays the rest exactly.
+    pseudo-labeled images; with semi.phase2_epochs, the first spec.epochs are exactly the training on labels
+    alone, then phase 2 trains on labels and pseudo-labels with its own schedule. `resume` continues a state
+    returned earlier (the caller restores the model, optimizer, generator and global RNG states that went with
+    it); `should_stop()` is checked after every step and ends training early with state.stopped set, mid-epoch
+    if need be, so that resuming replays the rest exactly.
     """
     device = images.device
     if resume is not None:
@@ -208,7 +210,7 @@ def fit(
     while state.epoch < epochs:
         epoch = state.epoch
         if state.batches is None:  # a new epoch
-            if semi is not None and semi.due(epoch):
+            if semi is not None and semi.due(epoch, spec.epochs):
                 state.targets = semi.refresh(epoch)
             state.batches = _epoch_batches(state.targets, spec, semi, generator)
             state.step = 0
