@@ -168,7 +168,7 @@ def test_pruned_equals_brute_force_and_prunes_clustered_data():
     x = clustered(12_001, 32, 20, 0.4, seed=11)
     sims, ids, stats = _pruned_exact(x, 20)
     assert_same_neighbours(x, sims, ids, *_faiss_top(x, 20))
-    assert not stats.fallback
+    assert not stats.fallback and stats.cells > 0  # the cell pass, not the sorted one
     # measured: 92% of the cross-cell pairs skipped; 23% of the n² similarities computed (the sample's rows and
     # columns are 12% of them), with 12% of the dot products of brute force
     assert stats.pruned_pairs > 0.8 and stats.work < 0.35 and stats.products < 0.2 * x.shape[0] ** 2, stats
@@ -180,6 +180,7 @@ def test_pruned_equals_brute_force_without_pruning():
     sims, ids, stats = _pruned_exact(x, 15, seed=3)
     assert_same_neighbours(x, sims, ids, *_faiss_top(x, 15))
     assert not stats.fallback and stats.pruned_pairs < 0.05 and stats.work > 0.95
+    assert stats.cells == 0 and stats.estimated_pruned < knn._ESTIMATE_WORTH  # no cells: the sorted pass
     assert stats.products < 0.6 * x.shape[0] ** 2  # each pair once (plus the sample and diagonal blocks)
 
 
@@ -221,3 +222,79 @@ def test_knn_search_takes_the_pruned_path_for_large_n(monkeypatch):
     assert np.all(np.diff(sims, axis=1) <= 0)
     assert np.allclose(sims, ref[0], atol=1e-5)
     assert np.array_equal(ids, ref[1]) or np.mean(ids == ref[1]) > 0.999  # ties and last-bit rounding
+
+
+def test_pruned_cell_pass_when_forced_on_unprunable_data(monkeypatch):
+    # the cell pass over data where nothing prunes gives the same neighbours as the sorted pass
+    monkeypatch.setattr(knn, "_ESTIMATE_WORTH", -1.0)
+    monkeypatch.setattr(knn, "_PRUNE_WORTH", -1.0)
+    x = _normalise(np.random.default_rng(17).normal(size=(10_011, 24)))
+    sims, ids, stats = _pruned_exact(x, 15, seed=2)
+    assert stats.cells > 0 and not stats.fallback
+    assert_same_neighbours(x, sims, ids, *_faiss_top(x, 15))
+
+
+def test_pruned_with_large_k_and_wide_buckets(monkeypatch):
+    # buckets of 2^20 rows: too many bits for the packed sort of _top_rows, which argsorts instead
+    monkeypatch.setattr(knn, "_BUCKET_ROWS", 1 << 20)
+    x = clustered(12_001, 16, 6, 1.5, seed=18)
+    sims, ids, stats = _pruned_exact(x, 100)
+    assert not stats.fallback
+    assert_same_neighbours(x, sims, ids, *_faiss_top(x, 100))
+
+
+def test_pack_orders_by_row_then_similarity_descending_and_unpacks():
+    vals = np.array([0.5, -0.0, 0.0, 1e-30, -1e-30, -0.7, 1.0, -np.inf, np.inf, 0.25], dtype=np.float32)
+    rows = np.array([1, 0, 0, 0, 0, 0, 1, 0, 1, 0])
+    key = knn._pack(rows, vals)
+    assert key.dtype == np.uint64 and np.array_equal(key >> np.uint64(32), rows.astype(np.uint64))
+    assert np.array_equal(knn._unpack(key).view(np.uint32), vals.view(np.uint32))  # bit for bit, -0.0 too
+    order = np.argsort(key, kind="stable")
+    assert np.array_equal(rows[order], np.sort(rows))
+    for r in (0, 1):
+        got = vals[order][rows[order] == r]
+        assert np.all(np.diff(got) <= 0)
+
+
+def test_top_rows_packed_sort_equals_argsort_path():
+    rng = np.random.default_rng(19)
+    n_rows, k1 = 16_384, 40
+    rows = np.repeat(np.arange(n_rows), rng.integers(0, 90, n_rows))
+    vals = rng.permutation(np.linspace(-1, 1, rows.size, dtype=np.float32))  # distinct: one right answer
+    cols = rng.permutation(rows.size).astype(np.int32) % 50_000
+    perm = rng.permutation(n_rows)
+
+    def run(chunks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sims = np.full((n_rows, k1), -np.inf, dtype=np.float32)
+        ids = np.full((n_rows, k1), -1, dtype=np.int64)
+        count = np.zeros(n_rows, dtype=np.int64)
+        step = n_rows // chunks
+        for lo in range(0, n_rows, step):
+            inside = (rows >= lo) & (rows < lo + step)
+            key = knn._pack(rows[inside] - lo, vals[inside])
+            knn._top_rows(lo, lo + step, key, cols[inside], k1, np.concatenate([perm, np.arange(n_rows, 50_000)]),
+                          sims, ids, count)
+        return sims, ids, count
+
+    # one chunk of 16,384 rows (14 bits) with over 2^18 entries selected (19 bits): 14 + 32 + 19 > 64, the
+    # argsort; 8 chunks of 2,048 rows: packed sorts
+    selected = int(np.minimum(np.bincount(rows, minlength=n_rows), k1).sum())
+    assert 14 + 32 + (selected - 1).bit_length() > 64
+    (s1, i1, c1), (s8, i8, c8) = run(1), run(8)
+    assert np.array_equal(c1, c8) and np.array_equal(s1, s8) and np.array_equal(i1, i8)
+    # against a plain per-row reference
+    for r in rng.choice(n_rows, 50, replace=False):
+        mine = np.flatnonzero(rows == r)
+        best = np.sort(vals[mine])[::-1][:k1]
+        dest = perm[r]
+        assert np.array_equal(s8[dest, : best.size], best) and np.all(np.isneginf(s8[dest, best.size :]))
+
+
+def test_sample_thresholds_never_exceed_the_jth_best():
+    x = _normalise(np.random.default_rng(20).normal(size=(3_200, 16)))
+    s, j = 3_136, 9  # as for n = 50,000, k = 50: 392 groups of 8 sample columns
+    tau = np.empty(600, dtype=np.float32)
+    knn._sample_job(x, tau, 0, 600, j, (x[:s], np.arange(s), None), 4096, knn._Scratch())
+    exact = np.sort(x[:600] @ x[:s].T, axis=1)[:, s - j]
+    # the j-th best group maximum: never above the j-th best, and equal unless two of the best j share a group
+    assert np.all(tau <= exact) and np.mean(tau == exact) > 0.8
