@@ -10,7 +10,8 @@ at n = 50,000, C = 10); the cluster is the class; 1,000 labeled images, balanced
    (alctl.propagate._propagate_knn, the part of label_propagation after the search);
    baseline = the same kNN result, the graph built the authors' way (COO csr_matrix, W + W.T, diags),
    scipy.sparse.linalg.cg one class at a time in float64, then a per-sample Python loop for the
-   pseudo-labels and weights. The pseudo-labels must be identical (asserted).
+   pseudo-labels and weights (divided by their maximum, as in the authors' code). The pseudo-labels must
+   be identical (asserted).
    The kNN time is printed next to faiss IndexFlatIP (the previous exact path) run in the same process,
    with whether the ids are identical (they can differ where two neighbours are equally similar up to
    float32 rounding; the largest float64 similarity gap at a differing position is printed).
@@ -27,9 +28,9 @@ at n = 50,000, C = 10); the cluster is the class; 1,000 labeled images, balanced
    made on converged solves.
 
 Times are wall-clock (perf_counter) and CPU (process_time, all threads of the process) of the call
-alone, after a warm-up; one run each, but for kNN + propagation, whose total is the median of --repeats
-runs (this shared machine's speed drifts by 20-30% from minute to minute: faiss flat took 5.7-7.7 s
-for the same search within one hour). Threads: both sides use the process defaults (torch intra-op
+alone, after a warm-up; propagation (ours and baseline, alternately) and kNN + propagation are the
+medians of --repeats runs, the rest one run each (this shared machine's speed drifts by 20-30% from
+minute to minute: faiss flat took 5.7-8.2 s for the same search within one hour). Threads: both sides use the process defaults (torch intra-op
 threads for our sparse products, OpenBLAS for scipy's cg vector operations and faiss's OpenMP);
 --threads N sets them all to N (N = 1: a single-core comparison, robust on a shared machine).
 `--quick` runs a small smoke version.
@@ -147,6 +148,7 @@ def baseline_propagation(sims: np.ndarray, ids: np.ndarray, labeled: np.ndarray,
             p = row / total
             p = p[p > 0]
             weights[i] = 1.0 - float(-(p * np.log(p)).sum()) / log_c
+    weights /= weights.max()  # as the authors' code does (alctl's default weight_scale "max")
     plabels[labeled] = labels
     weights[labeled] = 1.0
     class_weights = np.zeros(num_classes)
@@ -221,15 +223,24 @@ def main() -> None:
         lab = balanced_labels(y, c, args.labeled)
         print(f"\n== label propagation, C = {c}")
         sims, ids, t_knn = knn_versus_faiss(x)
-        with Timer() as t_ours:
-            prop = _propagate_knn(sims, ids, lab, y[lab], c, alpha=ALPHA, gamma=GAMMA, tol=TOL, max_iter=MAX_ITER)
-        with Timer() as t_base:
-            b_labels, b_weights, b_cw, b_z = baseline_propagation(sims, ids, lab, y[lab], c)
+        t_ours, t_base = [], []
+        for _ in range(max(1, args.repeats)):  # alternately, so that both see the same drifts of the machine
+            with Timer() as t:
+                prop = _propagate_knn(sims, ids, lab, y[lab], c, alpha=ALPHA, gamma=GAMMA, tol=TOL, max_iter=MAX_ITER)
+            t_ours.append(t)
+            with Timer() as t:
+                b_labels, b_weights, b_cw, b_z = baseline_propagation(sims, ids, lab, y[lab], c)
+            t_base.append(t)
         same = np.array_equal(prop.labels, b_labels)
-        print(f"ours: graph + CG + pseudo       {t_ours}   ({prop.iterations} CG iterations)")
-        print(f"baseline: graph + CG + pseudo   {t_base}")
-        print(f"ratio without kNN: {t_base.wall / t_ours.wall:.1f}x wall, {t_base.cpu / t_ours.cpu:.1f}x CPU (target >= 5x)")
-        _, line = total_line(x, lab, y[lab], c, t_knn.wall + t_ours.wall, args.repeats)
+        ours_wall, ours_cpu = median_times(t_ours)
+        base_wall, base_cpu = median_times(t_base)
+        print(f"ours: graph + CG + pseudo       median {ours_wall:.2f} s wall ({ours_cpu:.2f} s CPU) of "
+              f"{', '.join(f'{t.wall:.2f}' for t in t_ours)}   ({prop.iterations} CG iterations)")
+        print(f"baseline: graph + CG + pseudo   median {base_wall:.2f} s wall ({base_cpu:.2f} s CPU) of "
+              f"{', '.join(f'{t.wall:.2f}' for t in t_base)}")
+        print(f"ratio without kNN (medians): {base_wall / ours_wall:.1f}x wall, {base_cpu / ours_cpu:.1f}x CPU "
+              "(target >= 5x)")
+        _, line = total_line(x, lab, y[lab], c, t_knn.wall + t_ours[0].wall, args.repeats)
         print(line + (" (target < 4 s for C = 10)" if c == 10 else ""))
         print(f"pseudo-labels identical: {same}; max |Z - Z_scipy| = {np.abs(prop.scores - b_z).max():.2e} "
               f"(max |Z| {np.abs(b_z).max():.2e}); max |w - w_base| = {np.abs(prop.weights - b_weights).max():.2e}; "
@@ -314,6 +325,11 @@ def knn_versus_faiss(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, Timer]:
               + (f"; FELL BACK to faiss: {st.fallback}" if st.fallback else "")
               + "; stages " + ", ".join(f"{k} {v:.2f}" for k, v in st.seconds.items()) + " s")
     return sims, ids, t_ours
+
+
+def median_times(timers: list[Timer]) -> tuple[float, float]:
+    """Median wall and median CPU seconds of the timed runs."""
+    return float(np.median([t.wall for t in timers])), float(np.median([t.cpu for t in timers]))
 
 
 def total_line(x: np.ndarray, labeled: np.ndarray, labels: np.ndarray, num_classes: int, first: float,
