@@ -382,12 +382,15 @@ def _pruned_run(
     starts = np.zeros(1, dtype=np.int64)
     if stats.estimated_pruned >= _ESTIMATE_WORTH:
         lab, cent, size, radius = _cells(xp[s:], rng)
-        reorder(np.argsort(lab, kind="stable"))
+        by_cell = np.argsort(lab, kind="stable")
         stats.cells = cent.shape[0]
         starts = s + np.concatenate([[0], np.cumsum(size)])  # cell J: work positions [starts[J], starts[J + 1])
         lap("cells")
-        need, stats.pruned_pairs = _needed_pairs(xp[s:], tau[s:], cent, size, radius)
+        rest = s + by_cell
+        need, stats.pruned_pairs = _needed_pairs(np.ascontiguousarray(xp[rest]), tau[rest], cent, size, radius)
         lap("bounds")
+        if stats.pruned_pairs >= _PRUNE_WORTH:
+            reorder(by_cell)
     if stats.pruned_pairs < _PRUNE_WORTH:
         reorder(np.argsort(-tau[s:], kind="stable"))
         lap("order")
@@ -801,14 +804,12 @@ def _threshold(blk: np.ndarray, row0: int, col_ids: np.ndarray, t_rows: np.ndarr
     c = p - i * w
     v = blk.reshape(-1)[p]
     rows, cols = row0 + i, col_ids[c]
-    mine = v >= t_rows[i]
+    mine = np.flatnonzero(v >= t_rows[i])
     parts: _Parts = []
-    if t_cols is None:
-        _bucketed(parts, rows[mine], v[mine], cols[mine], rows_per)
-    else:
-        theirs = v >= t_cols[c]
-        _bucketed(parts, np.concatenate([rows[mine], cols[theirs]]), np.concatenate([v[mine], v[theirs]]),
-                  np.concatenate([cols[mine], rows[theirs]]), rows_per)
+    _bucketed(parts, rows[mine], v[mine], cols[mine], rows_per)
+    if t_cols is not None:
+        theirs = np.flatnonzero(v >= t_cols[c])
+        _bucketed(parts, cols[theirs], v[theirs], rows[theirs], rows_per)
     return parts
 
 

@@ -403,7 +403,8 @@ def pseudo_labels(
     then divides every ω by the largest ω over all rows, as the authors' code does (the most certain row
     weighs 1, so an uncertain propagation from few labels still trains on U); "none" keeps ω as it is.
     Labeled rows take their given label and ω = 1. Class weights (`class_weights`): count_c = positions
-    labeled (given or pseudo) c, w_c = (n / C) / count_c, and 0 for a class with count 0. labels int64, weights float32 in [0, 1], class_weights float32.
+    labeled (given or pseudo) c, w_c = (n / C) / count_c, and 0 for a class with count 0. labels int64,
+    weights float32 in [0, 1], class_weights float32.
     """
     zz = np.asarray(z)
     lab = np.asarray(labeled)
@@ -420,6 +421,8 @@ def pseudo_labels(
         raise ValueError("pseudo_labels: a labeled position or label is out of range")
     if not np.isfinite(zz).all():
         raise ValueError("pseudo_labels: z holds NaN or inf")
+    if weight_scale not in WEIGHT_SCALES:
+        raise ValueError(f"pseudo_labels: weight_scale must be one of {', '.join(WEIGHT_SCALES)}, got {weight_scale!r}")
     out = zz.argmax(axis=1).astype(np.int64) if n else np.zeros(0, np.int64)
     pos = np.maximum(zz, 0, dtype=np.float32)
     total = pos.sum(axis=1, dtype=np.float64)
@@ -435,12 +438,9 @@ def pseudo_labels(
     else:
         w = reached.astype(np.float64)
     np.clip(w, 0.0, 1.0, out=w)
-    if weight_scale == "max":
-        top = float(w.max(initial=0.0))
-        if top > 0:
-            w /= top
-    elif weight_scale != "none":
-        raise ValueError(f"pseudo_labels: weight_scale must be one of {', '.join(WEIGHT_SCALES)}, got {weight_scale!r}")
+    top = float(w.max(initial=0.0))
+    if weight_scale == "max" and top > 0:
+        w /= top
     out[lab] = given
     w[lab] = 1.0
     return out, w.astype(np.float32), class_weights(out, c)
