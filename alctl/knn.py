@@ -561,44 +561,53 @@ class _Kept:
         def one(b: int) -> None:
             rows, vals, cols = self._take(b)
             lo = b * self.rows_per
-            _top_rows(lo, min(n, lo + self.rows_per), _pack(rows - lo, vals), cols, k1, perm, sims, ids, count)
+            _top_rows(lo, min(n, lo + self.rows_per), rows - lo, vals, cols, k1, perm, sims, ids, count)
 
         list(pool.map(one, range(len(self.buckets))))
         return sims, ids, count
 
 
-def _top_rows(lo: int, hi: int, key: np.ndarray, cols: np.ndarray, k1: int, perm: np.ndarray, sims: np.ndarray,
-              ids: np.ndarray, count: np.ndarray) -> None:
-    """Work positions [lo, hi) of `_Kept.top`, from their packed keys [m] (rows counted from lo) and columns
-    [m]: writes the rows perm[lo:hi] of sims and ids, and count[lo:hi]. Each row's k1-th best key comes
-    from a plain sort of the keys; the entries at least that good are then sorted too, each key carrying
-    the entry's index in its low bits in place of the high bits of the row (an argsort, several times
-    slower, only when they do not fit in 64 bits)."""
-    rows = (key >> np.uint64(32)).astype(np.int64)
-    num = np.bincount(rows, minlength=hi - lo)
+def _top_rows(lo: int, hi: int, rows: np.ndarray, vals: np.ndarray, cols: np.ndarray, k1: int, perm: np.ndarray,
+              sims: np.ndarray, ids: np.ndarray, count: np.ndarray) -> None:
+    """Work positions [lo, hi) of `_Kept.top`, from their entries (rows [m] counted from lo, similarities
+    [m], columns [m]): writes the rows perm[lo:hi] of sims and ids, and count[lo:hi]. Each row's k1-th best
+    entry comes from a plain sort of packed keys (see `_pack`); the entries at least that good are then
+    sorted too, each key carrying the entry's index in its low bits in place of the high bits of the row
+    (an argsort, several times slower, only when they do not fit in 64 bits). Without ties at the cuts,
+    row i holds the next min(count, k1) sorted entries; where every row holds k1, whole rows are written."""
+    r = hi - lo
+    key = _pack(rows, vals)
+    num = np.bincount(rows, minlength=r)
     count[lo:hi] = num
-    last = np.where(num > 0, np.cumsum(num) - num + np.minimum(num, k1) - 1, 0)
-    cut = np.sort(key)[last] if key.size else np.zeros(hi - lo, dtype=np.uint64)
+    take = np.minimum(num, k1)
+    last = np.where(num > 0, np.cumsum(num) - num + take - 1, 0)
+    cut = np.sort(key)[last] if key.size else np.zeros(r, dtype=np.uint64)
     sel = np.flatnonzero(key <= cut[rows])
-    key, cols = key[sel], cols[sel]
-    row_bits, idx_bits = max(1, (hi - lo - 1).bit_length()), max(1, (sel.size - 1).bit_length())
-    if row_bits + 32 + idx_bits <= 64:
+    key = key[sel]
+    idx_bits = max(1, (sel.size - 1).bit_length())
+    if max(1, (r - 1).bit_length()) + 32 + idx_bits <= 64:
         key = np.sort(((key >> np.uint64(32)) << np.uint64(32 + idx_bits)) | ((key & np.uint64(0xFFFFFFFF))
                       << np.uint64(idx_bits)) | np.arange(sel.size, dtype=np.uint64))
-        o = (key & np.uint64((1 << idx_bits) - 1)).astype(np.int64)
-        rows = (key >> np.uint64(32 + idx_bits)).astype(np.int64)
+        o = (key & np.uint64((1 << idx_bits) - 1)).view(np.int64)  # a view: astype here cost 15x a shift
         vals = _unpack(key >> np.uint64(idx_bits))
     else:
         o = np.argsort(key)
-        rows = (key[o] >> np.uint64(32)).astype(np.int64)
         vals = _unpack(key[o])
-    cols = cols[o]
-    num = np.bincount(rows, minlength=hi - lo)
-    pos = np.arange(rows.size) - (np.cumsum(num) - num)[rows]
+    order = sel[o]  # the selected entries' indices among all, by row, then similarity descending
+    if sel.size == int(take.sum()):
+        if int(take.min(initial=k1)) == k1:
+            sims[perm[lo:hi]] = vals.reshape(r, k1)
+            ids[perm[lo:hi]] = perm[cols[order]].reshape(r, k1)
+            return
+        rows_s = np.repeat(np.arange(r), take)
+    else:  # ties at a cut: more than k1 selected in some rows
+        rows_s = rows[order].astype(np.int64)
+    num = np.bincount(rows_s, minlength=r)
+    pos = np.arange(rows_s.size) - (np.cumsum(num) - num)[rows_s]
     top = np.flatnonzero(pos < k1)
-    flat = perm[lo + rows[top]] * k1 + pos[top]
+    flat = perm[lo + rows_s[top]] * k1 + pos[top]
     sims.reshape(-1)[flat] = vals[top]
-    ids.reshape(-1)[flat] = perm[cols[top]]
+    ids.reshape(-1)[flat] = perm[cols[order[top]]]
 
 
 def _brute_top(x: np.ndarray, rows: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:

@@ -245,14 +245,29 @@ class _Blocks:
         return out
 
 
-def _coldot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Column dot products of blocks [g, rows, w] float32 → [g * w] float64: float32 sums over runs of
-    `_DOT_BLOCK` rows added in float64 (relative error ~1e-7; one float32 sum over 50,000 rows errs by
-    ~1e-5, which made CG drift from scipy's by 4e-5 on weakly reached rows)."""
+def _coldot(a: np.ndarray, b: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """Column dot products of blocks [g, rows, w] float32 → [g * w] float64 (tmp: scratch of their shape):
+    float32 sums over runs of `_DOT_BLOCK` rows (one small matrix product per run) added in float64
+    (relative error ~1e-7; one float32 sum over 50,000 rows errs by ~1e-5, which made CG drift from
+    scipy's by 4e-5 on weakly reached rows)."""
     g, rows, w = a.shape
-    shape = (g, rows // _DOT_BLOCK, _DOT_BLOCK, w)
-    part = np.einsum("gbiw,gbiw->gbw", a.reshape(shape), b.reshape(shape))
-    return part.sum(axis=1, dtype=np.float64).reshape(g * w)
+    np.multiply(a, b, out=tmp)
+    part = np.matmul(_ones_row(), tmp.reshape(g * rows // _DOT_BLOCK, _DOT_BLOCK, w))  # [runs, 1, w]
+    return part.reshape(g, rows // _DOT_BLOCK, w).sum(axis=1, dtype=np.float64).reshape(g * w)
+
+
+def _ones_row() -> np.ndarray:
+    """[1, _DOT_BLOCK] float32 ones."""
+    return np.ones((1, _DOT_BLOCK), dtype=np.float32)
+
+
+def _scale(a: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
+    """out = a * v per column, for blocks a, out [g, rows, w] and v [w] (the same for every block): v is
+    tiled over `_DOT_BLOCK` rows so that numpy multiplies long contiguous runs (4x faster than
+    broadcasting [w] over rows of w = 10)."""
+    w = a.shape[2]
+    tiled = np.tile(np.asarray(v, dtype=np.float32).reshape(w), _DOT_BLOCK)
+    np.multiply(a.reshape(-1, _DOT_BLOCK * w), tiled, out=out.reshape(-1, _DOT_BLOCK * w))
 
 
 def _cg(op: _Operator, b: np.ndarray, tol: float, max_iter: int, x0: np.ndarray | None = None) -> tuple[np.ndarray, int]:
@@ -283,7 +298,8 @@ def _cg(op: _Operator, b: np.ndarray, tol: float, max_iter: int, x0: np.ndarray 
     atol = lay.flat(tol * bnorm[work], np.inf)  # unused columns never run
     p = np.zeros(rs.shape, dtype=np.float32)  # np.zeros maps zero pages lazily; zeros_like writes them
     q = np.zeros(rs.shape, dtype=np.float32)
-    rr = _coldot(rs, rs)
+    tmp = np.zeros(rs.shape, dtype=np.float32)  # scratch of step_block
+    rr = _coldot(rs, rs, tmp)
     rho_prev = np.ones_like(rr)
     its = 0
     for it in range(max_iter):
@@ -299,6 +315,7 @@ def _cg(op: _Operator, b: np.ndarray, tol: float, max_iter: int, x0: np.ndarray 
             new = _Blocks(n, keep.size)
             xs, rs, p = (new.pack(lay.unpack(a)[:, keep]) for a in (xs, rs, p))
             q = np.zeros(rs.shape, dtype=np.float32)
+            tmp = np.zeros(rs.shape, dtype=np.float32)
             work, atol = work[keep], new.flat(atol[keep], np.inf)
             rr, rho_prev = new.flat(rr[keep], 0.0), new.flat(rho_prev[keep], 1.0)
             lay = new
@@ -307,30 +324,31 @@ def _cg(op: _Operator, b: np.ndarray, tol: float, max_iter: int, x0: np.ndarray 
         its += 1
         beta = np.zeros_like(rr)
         np.divide(rr, rho_prev, out=beta, where=live & (rho_prev > 0))
-        beta = beta.astype(np.float32).reshape(lay.g, 1, lay.w)
+        beta = beta.astype(np.float32).reshape(lay.g, lay.w)
         rr_next = np.empty_like(rr)
 
         def step_block(j: int, threads: bool, first: bool = it == 0, lay: _Blocks = lay, live: np.ndarray = live,
                        rr: np.ndarray = rr, beta: np.ndarray = beta, rr_next: np.ndarray = rr_next,
-                       p: np.ndarray = p, q: np.ndarray = q, rs: np.ndarray = rs, xs: np.ndarray = xs) -> None:
+                       p: np.ndarray = p, q: np.ndarray = q, rs: np.ndarray = rs, xs: np.ndarray = xs,
+                       tmp: np.ndarray = tmp) -> None:
             """One CG iteration for the columns of block j (they depend on no other block)."""
             cols = slice(j * lay.w, (j + 1) * lay.w)
             pj, qj, rj, xj = p[j : j + 1], q[j : j + 1], rs[j : j + 1], xs[j : j + 1]
+            tj = tmp[j : j + 1]
             if first:
                 pj[:] = rj
             else:
-                pj *= beta[j]
+                _scale(pj, beta[j], out=pj)
                 pj += rj
             op.apply(pj, out=qj, threads=threads)
-            pq = _coldot(pj, qj)
+            pq = _coldot(pj, qj, tj)
             step = np.zeros(lay.w)
             np.divide(rr[cols], pq, out=step, where=live[cols] & (pq > 0))
-            step32 = step.astype(np.float32)
-            tmp = pj * step32
-            xj += tmp
-            np.multiply(qj, step32, out=tmp)
-            rj -= tmp
-            rr_next[cols] = _coldot(rj, rj)
+            _scale(pj, step, out=tj)
+            xj += tj
+            _scale(qj, step, out=tj)
+            rj -= tj
+            rr_next[cols] = _coldot(rj, rj, tj)
 
         if op.workers > 1 and lay.g > 1:  # whole blocks to the workers (numpy releases the GIL)
             list(_pool(op.workers).map(lambda j: step_block(j, False), range(lay.g)))

@@ -271,9 +271,8 @@ def test_top_rows_packed_sort_equals_argsort_path():
         step = n_rows // chunks
         for lo in range(0, n_rows, step):
             inside = (rows >= lo) & (rows < lo + step)
-            key = knn._pack(rows[inside] - lo, vals[inside])
-            knn._top_rows(lo, lo + step, key, cols[inside], k1, np.concatenate([perm, np.arange(n_rows, 50_000)]),
-                          sims, ids, count)
+            knn._top_rows(lo, lo + step, rows[inside] - lo, vals[inside], cols[inside], k1,
+                          np.concatenate([perm, np.arange(n_rows, 50_000)]), sims, ids, count)
         return sims, ids, count
 
     # one chunk of 16,384 rows (14 bits) with over 2^18 entries selected (19 bits): 14 + 32 + 19 > 64, the
@@ -288,6 +287,36 @@ def test_top_rows_packed_sort_equals_argsort_path():
         best = np.sort(vals[mine])[::-1][:k1]
         dest = perm[r]
         assert np.array_equal(s8[dest, : best.size], best) and np.all(np.isneginf(s8[dest, best.size :]))
+
+
+@pytest.mark.parametrize("case", ["full", "ties"])
+def test_top_rows_full_rows_and_ties(case):
+    # every row holding >= k1 entries (the row-scatter path), or values tied at each row's cut (the general
+    # path): the per-row best k1 values, each id naming an entry of its row with that value
+    rng = np.random.default_rng(21)
+    n_rows, k1 = 1_024, 12
+    low = k1 if case == "full" else 0
+    rows = np.repeat(np.arange(n_rows), rng.integers(low, 40, n_rows)).astype(np.int32)
+    if case == "full":
+        vals = rng.permutation(np.linspace(-1, 1, rows.size, dtype=np.float32))
+    else:
+        vals = (rng.integers(0, 6, rows.size) / 8).astype(np.float32)  # few distinct values: ties everywhere
+    cols = rng.permutation(rows.size).astype(np.int32)
+    perm = rng.permutation(rows.size)
+    sims = np.full((rows.size, k1), -np.inf, dtype=np.float32)
+    ids = np.full((rows.size, k1), -1, dtype=np.int64)
+    count = np.zeros(rows.size, dtype=np.int64)
+    knn._top_rows(0, n_rows, rows, vals, cols, k1, perm, sims, ids, count)
+    assert np.array_equal(count[:n_rows], np.bincount(rows, minlength=n_rows))
+    value_of = {(int(r), int(perm[c])): float(v) for r, c, v in zip(rows, cols, vals)}
+    for r in range(n_rows):
+        mine = np.flatnonzero(rows == r)
+        best = np.sort(vals[mine])[::-1][:k1]
+        dest = perm[r]
+        assert np.array_equal(sims[dest, : best.size], best) and np.all(np.isneginf(sims[dest, best.size :]))
+        got = ids[dest, : best.size]
+        assert np.unique(got).size == best.size
+        assert [value_of[(r, int(i))] for i in got] == best.tolist()
 
 
 def test_sample_thresholds_never_exceed_the_jth_best():
