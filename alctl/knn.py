@@ -626,12 +626,11 @@ def _desc_bits(bits: np.ndarray) -> np.ndarray:
     return bits ^ (~(bits >> 31) & np.int32(0x7FFFFFFF))
 
 
-def _halves(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The low and high 32 bits of uint64 keys [m] as uint32 [m] (strided views on a little-endian machine)."""
+def _low_words(key: np.ndarray) -> np.ndarray:
+    """The low 32 bits of uint64 keys [m] as uint32 [m] (a strided view on a little-endian machine)."""
     if sys.byteorder == "little":
-        words = key.view(np.uint32)
-        return words[0::2], words[1::2]
-    return (key & np.uint64(0xFFFFFFFF)).astype(np.uint32), (key >> np.uint64(32)).astype(np.uint32)
+        return key.view(np.uint32)[0::2]
+    return (key & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
 def _pack(rows: np.ndarray, vals: np.ndarray) -> np.ndarray:
@@ -647,7 +646,7 @@ def _pack(rows: np.ndarray, vals: np.ndarray) -> np.ndarray:
 
 def _unpack(key: np.ndarray) -> np.ndarray:
     """The float32 similarities [m] of packed keys (d of `_pack` undone)."""
-    return _desc_bits(_halves(key)[0].view(np.int32)).view(np.float32)
+    return _desc_bits(_low_words(key).view(np.int32)).view(np.float32)
 
 
 def _cells(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -772,32 +771,20 @@ def _sorted_job(xp: np.ndarray, tau: np.ndarray, a: int, b: int, c: int, d: int,
     tau[d - 1], passes little more than the entries kept; those are then checked exactly.
     Returns (kept parts, products, entries)."""
     blk = _product(scratch, xp[a:b], xp[c:d])
-    w = d - c
     mask = scratch.get("mask", blk.shape, np.bool_)
     np.greater_equal(blk, min(tau[b - 1], tau[d - 1]), out=mask)
-    p = np.flatnonzero(mask)
-    i = p // w
-    col = p - i * w
-    v = blk.reshape(-1)[p]
-    i += a
-    col += c
-    mine = np.flatnonzero(v >= tau[i])
-    i32, col32 = i.astype(np.int32), col.astype(np.int32)
-    parts: _Parts = [(a // rows_per, i32[mine], v[mine], col32[mine])]
-    if c == a:
-        return parts, blk.size, blk.size
-    theirs = np.flatnonzero(v >= tau[col])
-    parts.append((c // rows_per, col32[theirs], v[theirs], i32[theirs]))
-    return parts, blk.size, 2 * blk.size
+    diagonal = c == a
+    parts = _keep(blk, mask, a, np.arange(c, d), tau[a:b], None if diagonal else tau[c:d], rows_per)
+    return parts, blk.size, blk.size if diagonal else 2 * blk.size
 
 
 def _threshold(blk: np.ndarray, row0: int, col_ids: np.ndarray, t_rows: np.ndarray, t_cols: np.ndarray | None,
                rows_per: int, scratch: _Scratch) -> _Parts:
-    """Entries of blk [r, w] (rows row0 + i, columns col_ids [w]) >= t_rows [r], as (bucket, packed keys,
-    columns) per bucket of rows_per rows; given t_cols [w], also those >= t_cols, as entries of the
-    column's row (row and column swapped). With t_cols, one cheap pass compares each entry with the smaller
-    of its row's threshold and the smallest threshold of its group of _COLUMN_GROUP columns (tight, as the
-    columns come in descending order of threshold); what passes is then checked exactly."""
+    """Entries of blk [r, w] (rows row0 + i, columns col_ids [w]) >= t_rows [r], as parts (see `_keep`); given
+    t_cols [w], also those >= t_cols, as entries of the column's row (row and column swapped). With t_cols,
+    one cheap pass compares each entry with the smaller of its row's threshold and the smallest threshold of
+    its group of _COLUMN_GROUP columns (tight, as the columns come in descending order of threshold); what
+    passes is then checked exactly."""
     r, w = blk.shape
     g = _COLUMN_GROUP
     mask = scratch.get("mask", (r, w), np.bool_)
@@ -808,6 +795,15 @@ def _threshold(blk: np.ndarray, row0: int, col_ids: np.ndarray, t_rows: np.ndarr
         np.greater_equal(blk.reshape(r, w // g, g), low[:, :, None], out=mask.reshape(r, w // g, g))
     else:  # a full [r, w] threshold matrix (broadcasting t_cols into the comparison is slow in numpy)
         np.greater_equal(blk, np.minimum(t_rows[:, None], t_cols[None, :]), out=mask)
+    return _keep(blk, mask, row0, col_ids, t_rows, t_cols, rows_per)
+
+
+def _keep(blk: np.ndarray, mask: np.ndarray, row0: int, col_ids: np.ndarray, t_rows: np.ndarray,
+          t_cols: np.ndarray | None, rows_per: int) -> _Parts:
+    """The entries of blk [r, w] (rows row0 + i, columns col_ids [w]) where mask [r, w] holds (a cheap first
+    comparison), checked exactly: those >= t_rows [r] and, given t_cols [w], those >= t_cols as entries of the
+    column's row; as (bucket, int32 rows, float32 sims, int32 columns) per bucket of rows_per rows."""
+    w = blk.shape[1]
     p = np.flatnonzero(mask)
     i = p // w
     c = p - i * w

@@ -52,6 +52,7 @@ _TORCH_MIN_COLS = 4
 _PARALLEL_MIN_NNZ = 1 << 18
 # Column dot products: float32 partial sums over this many rows, then float64.
 _DOT_BLOCK = 256
+_ONES_ROW = np.ones((1, _DOT_BLOCK), dtype=np.float32)  # sums runs of _DOT_BLOCK rows in `_coldot`
 # CG compacts its working arrays to the running columns once this fraction of them has stopped.
 _COMPACT_FRACTION = 0.25
 # jLP: the most columns of (I - alpha W_n)^-1 kept between blocks.
@@ -252,13 +253,8 @@ def _coldot(a: np.ndarray, b: np.ndarray, tmp: np.ndarray) -> np.ndarray:
     scipy's by 4e-5 on weakly reached rows)."""
     g, rows, w = a.shape
     np.multiply(a, b, out=tmp)
-    part = np.matmul(_ones_row(), tmp.reshape(g * rows // _DOT_BLOCK, _DOT_BLOCK, w))  # [runs, 1, w]
+    part = np.matmul(_ONES_ROW, tmp.reshape(g * rows // _DOT_BLOCK, _DOT_BLOCK, w))  # [runs, 1, w]
     return part.reshape(g, rows // _DOT_BLOCK, w).sum(axis=1, dtype=np.float64).reshape(g * w)
-
-
-def _ones_row() -> np.ndarray:
-    """[1, _DOT_BLOCK] float32 ones."""
-    return np.ones((1, _DOT_BLOCK), dtype=np.float32)
 
 
 def _scale(a: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
@@ -456,8 +452,8 @@ def pseudo_labels(
     else:
         w = reached.astype(np.float64)
     np.clip(w, 0.0, 1.0, out=w)
-    top = float(w.max(initial=0.0))
-    if weight_scale == "max" and top > 0:
+    top = float(w.max(initial=0.0)) if weight_scale == "max" else 0.0
+    if top > 0:
         w /= top
     out[lab] = given
     w[lab] = 1.0
