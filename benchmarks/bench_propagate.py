@@ -30,9 +30,12 @@ at n = 50,000, C = 10); the cluster is the class; 1,000 labeled images, balanced
 Times are wall-clock (perf_counter) and CPU (process_time, all threads of the process) of the call
 alone, after a warm-up; propagation (ours and baseline, alternately) and kNN + propagation are the
 medians of --repeats runs, the rest one run each (this shared machine's speed drifts by 20-30% from
-minute to minute: faiss flat took 5.7-8.2 s for the same search within one hour). Threads: both sides use the process defaults (torch intra-op
-threads for our sparse products, OpenBLAS for scipy's cg vector operations and faiss's OpenMP);
---threads N sets them all to N (N = 1: a single-core comparison, robust on a shared machine).
+minute to minute: faiss flat took 5.7-8.2 s for the same search within one hour, and two-thread sgemm
+111-160 GFLOPS within one session; so each kNN + propagation total is followed by the sgemm speed measured
+right then, and the time the search's dot products alone take at that speed). Threads: both sides use the
+process defaults (torch intra-op threads for our sparse products, OpenBLAS for scipy's cg vector operations
+and faiss's OpenMP); --threads N sets them all to N (N = 1: a single-core comparison, robust on a shared
+machine).
 `--quick` runs a small smoke version.
 
     python benchmarks/bench_propagate.py [--quick] [--threads N] [--n 50000] [--budget 1000] [--cold-picks 100]
@@ -242,6 +245,7 @@ def main() -> None:
               "(target >= 5x)")
         _, line = total_line(x, lab, y[lab], c, t_knn.wall + t_ours[0].wall, args.repeats)
         print(line + (" (target < 4 s for C = 10)" if c == 10 else ""))
+        print("   " + speed_line(x.shape[1]))
         print(f"pseudo-labels identical: {same}; max |Z - Z_scipy| = {np.abs(prop.scores - b_z).max():.2e} "
               f"(max |Z| {np.abs(b_z).max():.2e}); max |w - w_base| = {np.abs(prop.weights - b_weights).max():.2e}; "
               f"class weights max rel diff {np.abs(prop.class_weights - b_cw).max() / b_cw.max():.1e}; "
@@ -262,6 +266,7 @@ def main() -> None:
             median, line = total_line(x, lab, y[lab], 10, t_knn.wall + t_prop.wall, args.repeats)
             verdict = "under" if median < 4 else "OVER"
             print(f"   {line} ({verdict} the 4 s target); accuracy of pseudo-labels {np.mean(prop.labels == y):.3f}")
+            print("   " + speed_line(x.shape[1]))
 
     if graph10 is None or args.no_jlp:
         return
@@ -325,6 +330,39 @@ def knn_versus_faiss(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, Timer]:
               + (f"; FELL BACK to faiss: {st.fallback}" if st.fallback else "")
               + "; stages " + ", ".join(f"{k} {v:.2f}" for k, v in st.seconds.items()) + " s")
     return sims, ids, t_ours
+
+
+def sgemm_rate(rounds: int = 40) -> tuple[float, int]:
+    """This machine's float32 matrix-product speed now: (GFLOPS, threads), in the pruned search's setting (one
+    Python thread per OpenMP thread, one BLAS thread each, 512 x 128 times 128 x 2048 into a reused buffer)."""
+    import faiss
+    from concurrent.futures import ThreadPoolExecutor
+    from threadpoolctl import threadpool_limits
+
+    workers = max(1, int(faiss.omp_get_max_threads()))
+    a = np.random.default_rng(0).standard_normal((2560, 128)).astype(np.float32)
+
+    def job(_: int) -> None:
+        out = np.empty((512, 2048), dtype=np.float32)
+        for _ in range(rounds):
+            np.matmul(a[:512], a[512:].T, out=out)
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(job, range(workers)))  # warm-up
+        t0 = time.perf_counter()
+        list(pool.map(job, range(workers)))
+        wall = time.perf_counter() - t0
+    return workers * rounds * 512 * 2048 * 128 * 2 / wall / 1e9, workers
+
+
+def speed_line(dim: int) -> str:
+    """The machine's sgemm speed now, and the time the last pruned search's dot products alone take at it."""
+    rate, workers = sgemm_rate()
+    line = f"machine now: sgemm {rate:.0f} GFLOPS on {workers} threads"
+    if _LAST_STATS:
+        products = _LAST_STATS[0].products
+        line += f", at which the search's {products / 1e9:.2f}e9 dot products alone take {products * 2 * dim / rate / 1e9:.2f} s"
+    return line
 
 
 def median_times(timers: list[Timer]) -> tuple[float, float]:
