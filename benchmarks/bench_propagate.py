@@ -31,7 +31,7 @@ Times are wall-clock (perf_counter) and CPU (process_time, all threads of the pr
 alone, after a warm-up; propagation (ours and baseline, alternately) and kNN + propagation are the
 medians of --repeats runs, the rest one run each (this shared machine's speed drifts by 20-30% from
 minute to minute: faiss flat took 5.7-8.2 s for the same search within one hour, and two-thread sgemm
-111-160 GFLOPS within one session; so each kNN + propagation total is followed by the sgemm speed measured
+87-179 GFLOPS within one session; so each kNN + propagation total is followed by the sgemm speed measured
 right then, and the time the search's dot products alone take at that speed). Threads: both sides use the
 process defaults (torch intra-op threads for our sparse products, OpenBLAS for scipy's cg vector operations
 and faiss's OpenMP); --threads N sets them all to N (N = 1: a single-core comparison, robust on a shared
