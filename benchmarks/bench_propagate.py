@@ -361,7 +361,8 @@ def speed_line(dim: int) -> str:
     line = f"machine now: sgemm {rate:.0f} GFLOPS on {workers} threads"
     if _LAST_STATS:
         products = _LAST_STATS[0].products
-        line += f", at which the search's {products / 1e9:.2f}e9 dot products alone take {products * 2 * dim / rate / 1e9:.2f} s"
+        alone = products * 2 * dim / rate / 1e9
+        line += f", at which the search's {products / 1e9:.2f}e9 dot products alone take {alone:.2f} s"
     return line
 
 
