@@ -599,11 +599,11 @@ def _top_rows(lo: int, hi: int, rows: np.ndarray, vals: np.ndarray, cols: np.nda
             sims[perm[lo:hi]] = vals.reshape(r, k1)
             ids[perm[lo:hi]] = perm[cols[order]].reshape(r, k1)
             return
-        rows_s = np.repeat(np.arange(r), take)
+        rows_s, per_row = np.repeat(np.arange(r), take), take
     else:  # ties at a cut: more than k1 selected in some rows
         rows_s = rows[order].astype(np.int64)
-    num = np.bincount(rows_s, minlength=r)
-    pos = np.arange(rows_s.size) - (np.cumsum(num) - num)[rows_s]
+        per_row = np.bincount(rows_s, minlength=r)
+    pos = np.arange(rows_s.size) - (np.cumsum(per_row) - per_row)[rows_s]
     top = np.flatnonzero(pos < k1)
     flat = perm[lo + rows_s[top]] * k1 + pos[top]
     sims.reshape(-1)[flat] = vals[top]
@@ -741,7 +741,7 @@ def _sample_job(xp: np.ndarray, tau: np.ndarray, r0: int, r1: int, j: int,
     blk = _product(scratch, xp[r0:r1], xs)  # [r, s]
     r, s = blk.shape
     g = _SAMPLE_GROUP if s % _SAMPLE_GROUP == 0 and s // _SAMPLE_GROUP >= 2 * j else 1
-    best = blk.reshape(r, g, s // g).max(axis=1) if g > 1 else blk.copy()
+    best = blk.reshape(r, g, s // g).max(axis=1) if g > 1 else blk  # np.partition below copies
     t_rows = np.partition(best, best.shape[1] - j, axis=1)[:, best.shape[1] - j]
     tau[r0:r1] = t_rows
     return _threshold(blk, r0, col_ids, t_rows, t_cols, rows_per, scratch), blk.size, blk.size
