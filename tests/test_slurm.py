@@ -1,4 +1,5 @@
-"""A real one-node Slurm on this machine: `alctl submit --to slurm --run` runs every task of a tiny sweep.
+"""A real one-node Slurm on this machine: `alctl submit --to slurm --run` runs every task of a tiny sweep, and a
+task warned of its time limit checkpoints, requeues itself and resumes.
 
 The module fixture installs slurm-wlm and munge with apt-get when slurmctld is absent, configures them as
 shared/notes/slurm-localhost.md describes (slurm.conf in a temporary directory, SLURM_CONF for the clients),
@@ -257,3 +258,56 @@ def test_submit_runs_every_task_on_a_real_slurm(slurm: dict[str, str], tmp_path:
     got = {(r["setting"], r["cycle"]): r["repetitions"] for r in rows}
     expected = {(s, c): m.repetitions for s in settings for c in range(m.active.cycles)}
     assert got == expected, f"report rows {got} != {expected}"
+
+
+def test_time_limit_warning_checkpoints_requeues_and_the_task_resumes(slurm: dict[str, str], tmp_path: Path) -> None:
+    """SIGUSR1 to the batch shell (what `--signal=B:USR1@S` sends before the time limit): alctl checkpoints and
+    exits 3, the script requeues its own array task, and the requeued task resumes and finishes the run."""
+    root = Path(slurm["ALCTL_TEST_SLURM_ROOT"])
+    manifest = tiny_manifest(tmp_path)
+    data = yaml.safe_load(manifest.read_text())
+    data.update(name="slurm-requeue", repetitions=1)
+    del data["sweep"]
+    data["train"].update(epochs=150, rampdown_epochs=151)  # long enough to be signalled mid-training
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    m = mf.load(manifest)
+    (task,) = mf.tasks(m)
+    tdir = mf.run_dir(m) / "tasks" / task.key
+
+    res = _run([str(ALCTL), "submit", str(manifest), "--to", "slurm", "--run"], env=slurm, cwd=tmp_path)
+    assert res.returncode == 0, f"alctl submit failed:\n{res.stdout}{res.stderr}\n{_daemon_logs(root)}"
+    job = re.search(r"submitted Slurm job (\d+)", res.stdout).group(1)  # type: ignore[union-attr]
+    log = mf.run_dir(m) / "logs" / f"{job}_0.out"
+
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not (tdir / "checkpoints" / "train.pt").is_file():  # an epoch of cycle 0 is done: training is under way
+        if time.monotonic() > deadline:
+            _run(["scancel", job], timeout=30, env=slurm)
+            pytest.fail(f"task never checkpointed an epoch\n{_tail(log)}\n{_daemon_logs(root)}")
+        time.sleep(0.2)
+    sig = _run(["scancel", "--signal=USR1", "--batch", job], timeout=30, env=slurm)
+    assert sig.returncode == 0, sig.stderr
+    signalled = time.monotonic()
+
+    while True:
+        queue = _run(["squeue", "-h", "-j", job, "-o", "%T %r"], timeout=30, env=slurm)
+        if (queue.returncode == 0 and not queue.stdout.strip()) or "Invalid job id" in queue.stderr:
+            break
+        if time.monotonic() > deadline:
+            _run(["scancel", job], timeout=30, env=slurm)
+            pytest.fail(f"job {job} still queued after {JOB_TIMEOUT_S} s:\n{queue.stdout}\n{_tail(log)}\n{_daemon_logs(root)}")
+        if queue.stdout.split()[:2] == ["PENDING", "BeginTime"]:  # Slurm holds a requeued job ~2 min: skip that
+            _run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], timeout=30, env=slurm)
+        time.sleep(1)
+    print(f"\nrequeued task done {time.monotonic() - signalled:.0f} s after the signal", file=sys.stderr)
+
+    text = log.read_text(errors="replace")
+    assert "checkpoint saved" in text, _tail(log)  # the first run's exit-3 message, kept by --open-mode=append
+    show = _run(["scontrol", "show", "job", job], timeout=30, env=slurm)
+    assert re.search(r"\bRestarts=1\b", show.stdout), show.stdout + show.stderr
+    metrics = tdir / "metrics.parquet"
+    assert metrics.is_file(), f"{_tail(log)}\n{_daemon_logs(root)}"
+    report = _run([str(ALCTL), "report", str(mf.run_dir(m)), "--format", "json"], env=slurm, cwd=tmp_path)
+    assert report.returncode == 0, report.stdout + report.stderr
+    rows = json.loads(report.stdout)
+    assert [r["cycle"] for r in rows] == list(range(m.active.cycles)), rows
