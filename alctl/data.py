@@ -356,9 +356,11 @@ def _load_torchvision(name: str, root: Path, download: bool) -> _Raw:
 
     def not_found(extra: str = "") -> DataMissingError:
         absent = missing()
+        fix = ("rerun on a machine with internet (dataset.download is true)" if download
+               else "set dataset.download: true on a machine with internet")
         return DataMissingError(
             f"dataset.root: {source.label} not found under {folder} (missing {', '.join(absent)}){extra}; "
-            f"set dataset.download: true on a machine with internet, {source.how}"
+            f"{fix}, {source.how}"
         )
 
     legacy = name == "mnist" and all((root / "MNIST" / "processed" / f).is_file() for f in ("training.pt", "test.pt"))

@@ -167,7 +167,8 @@ def test_download_without_network_is_a_user_error(tmp_path: Path, name: str, no_
         load_dataset(name, root=tmp_path, download=True)
     message = str(info.value)
     assert str(tmp_path / EXPECTED_PATH[name]) in message and "download failed" in message
-    assert "\n" not in message
+    assert "rerun on a machine with internet (dataset.download is true)" in message
+    assert "set dataset.download" not in message and "\n" not in message
 
 
 @pytest.mark.parametrize("name", sorted(WRITERS))
