@@ -112,7 +112,11 @@ def select_task(tasks: list[mf.Task], index: int | None) -> list[mf.Task]:
 
 
 def write_run_manifest(m: mf.Manifest) -> Path:
-    """Write runs/<name>/manifest.yaml (resolved) and manifest.sha256 atomically; returns the run directory."""
+    """Write runs/<name>/manifest.yaml (resolved) and manifest.sha256 atomically; returns the run directory.
+    First, a task directory of the run holding another configuration of its task is a user error, raised before
+    anything is written (the run's manifest is what `report` reads the finished tasks back with)."""
+    for task in mf.tasks(m):
+        _check_task_dir(task, task_dir(task), write=False)
     run = mf.run_dir(m)
     store.atomic_write_bytes(run / "manifest.yaml", mf.to_yaml(m).encode())
     store.atomic_write_bytes(run / "manifest.sha256", (mf.manifest_hash(m) + "\n").encode())
@@ -124,8 +128,9 @@ def task_dir(task: mf.Task) -> Path:
     return mf.run_dir(task.config) / "tasks" / task.key
 
 
-def _check_task_dir(task: mf.Task, tdir: Path) -> str:
-    """Write or compare the task's resolved config; a different config in the same directory is a user error."""
+def _check_task_dir(task: mf.Task, tdir: Path, write: bool = True) -> str:
+    """Compare the task's resolved config with the one recorded in tdir, or (write) record it there when none is;
+    a different config in the same directory is a user error. Returns the config hash."""
     h = task_config_hash(task.config)
     marker = tdir / "task.sha256"
     if marker.is_file():
@@ -135,7 +140,7 @@ def _check_task_dir(task: mf.Task, tdir: Path) -> str:
                 f"{tdir}: holds results of another configuration (task hash {old}, manifest now gives {h});"
                 " use another `name:`/`output:` or remove that directory"
             )
-    else:
+    elif write:
         store.atomic_write_bytes(tdir / "task.yaml", mf.to_yaml(task.config).encode())
         store.atomic_write_bytes(marker, (h + "\n").encode())
     return h

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from alctl import manifest as mf
-from alctl import pipeline
+from alctl import pipeline, report
 from alctl.errors import UserError
 
 
@@ -93,6 +93,12 @@ def test_half_written_cycle_is_rolled_back(write_manifest) -> None:
 def test_changed_configuration_in_same_run_dir_is_refused(write_manifest) -> None:
     path = write_manifest({"repetitions": 1, "active": {"cycles": 1}})
     pipeline.cycle_command(path, None, None, _ui())
+    run = mf.run_dir(mf.load(path))
+    before = {f: (run / f).read_bytes() for f in ("manifest.yaml", "manifest.sha256")}
+    rows = report.aggregate([run])
     path = write_manifest({"repetitions": 1, "active": {"cycles": 1}, "train": {"lr": 0.01}})
     with pytest.raises(UserError, match="holds results of another configuration"):
         pipeline.cycle_command(path, None, None, _ui())
+    # refused before anything was written: the run's manifest, and what report reads back with it, are intact
+    assert {f: (run / f).read_bytes() for f in before} == before
+    assert report.aggregate([run]) == rows and len(rows) == 1
