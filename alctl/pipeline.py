@@ -928,6 +928,8 @@ def select_command(manifest_path: str | Path, task_index: int | None, export: Pa
     """`alctl select`: the images to label next (the pending selection of a human-oracle task, else one acquisition
     on the current model), printed and with --export written as to_label.csv + contact_sheet.png; positions [b]."""
     task = _one_task(manifest_path, task_index)
+    if export is not None:
+        _check_export_dir(export, f"alctl label {manifest_path} --task {task.index} --labels {export / 'to_label.csv'}")
     config = task.config
     ds = dataset_for(config)
     device = runtime.choose_device(config.train.device)
@@ -962,6 +964,26 @@ def select_command(manifest_path: str | Path, task_index: int | None, export: Pa
         ui.line(f"wrote {export / 'to_label.csv'} and {export / 'contact_sheet.png'}; fill the label column and run"
                 f" `alctl label {manifest_path} --task {task.index} --labels {export / 'to_label.csv'}`")
     return chosen
+
+
+def _check_export_dir(export: Path, import_hint: str) -> None:
+    """--export must be a directory (or not exist yet) whose to_label.csv, if any, holds no filled-in label: a
+    person's unsaved work is never overwritten (UserError naming the import command otherwise)."""
+    import csv
+
+    if export.exists() and not export.is_dir():
+        raise UserError(f"--export: {export} is a file; give a directory (to_label.csv and contact_sheet.png go there)")
+    sheet = export / "to_label.csv"
+    if not sheet.exists():
+        return
+    try:
+        with open(sheet, newline="", encoding="utf-8") as f:
+            filled = sum(1 for row in csv.DictReader(f) if (row.get("label") or "").strip())
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"--export: {sheet} exists and cannot be read as an export ({exc}); move it away first") from None
+    if filled:
+        raise UserError(f"--export: {sheet} already holds {filled} filled-in label(s); import them with `{import_hint}`"
+                        " or move the file away, then export again")
 
 
 def export_selection(

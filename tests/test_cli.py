@@ -104,6 +104,15 @@ def test_cycle_then_report_end_to_end(write_manifest, workdir: Path) -> None:
     exported = (workdir / "out" / "to_label.csv").read_text().splitlines()
     assert exported[0] == "sample_id,path,score,top1,p1,top2,p2,top3,p3,label" and len(exported) == 11
     assert (workdir / "out" / "contact_sheet.png").stat().st_size > 1000
+    # exporting again over an unfilled sheet is fine; over a sheet a person has started filling in, it is refused
+    assert runner.invoke(app, ["select", str(path), "--task", "4", "--export", "out"]).exit_code == 0
+    filled = "\n".join([exported[0], exported[1] + "3", *exported[2:]]) + "\n"
+    (workdir / "out" / "to_label.csv").write_text(filled)
+    res = runner.invoke(app, ["select", str(path), "--task", "4", "--export", "out"])
+    assert res.exit_code == 2 and "already holds 1 filled-in label" in res.output and "alctl label" in res.output
+    assert (workdir / "out" / "to_label.csv").read_text() == filled
+    res = runner.invoke(app, ["select", str(path), "--task", "4", "--export", str(path)])
+    assert res.exit_code == 2 and "is a file; give a directory" in res.output, res.output
 
 
 def test_console_script_help() -> None:
