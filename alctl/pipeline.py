@@ -737,6 +737,20 @@ def _waiting_message(task: mf.Task, manifest_path: str | Path, n: int, cycle: in
     )
 
 
+def _check_oracle(config: mf.Manifest, ds: DatasetSplits) -> None:
+    """A simulated oracle answers from the true labels: every pool image needs one (UserError naming the first
+    image without one otherwise), else it would record -1 as an oracle's answer."""
+    if config.active.oracle != "simulated":
+        return
+    missing = np.flatnonzero(ds.train_labels.numpy() < 0)
+    if len(missing):
+        first = ds.train_paths[int(missing[0])] if ds.train_paths is not None else f"sample {int(ds.train_ids[missing[0]])}"
+        raise UserError(
+            f"dataset.truth: {len(missing)} of {len(ds.train_labels)} pool images have no true label (first: {first});"
+            " active.oracle: simulated needs one for every pool image: complete the file or use active.oracle: human"
+        )
+
+
 def run_task(task: mf.Task, ui: Ui, max_cycles: int | None = None, stop: Callable[[], bool] = lambda: False,
              manifest_path: str | Path = "MANIFEST") -> int:
     """Run (or resume) one task's cycles under its lock; returns the number of cycles run now."""
@@ -892,7 +906,7 @@ def cycle_command(manifest_path: str | Path, task: int | None, cycles: int | Non
     m, all_tasks = plan(manifest_path)
     chosen = select_task(all_tasks, task)
     for t in chosen:  # fail early (exit 2) on missing data, before anything is written
-        dataset_for(t.config)
+        _check_oracle(t.config, dataset_for(t.config))
     write_run_manifest(m)
     ran = 0
     with runtime.Preemption() as stop:

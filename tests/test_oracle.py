@@ -181,3 +181,14 @@ def test_without_a_labeled_tree_a_person_labels_the_initial_set_first(folder: di
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["cycle", str(path)])
     assert res.exit_code == 0 and "cycle 0: 10 labels, accuracy" in res.output, res.output
+
+
+def test_simulated_oracle_with_a_partial_truth_file_exits_2_before_writing(folder: dict[str, int], workdir: Path) -> None:
+    path = _manifest(workdir, "simulated", "partial")
+    known = list(folder.items())[:5]
+    (workdir / "images" / "truth.csv").write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in known))
+    res = runner.invoke(app, ["cycle", str(path)])
+    assert res.exit_code == 2, res.output
+    assert "dataset.truth: 235 of 250 pool images have no true label (first: pool/batch0/deep/img0012.png)" in res.output
+    assert "active.oracle: human" in res.output
+    assert not (workdir / "runs").exists()
