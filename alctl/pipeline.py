@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import resource
 import time
 from collections.abc import Callable, Iterator
@@ -59,8 +60,9 @@ class Ui:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(key: str) -> DatasetSplits:
-    """Load (once per process) a dataset from its config's canonical JSON."""
+def _dataset(key: str, where: str) -> DatasetSplits:
+    """Load (once per process) a dataset from its config's canonical JSON; `where` (the root as an absolute
+    path) only keys the cache, so that a relative root read from another working directory is loaded anew."""
     d = mf.DatasetConfig.model_validate_json(key)
     return load_dataset(
         d.name, root=d.root, download=d.download, image_size=d.image_size, channels=d.channels,
@@ -70,7 +72,7 @@ def _dataset(key: str) -> DatasetSplits:
 
 def dataset_for(config: mf.Manifest) -> DatasetSplits:
     """The dataset of a task configuration (imagefolder: checks the pool is large enough)."""
-    ds = _dataset(config.dataset.model_dump_json())
+    ds = _dataset(config.dataset.model_dump_json(), os.path.abspath(config.dataset.root))
     a = config.active
     if config.dataset.name == "imagefolder":
         n = int(ds.train_labels.shape[0])
