@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alctl.errors import ManifestError
 
@@ -86,6 +87,14 @@ class TrainConfig(_Section):
     )
     eval_batch_size: int = Field(512, ge=1, description="images per batch at evaluation / feature extraction")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        """One of the devices this tool can train on."""
+        if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is None:
+            raise ValueError(f"train.device: expected auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
 
 
 class CealConfig(_Section):
@@ -219,6 +228,14 @@ class Manifest(_Section):
         default_factory=dict, description="grid: dotted field path -> list of values, crossed with repetitions"
     )
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        """A run name is one directory under `output`: no path separators, not . or .."""
+        if "/" in value or "\\" in value or value.strip() in (".", ".."):
+            raise ValueError(f"name: {value!r} must be a plain folder name (no / or \\, not . or ..)")
+        return value
+
     @model_validator(mode="after")
     def _cross_field(self) -> "Manifest":
         """Cross-field rules of one resolved configuration (sweeps are checked per task)."""
@@ -332,6 +349,10 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# Top-level fields of the whole run (one run directory, one task list, one job script): not sweepable.
+_RUN_LEVEL = ("name", "output", "repetitions", "scheduler")
+
+
 def _known_path(path: str) -> bool:
     """True when a dotted path names a field of the schema."""
     model: type[BaseModel] | None = Manifest
@@ -341,6 +362,17 @@ def _known_path(path: str) -> bool:
         annotation = model.model_fields[part].annotation
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     return True
+
+
+def _section_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the manifest section at a pydantic error location (the top level for ())."""
+    model: type[BaseModel] = Manifest
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return list(model.model_fields)
 
 
 def _format_validation(err: ValidationError, prefix: str = "") -> list[str]:
@@ -355,7 +387,7 @@ def _format_validation(err: ValidationError, prefix: str = "") -> list[str]:
                 lines.append(f"{prefix}{part}" if prefix else part)
             continue
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see `alctl validate --help` for the schema)"
+            msg = f"unknown key (valid here: {', '.join(_section_keys(e['loc'][:-1]))})"
         elif "input" in e and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"{where}: {msg}")
@@ -376,13 +408,38 @@ def parse(data: Any, source: str = "manifest") -> Manifest:
     for path, values in manifest.sweep.items():
         if not _known_path(path):
             problems.append(f"sweep.{path}: not a manifest field (use a dotted path such as active.strategy)")
+        elif path.split(".")[0] in _RUN_LEVEL:
+            problems.append(f"sweep.{path}: set once per run, cannot vary between its tasks")
         elif not values:
             problems.append(f"sweep.{path}: needs at least one value")
+        else:
+            seen: list[Any] = []
+            for v in values:
+                if v in seen:
+                    problems.append(f"sweep.{path}: value {v!r} given twice (tasks would share one directory)")
+                    break
+                seen.append(v)
     if problems:
         raise ManifestError(*problems)
     for point in sweep_points(manifest):
         resolve_point(manifest, point)
     return manifest
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """The mapping, after checking its keys are distinct."""
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice in one section", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load(path: str | Path) -> Manifest:
@@ -391,7 +448,11 @@ def load(path: str | Path) -> Manifest:
     if not p.is_file():
         raise ManifestError(f"{p}: manifest file not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{p}: not UTF-8 text (byte {err.start}: {err.reason}); save the manifest as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)

@@ -31,7 +31,8 @@ def test_unknown_key_and_wrong_type_name_the_field_path() -> None:
         mf.parse({"train": {"epochs": "many", "lrr": 0.1}, "active": {"budget": -1}})
     lines = e.value.problems
     assert any(line.startswith("train.epochs:") for line in lines)
-    assert any(line.startswith("train.lrr:") and "unknown key" in line for line in lines)
+    assert any(line.startswith("train.lrr:") and "unknown key (valid here: epochs, batch_size, lr," in line
+               for line in lines)
     assert any(line.startswith("active.budget:") for line in lines)
     assert len(lines) == 3
 
@@ -107,3 +108,43 @@ def test_shipped_manifests_validate(path: Path) -> None:
         strategies = {t.config.active.strategy for t in tasks}
         assert {"random", "uncertainty", "coreset", "ceal"} <= strategies
         assert m.repetitions == 5 and m.model.width == 1.0
+
+
+def test_unknown_top_level_key_lists_the_sections() -> None:
+    with pytest.raises(ManifestError, match=r"^tarin: unknown key \(valid here: name, output, seed, repetitions, dataset,"):
+        mf.parse({"tarin": {}})
+
+
+@pytest.mark.parametrize("device", ["gpu", "mps", "cuda:x", ""])
+def test_unknown_training_device_is_rejected(device: str) -> None:
+    with pytest.raises(ManifestError, match=r"train.device: expected auto, cpu, cuda or cuda:N, got"):
+        mf.parse({"train": {"device": device}})
+    assert mf.parse({"train": {"device": "cuda:1"}}).train.device == "cuda:1"
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "a\\b"])
+def test_run_name_must_be_a_plain_folder_name(name: str) -> None:
+    with pytest.raises(ManifestError, match="must be a plain folder name"):
+        mf.parse({"name": name})
+
+
+def test_sweep_refuses_repeated_values_and_run_level_fields() -> None:
+    with pytest.raises(ManifestError, match=r"sweep.active.strategy: value 'random' given twice"):
+        mf.parse({"sweep": {"active.strategy": ["random", "coreset", "random"]}})
+    with pytest.raises(ManifestError) as e:
+        mf.parse({"sweep": {"repetitions": [1, 3], "name": ["a", "b"], "scheduler.cpus": [1, 2]}})
+    assert len(e.value.problems) == 3
+    assert all("set once per run, cannot vary between its tasks" in line for line in e.value.problems)
+
+
+def test_duplicate_keys_and_non_utf8_text_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("model:\n  width: 0.5\ntrain:\n  epochs: 3\nmodel:\n  width: 0.25\n")
+    with pytest.raises(ManifestError, match=r"dup.yaml:5:1: .*key 'model' given twice"):
+        mf.load(path)
+    path.write_text("train:\n  epochs: 3\n  epochs: 4\n")
+    with pytest.raises(ManifestError, match=r"dup.yaml:3:3: .*key 'epochs' given twice"):
+        mf.load(path)
+    path.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match=r"dup.yaml: not UTF-8 text \(byte 9"):
+        mf.load(path)
