@@ -183,9 +183,10 @@ def plot(rows: list[Row], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format="png")
     plt.close(fig)
+    store.atomic_write_bytes(path, buf.getvalue())  # exactly at `path`, whatever its suffix
 
 
 def unfinished_lines(run_dirs: list[Path]) -> list[str]:
@@ -202,6 +203,8 @@ def unfinished_lines(run_dirs: list[Path]) -> list[str]:
 
 def report(run_dir: Path | None, fmt: str, plot_path: Path | None = None) -> tuple[str, list[str]]:
     """(report text over one run directory, or every run under ./runs when None; lines naming unfinished tasks)."""
+    if plot_path is not None and plot_path.is_dir():
+        raise UserError(f"--plot: {plot_path} is a folder; give a file name such as {plot_path / 'curves.png'}")
     if run_dir is None:
         runs = find_runs(Path("runs"))
         if not runs:

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from alctl.errors import TaskLockedError
+from alctl.errors import TaskLockedError, UserError
 
 POOL = pa.schema(
     [
@@ -92,8 +92,13 @@ def _umask() -> int:
 
 
 def _temp_file(path: Path) -> tuple[int, str]:
-    """A temporary file beside `path`, readable like any file the user creates (mkstemp's 0600 relaxed by umask)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A temporary file beside `path`, readable like any file the user creates (mkstemp's 0600 relaxed by umask).
+    A file standing where a folder of `path` should be is a UserError naming it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), path.parent)
+        raise UserError(f"{blocking}: is a file, but {path} needs a folder there") from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o666 & ~_umask())
     return fd, tmp

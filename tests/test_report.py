@@ -54,3 +54,18 @@ def test_report_lists_unfinished_tasks_and_reports_the_finished_ones(write_manif
     assert res.exit_code == 0 and f"task 3 {tasks[3].key}: not started, 0/2 cycles" in res.stderr
     assert res.stdout.splitlines()[0].startswith("run,setting,strategy")
     assert pq.read_table(mf.run_dir(m) / "tasks" / tasks[0].key / "metrics.parquet").num_rows == 2
+    # --plot: a path without a suffix gets a PNG exactly there; a folder, or a file in the way, exit 2
+    res = runner.invoke(app, ["report", "runs/tiny", "--plot", "curves"])
+    assert res.exit_code == 0 and (workdir / "curves").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", res.output
+    res = runner.invoke(app, ["report", "runs/tiny", "--plot", "runs"])
+    assert res.exit_code == 2 and "--plot: runs is a folder; give a file name such as runs/curves.png" in res.output
+    res = runner.invoke(app, ["report", "runs/tiny", "--plot", "curves/x.png"])
+    assert res.exit_code == 2 and "curves: is a file, but curves/x.png needs a folder there" in res.output
+
+
+def test_output_that_is_a_file_exits_2_before_anything_is_written(write_manifest, workdir: Path) -> None:
+    (workdir / "taken").write_text("a file")
+    path = write_manifest({"output": "taken", "repetitions": 1, "active": {"cycles": 1}})
+    res = runner.invoke(app, ["cycle", str(path)])
+    assert res.exit_code == 2 and "taken: is a file, but taken/tiny/manifest.yaml needs a folder there" in res.output
+    assert (workdir / "taken").read_text() == "a file"
