@@ -1082,20 +1082,27 @@ def propagate_command(manifest_path: str | Path, task_index: int | None, ui: Ui)
         u = prop.unlabeled
         _replace_pseudo(ts, _pseudo_rows(cycle, prop.epoch, ds.train_ids.numpy()[u], prop.labels[u], prop.weights[u]),
                         cycle, prop.epoch)
+        kept = ""
         if prop.accuracy is not None and ts.exists("metrics"):
+            # fill the cycle's pseudo-label accuracy where its training recorded none (a plain task; null stays
+            # null elsewhere); a +SEMI task's own value, measured on the propagation its training used, is kept
             metrics = ts.read("metrics")
-            rows = metrics["cycle"].to_numpy() == cycle
-            acc = np.where(rows, prop.accuracy, metrics["pseudo_accuracy"].to_numpy(zero_copy_only=False))
-            top = np.where(rows, prop.accuracy_top_half,
-                           metrics["pseudo_accuracy_top_half"].to_numpy(zero_copy_only=False))
-            metrics = metrics.set_column(metrics.schema.get_field_index("pseudo_accuracy"), "pseudo_accuracy",
-                                         pa.array(acc, pa.float64()))
-            metrics = metrics.set_column(metrics.schema.get_field_index("pseudo_accuracy_top_half"),
-                                         "pseudo_accuracy_top_half", pa.array(top, pa.float64()))
-            ts.write("metrics", metrics)
+            old = metrics["pseudo_accuracy"].to_numpy(zero_copy_only=False).astype(np.float64)
+            old_top = metrics["pseudo_accuracy_top_half"].to_numpy(zero_copy_only=False).astype(np.float64)
+            rows = (metrics["cycle"].to_numpy() == cycle) & np.isnan(old)
+            if rows.any():
+                metrics = metrics.set_column(metrics.schema.get_field_index("pseudo_accuracy"), "pseudo_accuracy",
+                                             pa.array(np.where(rows, prop.accuracy, old), pa.float64(), from_pandas=True))
+                metrics = metrics.set_column(metrics.schema.get_field_index("pseudo_accuracy_top_half"),
+                                             "pseudo_accuracy_top_half",
+                                             pa.array(np.where(rows, prop.accuracy_top_half, old_top), pa.float64(),
+                                                      from_pandas=True))
+                ts.write("metrics", metrics)
+            elif (metrics["cycle"].to_numpy() == cycle).any():
+                kept = "; metrics keep the accuracy its training measured"
     acc = "" if prop.accuracy is None else (
         f"; pseudo-labels {100 * prop.accuracy:.2f}% correct, {100 * (prop.accuracy_top_half or 0):.2f}% among the"
-        " most certain half")
+        f" most certain half{kept}")
     ui.line(f"[task {task.index} {task.key}] cycle-{cycle} model: propagated {len(labeled)} labels to {len(u)} images"
             f" in {seconds:.1f}s{acc}; wrote {ts.path('pseudo')}")
     return prop

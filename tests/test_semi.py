@@ -51,14 +51,22 @@ def test_semi_cycles_write_pseudo_labels_and_report_variants(write_manifest, wor
     assert {(r["strategy"], r["variant"]) for r in rows} == {
         ("random", "plain"), ("random", "+SEMI"), ("jlp", "plain"), ("jlp", "+SEMI")}
 
-    # alctl propagate on the final model of a +SEMI task: rows for (last cycle, epoch = train.epochs) and accuracy
+    # alctl propagate on the final model of a +SEMI task: rows for (last cycle, epoch = train.epochs); the metrics
+    # keep the accuracy its training measured
+    tdir = mf.run_dir(m) / "tasks" / mf.tasks(m)[1].key
+    trained = pq.read_table(tdir / "metrics.parquet")
     res = runner.invoke(app, ["propagate", str(path), "--task", "1"])
     assert res.exit_code == 0, res.output
     assert "propagated 20 labels to 1377 images" in res.output and "most certain half" in res.output
-    tdir = mf.run_dir(m) / "tasks" / mf.tasks(m)[1].key
+    assert "metrics keep the accuracy its training measured" in res.output
     pseudo = pq.read_table(tdir / "pseudo.parquet").to_pydict()
     assert sum(1 for c, e in zip(pseudo["cycle"], pseudo["epoch"]) if (c, e) == (1, 4)) == 1377
-    metrics = pq.read_table(tdir / "metrics.parquet").to_pydict()
+    assert pq.read_table(tdir / "metrics.parquet").equals(trained)
+    # on a plain task it fills the cycle's accuracy, which its training left empty
+    res = runner.invoke(app, ["propagate", str(path), "--task", "0"])
+    assert res.exit_code == 0 and "metrics keep" not in res.output, res.output
+    metrics = pq.read_table(mf.run_dir(m) / "tasks" / mf.tasks(m)[0].key / "metrics.parquet").to_pydict()
+    assert metrics["pseudo_accuracy"][0] is None and 0.1 < metrics["pseudo_accuracy"][1] <= 1.0
     assert metrics["pseudo_accuracy_top_half"][1] >= metrics["pseudo_accuracy"][1] - 0.05
     again = runner.invoke(app, ["propagate", str(path), "--task", "1"])  # idempotent: rows replaced, not appended
     assert again.exit_code == 0 and pq.read_table(tdir / "pseudo.parquet").num_rows == len(pseudo["cycle"])
