@@ -670,6 +670,7 @@ def _train(ctx: TaskContext, pool: PoolState, cycle: int, seconds: dict[str, flo
 
     started = time.perf_counter()
     base = seconds.get("train", 0.0) + seconds.get("propagate", 0.0)
+    seconds["carried"] = base  # spent on this cycle by earlier processes (resumed from a checkpoint); in its total
 
     def checkpoint(state: FitState) -> None:
         elapsed = base + time.perf_counter() - started
@@ -805,7 +806,7 @@ def run_task(task: mf.Task, ui: Ui, max_cycles: int | None = None, stop: Callabl
                     if config.active.oracle == "simulated":
                         pool.apply_labels(chosen, truth[chosen], "oracle")  # the simulated oracle answers
                     write_pool(ts, ds, pool)
-                res.seconds["total"] = time.perf_counter() - started
+                res.seconds["total"] = time.perf_counter() - started + res.seconds.get("carried", 0.0)
                 _write_metrics(ctx, cycle, res, h, ctx.seconds_pretrain if cycle == done else 0.0)
                 (ts.checkpoints / "train.pt").unlink(missing_ok=True)
                 ran += 1

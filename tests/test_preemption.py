@@ -50,6 +50,16 @@ def _wait_for(predicate, timeout: float = 120.0, proc: subprocess.Popen | None =
         time.sleep(0.05)
 
 
+def _epochs_done(ckpt: Path) -> int:
+    """Epochs recorded in a training checkpoint (0 while there is none, or it is being replaced)."""
+    import torch
+
+    try:
+        return int(torch.load(ckpt, weights_only=False)["epoch"])
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return 0
+
+
 def _pool(path: Path):
     return pq.read_table(_task_dir(path) / "pool.parquet")
 
@@ -63,7 +73,7 @@ def test_sigterm_checkpoints_and_the_rerun_equals_an_uninterrupted_run(write_man
     path = write_manifest({**extra, "name": "preempted"}, name="preempted.yaml")
     proc = _start(path, workdir)
     ckpt = _task_dir(path) / "checkpoints" / "train.pt"
-    _wait_for(ckpt.is_file, proc=proc)  # an epoch of cycle 0 is done: training is under way
+    _wait_for(lambda: _epochs_done(ckpt) >= 3, proc=proc)  # half of cycle 0's training is done
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 3, out
@@ -74,8 +84,12 @@ def test_sigterm_checkpoints_and_the_rerun_equals_an_uninterrupted_run(write_man
     assert res.returncode == 0, res.stdout + res.stderr
     assert _pool(path).equals(_pool(straight))
     a = pq.read_table(_task_dir(straight) / "metrics.parquet")["accuracy"].to_pylist()
-    b = pq.read_table(_task_dir(path) / "metrics.parquet")["accuracy"].to_pylist()
-    assert a == b
+    resumed = pq.read_table(_task_dir(path) / "metrics.parquet").to_pydict()
+    assert a == resumed["accuracy"]
+    # the resumed cycle's total includes the training done before the signal: at least the sum of its parts
+    parts = zip(*(resumed[f"seconds_{p}"] for p in ("train", "propagate", "eval", "select")))
+    for total, part in zip(resumed["seconds_total"], parts):
+        assert total >= sum(part) > 0
 
 
 @pytest.mark.slow
