@@ -31,6 +31,11 @@ TaskOpt = Annotated[
     int | None,
     typer.Option("--task", "-t", help="task index (default: SLURM_ARRAY_TASK_ID / JOB_COMPLETION_INDEX, else all)"),
 ]
+OneTaskOpt = Annotated[
+    int | None,
+    typer.Option("--task", "-t", help="task index (default: SLURM_ARRAY_TASK_ID / JOB_COMPLETION_INDEX; needed when"
+                                      " the manifest has several tasks)"),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or per-cycle lines")]
 
 
@@ -99,7 +104,7 @@ def cycle(
 @handled
 def select_cmd(
     manifest: ManifestArg,
-    task: TaskOpt = None,
+    task: OneTaskOpt = None,
     export: Annotated[
         Path | None, typer.Option("--export", help="directory receiving to_label.csv and contact_sheet.png")
     ] = None,
@@ -122,7 +127,7 @@ def pretrain(manifest: ManifestArg, quiet: QuietOpt = False) -> None:
 
 @app.command()
 @handled
-def propagate(manifest: ManifestArg, task: TaskOpt = None, quiet: QuietOpt = False) -> None:
+def propagate(manifest: ManifestArg, task: OneTaskOpt = None, quiet: QuietOpt = False) -> None:
     """Label propagation with the task's current model: pseudo-labels (and their accuracy when known) to the store."""
     from alctl.pipeline import propagate_command
 
@@ -134,7 +139,7 @@ def propagate(manifest: ManifestArg, task: TaskOpt = None, quiet: QuietOpt = Fal
 def label(
     manifest: ManifestArg,
     labels: Annotated[Path, typer.Option("--labels", "-l", help="CSV with sample_id and label columns", show_default=False)],
-    task: TaskOpt = None,
+    task: OneTaskOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Import a person's labels (by class name or index) for the task's pending selection; all or nothing."""
@@ -188,8 +193,20 @@ def submit(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage mistakes (bad option value, missing argument, unknown option) are one
+    `error:` line naming the help to read, exit 2; no arguments at all print the help."""
+    try:
+        code = app(prog_name="alctl", standalone_mode=False)
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        sys.exit(1)
+    except typer.TyperException as e:  # the parser's errors (typer's click exceptions)
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ != "NoArgsIsHelpError":  # that one: the help is already printed
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            err.print(f"error: {e.format_message()}{hint}", markup=False)
+        sys.exit(getattr(e, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

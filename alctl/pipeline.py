@@ -104,12 +104,14 @@ def task_config_hash(config: mf.Manifest) -> str:
 
 def select_task(tasks: list[mf.Task], index: int | None) -> list[mf.Task]:
     """The tasks to run: one by --task / scheduler index, else all."""
+    source = "--task"
     if index is None:
         index = runtime.scheduler_task_index()
+        source = next((v for v in runtime.SCHEDULER_INDEX_VARS if os.environ.get(v) not in (None, "")), source)
     if index is None:
         return tasks
     if not 0 <= index < len(tasks):
-        raise UserError(f"--task: index {index} is outside the plan (0..{len(tasks) - 1}, {len(tasks)} tasks)")
+        raise UserError(f"{source}: index {index} is outside the plan (0..{len(tasks) - 1}, {len(tasks)} tasks)")
     return [tasks[index]]
 
 
@@ -920,11 +922,12 @@ def cycle_command(manifest_path: str | Path, task: int | None, cycles: int | Non
     return ran
 
 
-def load_task_model(task: mf.Task, ds: DatasetSplits, ts: store.TaskStore, device: torch.device) -> tuple[ConvLarge, int]:
+def load_task_model(task: mf.Task, ds: DatasetSplits, ts: store.TaskStore, device: torch.device,
+                    manifest_path: str | Path = "MANIFEST") -> tuple[ConvLarge, int]:
     """The task's current model (latest finished cycle) and that cycle; exit 2 when none is trained yet."""
     path = ts.checkpoints / "model.pt"
     if not path.is_file():
-        raise UserError(f"{path}: no trained model yet; run `alctl cycle MANIFEST --task {task.index}` first")
+        raise UserError(f"{path}: no trained model yet; run `alctl cycle {manifest_path} --task {task.index}` first")
     ckpt = torch.load(path, map_location=device, weights_only=True)
     if ckpt.get("task_hash") != task_config_hash(task.config):
         raise UserError(f"{path}: trained with another configuration (hash {ckpt.get('task_hash')}); rerun `alctl cycle`")
@@ -959,14 +962,14 @@ def select_command(manifest_path: str | Path, task_index: int | None, export: Pa
         chosen, score_of = pending, {}
         what = "the initial set, waiting for labels"
     elif len(pending):
-        model, cycle = load_task_model(task, ds, ts, device)
+        model, cycle = load_task_model(task, ds, ts, device, manifest_path)
         chosen = pending
         scores = ts.read("scores")
         last = scores.filter(pa.array(scores["cycle"].to_numpy() == cycle))
         score_of = dict(zip(last["sample_id"].to_pylist(), last["score"].to_pylist()))
         what = f"selected at cycle {cycle}, waiting for labels"
     else:
-        model, cycle = load_task_model(task, ds, ts, device)
+        model, cycle = load_task_model(task, ds, ts, device, manifest_path)
         assert pool is not None  # a model implies a pool
         sel = acquire(config, task, ds, pool, model, images, cycle)
         chosen = sel.chosen
@@ -1071,8 +1074,8 @@ def propagate_command(manifest_path: str | Path, task_index: int | None, ui: Ui)
     ds = dataset_for(config)
     device = runtime.choose_device(config.train.device)
     ts = store.TaskStore(task_dir(task))
+    model, cycle = load_task_model(task, ds, ts, device, manifest_path)  # before the lock: a refusal writes nothing
     with task_lock(task):
-        model, cycle = load_task_model(task, ds, ts, device)
         pool = read_pool(ts, ds)
         assert pool is not None
         labeled = pool.labeled_at(cycle)

@@ -44,9 +44,13 @@ def choose_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# Environment variables carrying the task index of a scheduler's array job, in the order they are read.
+SCHEDULER_INDEX_VARS = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
+
+
 def scheduler_task_index() -> int | None:
     """Task index from Slurm (SLURM_ARRAY_TASK_ID) or Kubernetes (JOB_COMPLETION_INDEX), if set."""
-    for var in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"):
+    for var in SCHEDULER_INDEX_VARS:
         value = os.environ.get(var)
         if value not in (None, ""):
             try:

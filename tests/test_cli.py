@@ -65,9 +65,12 @@ def test_full_size_dataset_absent_offline_exits_2_with_instructions(workdir: Pat
     assert not (workdir / "runs").exists()  # nothing written
 
 
-def test_task_index_outside_plan_exits_2(write_manifest) -> None:
+def test_task_index_outside_plan_exits_2(write_manifest, monkeypatch) -> None:
     res = runner.invoke(app, ["cycle", str(write_manifest()), "--task", "7"])
-    assert res.exit_code == 2 and "outside the plan (0..1" in res.output
+    assert res.exit_code == 2 and "--task: index 7 is outside the plan (0..1" in res.output
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")  # the index came from the scheduler: the error names it
+    res = runner.invoke(app, ["cycle", str(write_manifest())])
+    assert res.exit_code == 2 and "SLURM_ARRAY_TASK_ID: index 5 is outside the plan (0..1" in res.output
 
 
 def test_report_without_runs_exits_2(workdir: Path) -> None:
@@ -75,9 +78,14 @@ def test_report_without_runs_exits_2(workdir: Path) -> None:
     assert res.exit_code == 2 and "no runs under ./runs" in res.output
 
 
-def test_select_before_training_exits_2(write_manifest) -> None:
-    res = runner.invoke(app, ["select", str(write_manifest()), "--task", "0"])
+@pytest.mark.parametrize("command", ["select", "propagate"])
+def test_select_or_propagate_before_training_exits_2_writing_nothing(write_manifest, workdir: Path,
+                                                                     command: str) -> None:
+    path = write_manifest()
+    res = runner.invoke(app, [command, str(path), "--task", "0"])
     assert res.exit_code == 2 and "no trained model yet" in res.output
+    assert f"run `alctl cycle {path} --task 0` first" in res.output
+    assert not (workdir / "runs").exists()
 
 
 @pytest.mark.slow
@@ -118,3 +126,20 @@ def test_cycle_then_report_end_to_end(write_manifest, workdir: Path) -> None:
 def test_console_script_help() -> None:
     res = subprocess.run([sys.executable, "-m", "alctl.cli", "--help"], capture_output=True, text=True, check=False)
     assert res.returncode == 0 and "cycle" in res.stdout and "report" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "alctl.cli"], capture_output=True, text=True, check=False)
+    assert res.returncode == 2 and "Usage: alctl" in res.stdout and "cycle" in res.stdout
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["cycle", "m.yaml", "--task", "abc"], "error: Invalid value for '--task' / '-t':"),
+    (["cycle", "m.yaml", "--cycles", "0"], "error: Invalid value for '--cycles' / '-n':"),
+    (["report", "-f", "html"], "error: Invalid value for '--format' / '-f':"),
+    (["cycle", "--bogus", "m.yaml"], "error: No such option: --bogus"),
+    (["select"], "error: Missing argument 'manifest'."),
+    (["label", "m.yaml"], "error: Missing option '--labels'"),
+])
+def test_usage_mistakes_are_one_line_and_exit_2(args: list[str], expected: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "alctl.cli", *args], capture_output=True, text=True, check=False)
+    assert res.returncode == 2 and res.stdout == "", res.stdout + res.stderr
+    assert res.stderr.startswith(expected) and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.rstrip().endswith(f"(see `alctl {args[0]} --help`)")
