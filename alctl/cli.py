@@ -80,9 +80,10 @@ def validate(manifest: ManifestArg) -> None:
     console.print(f"{manifest}: valid; run directory {mf.run_dir(m)}; hash {mf.manifest_hash(m)}; {len(tasks)} tasks")
     table = Table("task", "key", "strategy", "variant", "rep", "labels (initial + budget x selections)")
     for t in tasks:
-        a = t.config.active
-        table.add_row(str(t.index), t.key, a.strategy, t.variant, str(t.rep),
-                      f"{a.initial} + {a.budget} x {a.cycles - 1} = {a.initial + a.budget * (a.cycles - 1)}")
+        a, d = t.config.active, t.config.dataset
+        labels = (f"the {d.labeled}/ tree + {a.budget} x {a.cycles - 1}" if d.name == "imagefolder" and d.labeled
+                  else f"{a.initial} + {a.budget} x {a.cycles - 1} = {a.initial + a.budget * (a.cycles - 1)}")
+        table.add_row(str(t.index), t.key, a.strategy, t.variant, str(t.rep), labels)
     console.print(table)
 
 

@@ -981,8 +981,12 @@ def select_command(manifest_path: str | Path, task_index: int | None, export: Pa
     ui.line(" ".join(str(int(i)) for i in ids))
     if export is not None:
         export_selection(export, ds, model, images, chosen, score_of)
-        ui.line(f"wrote {export / 'to_label.csv'} and {export / 'contact_sheet.png'}; fill the label column and run"
-                f" `alctl label {manifest_path} --task {task.index} --labels {export / 'to_label.csv'}`")
+        if config.active.oracle == "simulated":
+            ui.line(f"wrote {export / 'to_label.csv'} and {export / 'contact_sheet.png'}; this task's oracle is"
+                    " simulated (active.oracle), so `alctl cycle` labels these itself: nothing to import")
+        else:
+            ui.line(f"wrote {export / 'to_label.csv'} and {export / 'contact_sheet.png'}; fill the label column and"
+                    f" run `alctl label {manifest_path} --task {task.index} --labels {export / 'to_label.csv'}`")
     return chosen
 
 

@@ -108,7 +108,8 @@ def test_cycle_then_report_end_to_end(write_manifest, workdir: Path) -> None:
     csv_out = runner.invoke(app, ["report", "runs/tiny", "-f", "csv"]).output
     assert csv_out.splitlines()[0].startswith("run,setting,strategy,variant,cycle,n_labeled")
     res = runner.invoke(app, ["select", str(path), "--task", "4", "--export", "out"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0 and "oracle is simulated (active.oracle)" in res.output, res.output
+    assert "alctl label" not in res.output
     exported = (workdir / "out" / "to_label.csv").read_text().splitlines()
     assert exported[0] == "sample_id,path,score,top1,p1,top2,p2,top3,p3,label" and len(exported) == 11
     assert (workdir / "out" / "contact_sheet.png").stat().st_size > 1000

@@ -192,3 +192,9 @@ def test_simulated_oracle_with_a_partial_truth_file_exits_2_before_writing(folde
     assert "dataset.truth: 235 of 250 pool images have no true label (first: pool/batch0/deep/img0012.png)" in res.output
     assert "active.oracle: human" in res.output
     assert not (workdir / "runs").exists()
+
+
+def test_validate_plans_from_the_labeled_tree(folder: dict[str, int], workdir: Path) -> None:
+    res = runner.invoke(app, ["validate", str(_manifest(workdir, "human", "plan"))])
+    assert res.exit_code == 0 and "the labeled/ tree" in res.output and "+ 10 x 2" in res.output, res.output
+    assert "10 + 10 x 2 = 30" not in res.output  # active.initial does not apply: the tree is the initial set
