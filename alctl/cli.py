@@ -154,7 +154,8 @@ def label(
 def report(
     run_dir: Annotated[Path | None, typer.Argument(help="run directory (default: every run under ./runs)")] = None,
     format: Annotated[Literal["markdown", "csv", "json"], typer.Option("--format", "-f", help="output format")] = "markdown",
-    plot: Annotated[Path | None, typer.Option("--plot", help="also draw learning curves to this PNG")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="also draw learning curves to this file (PNG, or"
+                                                           " the format its suffix names: .pdf, .svg, ...)")] = None,
 ) -> None:
     """Mean ± std of test accuracy over repetitions per strategy, variant and cycle."""
     from alctl.report import report as make_report
@@ -204,7 +205,7 @@ def main() -> None:
     except typer.TyperException as e:  # the parser's errors (typer's click exceptions)
         ctx = getattr(e, "ctx", None)
         if type(e).__name__ != "NoArgsIsHelpError":  # that one: the help is already printed
-            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            hint = f" (see `{ctx.command_path if ctx is not None else 'alctl'} --help`)"
             err.print(f"error: {e.format_message()}{hint}", markup=False)
         sys.exit(getattr(e, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)

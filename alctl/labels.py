@@ -23,6 +23,45 @@ def _class_index(value: str, classes: list[str]) -> int | None:
     return index if 0 <= index < len(classes) else None
 
 
+def _filled(path: Path, option: str) -> list[tuple[int, str, str]]:
+    """(line, sample_id text, label text) of each row of a labels CSV whose label is filled in, stripped; the
+    header needs sample_id and label columns (any case, any order). UserError (naming `option`) when the file
+    cannot be read or lacks those columns."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{option}: {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{option}: cannot read {path} ({type(exc).__name__})") from None
+    rows = [(line, r) for line, r in enumerate(csv.reader(text.splitlines()), start=1) if any(c.strip() for c in r)]
+    if not rows:
+        raise UserError(f"{path}: empty file; expected a header `sample_id,label` and one row per labeled image")
+    header = [h.strip().lower() for h in rows[0][1]]
+    missing = [c for c in ("sample_id", "label") if c not in header]
+    if missing:
+        raise UserError(f"{path}:{rows[0][0]}: missing column(s) {', '.join(missing)} in the header"
+                        f" (got {','.join(rows[0][1])})")
+    i_id, i_label = header.index("sample_id"), header.index("label")
+    out = []
+    for line, row in rows[1:]:
+        cells = row + [""] * (max(i_id, i_label) + 1 - len(row))
+        if cells[i_label].strip():
+            out.append((line, cells[i_id].strip(), cells[i_label].strip()))
+    return out
+
+
+def filled_ids(path: Path) -> set[int]:
+    """The sample ids whose label is filled in, in a labels CSV read as `read_labels` reads it (rows whose id is
+    not an integer are left out); UserError when it cannot be read as one."""
+    ids = set()
+    for _, raw_id, _ in _filled(Path(path), "--export"):
+        try:
+            ids.add(int(raw_id))
+        except ValueError:
+            continue
+    return ids
+
+
 def read_labels(
     path: Path, pool_ids: np.ndarray, pending_ids: np.ndarray, classes: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -31,30 +70,11 @@ def read_labels(
     line each, in a single UserError, and nothing is returned then: unknown ids, ids not waiting for a label,
     unknown classes, conflicting duplicates, an empty file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"--labels: {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--labels: cannot read {path} ({type(exc).__name__})") from None
-    rows = list(csv.reader(text.splitlines()))
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if not rows:
-        raise UserError(f"{path}: empty file; expected a header `sample_id,label` and one row per labeled image")
-    header = [h.strip().lower() for h in rows[0]]
-    missing = [c for c in ("sample_id", "label") if c not in header]
-    if missing:
-        raise UserError(f"{path}:1: missing column(s) {', '.join(missing)} in the header (got {','.join(rows[0])})")
-    i_id, i_label = header.index("sample_id"), header.index("label")
     pool = set(pool_ids.tolist())
     pending = set(pending_ids.tolist())
     problems: list[str] = []
     answers: dict[int, tuple[int, int]] = {}  # sample_id -> (label, line)
-    for line, row in enumerate(rows[1:], start=2):
-        cells = row + [""] * (max(i_id, i_label) + 1 - len(row))
-        raw_id, raw_label = cells[i_id].strip(), cells[i_label].strip()
-        if raw_label == "":
-            continue
+    for line, raw_id, raw_label in _filled(path, "--labels"):
         try:
             sid = int(raw_id)
         except ValueError:

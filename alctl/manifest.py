@@ -433,12 +433,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         """The mapping, after checking its keys are distinct."""
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: merged keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} given twice in one section", key_node.start_mark
-                )
-            seen.add(key)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice in one section", key_node.start_mark
+                    )
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                break
         return super().construct_mapping(node, deep=deep)
 
 

@@ -106,8 +106,7 @@ def select_task(tasks: list[mf.Task], index: int | None) -> list[mf.Task]:
     """The tasks to run: one by --task / scheduler index, else all."""
     source = "--task"
     if index is None:
-        index = runtime.scheduler_task_index()
-        source = next((v for v in runtime.SCHEDULER_INDEX_VARS if os.environ.get(v) not in (None, "")), source)
+        index, source = runtime.scheduler_task_index_from()
     if index is None:
         return tasks
     if not 0 <= index < len(tasks):
@@ -949,7 +948,7 @@ def select_command(manifest_path: str | Path, task_index: int | None, export: Pa
     on the current model), printed and with --export written as to_label.csv + contact_sheet.png; positions [b]."""
     task = _one_task(manifest_path, task_index)
     if export is not None:
-        _check_export_dir(export, f"alctl label {manifest_path} --task {task.index} --labels {export / 'to_label.csv'}")
+        _check_export_dir(export)
     config = task.config
     ds = dataset_for(config)
     device = runtime.choose_device(config.train.device)
@@ -980,6 +979,7 @@ def select_command(manifest_path: str | Path, task_index: int | None, export: Pa
     ui.line(f"[task {task.index} {task.key}] {len(chosen)} images to label, {what}:")
     ui.line(" ".join(str(int(i)) for i in ids))
     if export is not None:
+        _check_export_dir(export, ids, f"alctl label {manifest_path} --task {task.index} --labels {export / 'to_label.csv'}")
         export_selection(export, ds, model, images, chosen, score_of)
         if config.active.oracle == "simulated":
             ui.line(f"wrote {export / 'to_label.csv'} and {export / 'contact_sheet.png'}; this task's oracle is"
@@ -990,24 +990,25 @@ def select_command(manifest_path: str | Path, task_index: int | None, export: Pa
     return chosen
 
 
-def _check_export_dir(export: Path, import_hint: str) -> None:
-    """--export must be a directory (or not exist yet) whose to_label.csv, if any, holds no filled-in label: a
-    person's unsaved work is never overwritten (UserError naming the import command otherwise)."""
-    import csv
-
+def _check_export_dir(export: Path, ids: np.ndarray | None = None, import_hint: str = "") -> None:
+    """--export must be a directory or not exist yet; given the sample ids about to be exported [b], its
+    to_label.csv, if any, must hold no filled-in label for any of them (a person's work not imported yet is never
+    overwritten; UserError naming the import command otherwise)."""
     if export.exists() and not export.is_dir():
         raise UserError(f"--export: {export} is a file; give a directory (to_label.csv and contact_sheet.png go there)")
     sheet = export / "to_label.csv"
-    if not sheet.exists():
+    if ids is None or not sheet.is_file():
         return
+    from alctl.labels import filled_ids
+
     try:
-        with open(sheet, newline="", encoding="utf-8") as f:
-            filled = sum(1 for row in csv.DictReader(f) if (row.get("label") or "").strip())
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"--export: {sheet} exists and cannot be read as an export ({exc}); move it away first") from None
+        filled = filled_ids(sheet) & set(ids.tolist())
+    except UserError as exc:
+        raise UserError(f"--export: {sheet} exists but is not a labels sheet ({exc.problems[0]}); move it away"
+                        " first") from None
     if filled:
-        raise UserError(f"--export: {sheet} already holds {filled} filled-in label(s); import them with `{import_hint}`"
-                        " or move the file away, then export again")
+        raise UserError(f"--export: {sheet} already holds {len(filled)} filled-in label(s) of these images; import"
+                        f" them with `{import_hint}` or move the file away, then export again")
 
 
 def export_selection(
@@ -1078,8 +1079,9 @@ def propagate_command(manifest_path: str | Path, task_index: int | None, ui: Ui)
     ds = dataset_for(config)
     device = runtime.choose_device(config.train.device)
     ts = store.TaskStore(task_dir(task))
-    model, cycle = load_task_model(task, ds, ts, device, manifest_path)  # before the lock: a refusal writes nothing
+    load_task_model(task, ds, ts, device, manifest_path)  # refused before the lock: a refusal writes nothing
     with task_lock(task):
+        model, cycle = load_task_model(task, ds, ts, device, manifest_path)  # the latest, under the lock
         pool = read_pool(ts, ds)
         assert pool is not None
         labeled = pool.labeled_at(cycle)
@@ -1107,7 +1109,7 @@ def propagate_command(manifest_path: str | Path, task_index: int | None, ui: Ui)
                                                       from_pandas=True))
                 ts.write("metrics", metrics)
             elif (metrics["cycle"].to_numpy() == cycle).any():
-                kept = "; metrics keep the accuracy its training measured"
+                kept = "; metrics keep the accuracy already recorded for that cycle"
     acc = "" if prop.accuracy is None else (
         f"; pseudo-labels {100 * prop.accuracy:.2f}% correct, {100 * (prop.accuracy_top_half or 0):.2f}% among the"
         f" most certain half{kept}")

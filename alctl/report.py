@@ -184,9 +184,10 @@ def plot(rows: list[Row], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, dpi=120, format="png")
+    suffix = path.suffix.lower().lstrip(".")
+    fig.savefig(buf, dpi=120, format=suffix if suffix in fig.canvas.get_supported_filetypes() else "png")
     plt.close(fig)
-    store.atomic_write_bytes(path, buf.getvalue())  # exactly at `path`, whatever its suffix
+    store.atomic_write_bytes(path, buf.getvalue())  # exactly at `path`: its suffix's format (.pdf, .svg, ...), else PNG
 
 
 def unfinished_lines(run_dirs: list[Path]) -> list[str]:

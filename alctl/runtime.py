@@ -44,22 +44,24 @@ def choose_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-# Environment variables carrying the task index of a scheduler's array job, in the order they are read.
-SCHEDULER_INDEX_VARS = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
-
-
-def scheduler_task_index() -> int | None:
-    """Task index from Slurm (SLURM_ARRAY_TASK_ID) or Kubernetes (JOB_COMPLETION_INDEX), if set."""
-    for var in SCHEDULER_INDEX_VARS:
+def scheduler_task_index_from() -> tuple[int | None, str]:
+    """(task index, the variable it came from) from Slurm (SLURM_ARRAY_TASK_ID) or Kubernetes
+    (JOB_COMPLETION_INDEX), else (None, "")."""
+    for var in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"):
         value = os.environ.get(var)
         if value not in (None, ""):
             try:
-                return int(value)
+                return int(value), var
             except ValueError:
                 from alctl.errors import UserError
 
                 raise UserError(f"{var}={value!r} is not an integer task index") from None
-    return None
+    return None, ""
+
+
+def scheduler_task_index() -> int | None:
+    """Task index from Slurm (SLURM_ARRAY_TASK_ID) or Kubernetes (JOB_COMPLETION_INDEX), if set."""
+    return scheduler_task_index_from()[0]
 
 
 class Preemption:

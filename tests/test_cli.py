@@ -120,6 +120,12 @@ def test_cycle_then_report_end_to_end(write_manifest, workdir: Path) -> None:
     res = runner.invoke(app, ["select", str(path), "--task", "4", "--export", "out"])
     assert res.exit_code == 2 and "already holds 1 filled-in label" in res.output and "alctl label" in res.output
     assert (workdir / "out" / "to_label.csv").read_text() == filled
+    # the importer's reading: a BOM, a capitalised header, the label column moved first
+    header = exported[0].split(",")
+    moved = ["\ufeff" + ",".join(["Label"] + header[:-1])] + ["2," + line[:-1] for line in exported[1:3]]
+    (workdir / "out" / "to_label.csv").write_text("\n".join(moved) + "\n", encoding="utf-8")
+    res = runner.invoke(app, ["select", str(path), "--task", "4", "--export", "out"])
+    assert res.exit_code == 2 and "already holds 2 filled-in label" in res.output, res.output
     res = runner.invoke(app, ["select", str(path), "--task", "4", "--export", str(path)])
     assert res.exit_code == 2 and "is a file; give a directory" in res.output, res.output
 

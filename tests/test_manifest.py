@@ -145,6 +145,18 @@ def test_duplicate_keys_and_non_utf8_text_are_refused(tmp_path: Path) -> None:
     path.write_text("train:\n  epochs: 3\n  epochs: 4\n")
     with pytest.raises(ManifestError, match=r"dup.yaml:3:3: .*key 'epochs' given twice"):
         mf.load(path)
+    # anchors and merge keys still work, overrides included
+    path.write_text("train: &t\n  epochs: 3\n  lr: 0.1\nsweep:\n  train.lr: [0.1, 0.2]\n")
+    assert mf.load(path).train.epochs == 3
+    path.write_text("x: &d {epochs: 3, lr: 0.1}\n")
+    with pytest.raises(ManifestError, match="x: unknown key"):
+        mf.load(path)
+    path.write_text("model: {width: 0.5}\ntrain: {<<: {epochs: 3, lr: 0.1}, lr: 0.05}\n")
+    m = mf.load(path)
+    assert (m.train.epochs, m.train.lr) == (3, 0.05)
+    path.write_text("? [a, b]\n: 1\n")
+    with pytest.raises(ManifestError, match="unhashable key"):
+        mf.load(path)
     path.write_bytes("name: caf\u00e9\n".encode("latin-1"))
     with pytest.raises(ManifestError, match=r"dup.yaml: not UTF-8 text \(byte 9"):
         mf.load(path)

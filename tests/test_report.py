@@ -57,6 +57,8 @@ def test_report_lists_unfinished_tasks_and_reports_the_finished_ones(write_manif
     # --plot: a path without a suffix gets a PNG exactly there; a folder, or a file in the way, exit 2
     res = runner.invoke(app, ["report", "runs/tiny", "--plot", "curves"])
     assert res.exit_code == 0 and (workdir / "curves").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", res.output
+    res = runner.invoke(app, ["report", "runs/tiny", "--plot", "curves.svg"])
+    assert res.exit_code == 0 and b"<svg" in (workdir / "curves.svg").read_bytes()[:500], res.output
     res = runner.invoke(app, ["report", "runs/tiny", "--plot", "runs"])
     assert res.exit_code == 2 and "--plot: runs is a folder; give a file name such as runs/curves.png" in res.output
     res = runner.invoke(app, ["report", "runs/tiny", "--plot", "curves/x.png"])

@@ -58,7 +58,7 @@ def test_semi_cycles_write_pseudo_labels_and_report_variants(write_manifest, wor
     res = runner.invoke(app, ["propagate", str(path), "--task", "1"])
     assert res.exit_code == 0, res.output
     assert "propagated 20 labels to 1377 images" in res.output and "most certain half" in res.output
-    assert "metrics keep the accuracy its training measured" in res.output
+    assert "metrics keep the accuracy already recorded for that cycle" in res.output
     pseudo = pq.read_table(tdir / "pseudo.parquet").to_pydict()
     assert sum(1 for c, e in zip(pseudo["cycle"], pseudo["epoch"]) if (c, e) == (1, 4)) == 1377
     assert pq.read_table(tdir / "metrics.parquet").equals(trained)
@@ -68,6 +68,8 @@ def test_semi_cycles_write_pseudo_labels_and_report_variants(write_manifest, wor
     metrics = pq.read_table(mf.run_dir(m) / "tasks" / mf.tasks(m)[0].key / "metrics.parquet").to_pydict()
     assert metrics["pseudo_accuracy"][0] is None and 0.1 < metrics["pseudo_accuracy"][1] <= 1.0
     assert metrics["pseudo_accuracy_top_half"][1] >= metrics["pseudo_accuracy"][1] - 0.05
+    res = runner.invoke(app, ["propagate", str(path), "--task", "0"])  # filled now: kept
+    assert res.exit_code == 0 and "metrics keep the accuracy already recorded" in res.output, res.output
     again = runner.invoke(app, ["propagate", str(path), "--task", "1"])  # idempotent: rows replaced, not appended
     assert again.exit_code == 0 and pq.read_table(tdir / "pseudo.parquet").num_rows == len(pseudo["cycle"])
 
