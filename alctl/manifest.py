@@ -353,14 +353,19 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
 _RUN_LEVEL = ("name", "output", "repetitions", "scheduler")
 
 
+def _section(model: type[BaseModel], field: str) -> type[BaseModel] | None:
+    """The section model a field of `model` holds, None for a leaf field or an unknown name."""
+    annotation = model.model_fields[field].annotation if field in model.model_fields else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
 def _known_path(path: str) -> bool:
     """True when a dotted path names a field of the schema."""
     model: type[BaseModel] | None = Manifest
     for part in path.split("."):
         if model is None or part not in model.model_fields or part == "sweep":
             return False
-        annotation = model.model_fields[part].annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        model = _section(model, part)
     return True
 
 
@@ -368,10 +373,10 @@ def _section_keys(loc: tuple[Any, ...]) -> list[str]:
     """The field names of the manifest section at a pydantic error location (the top level for ())."""
     model: type[BaseModel] = Manifest
     for part in loc:
-        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        inner = _section(model, str(part))
+        if inner is None:
             break
-        model = annotation
+        model = inner
     return list(model.model_fields)
 
 
@@ -412,13 +417,10 @@ def parse(data: Any, source: str = "manifest") -> Manifest:
             problems.append(f"sweep.{path}: set once per run, cannot vary between its tasks")
         elif not values:
             problems.append(f"sweep.{path}: needs at least one value")
-        else:
-            seen: list[Any] = []
-            for v in values:
-                if v in seen:
-                    problems.append(f"sweep.{path}: value {v!r} given twice (tasks would share one directory)")
-                    break
-                seen.append(v)
+        else:  # values may be unhashable (mappings): compare with the earlier ones
+            twice = [v for i, v in enumerate(values) if v in values[:i]]
+            if twice:
+                problems.append(f"sweep.{path}: value {twice[0]!r} given twice (tasks would share one directory)")
     if problems:
         raise ManifestError(*problems)
     for point in sweep_points(manifest):

@@ -921,12 +921,18 @@ def cycle_command(manifest_path: str | Path, task: int | None, cycles: int | Non
     return ran
 
 
-def load_task_model(task: mf.Task, ds: DatasetSplits, ts: store.TaskStore, device: torch.device,
-                    manifest_path: str | Path = "MANIFEST") -> tuple[ConvLarge, int]:
-    """The task's current model (latest finished cycle) and that cycle; exit 2 when none is trained yet."""
+def _require_model(task: mf.Task, ts: store.TaskStore, manifest_path: str | Path) -> Path:
+    """The path of the task's trained model; UserError (exit 2) when there is none yet."""
     path = ts.checkpoints / "model.pt"
     if not path.is_file():
         raise UserError(f"{path}: no trained model yet; run `alctl cycle {manifest_path} --task {task.index}` first")
+    return path
+
+
+def load_task_model(task: mf.Task, ds: DatasetSplits, ts: store.TaskStore, device: torch.device,
+                    manifest_path: str | Path = "MANIFEST") -> tuple[ConvLarge, int]:
+    """The task's current model (latest finished cycle) and that cycle; exit 2 when none is trained yet."""
+    path = _require_model(task, ts, manifest_path)
     ckpt = torch.load(path, map_location=device, weights_only=True)
     if ckpt.get("task_hash") != task_config_hash(task.config):
         raise UserError(f"{path}: trained with another configuration (hash {ckpt.get('task_hash')}); rerun `alctl cycle`")
@@ -1079,7 +1085,7 @@ def propagate_command(manifest_path: str | Path, task_index: int | None, ui: Ui)
     ds = dataset_for(config)
     device = runtime.choose_device(config.train.device)
     ts = store.TaskStore(task_dir(task))
-    load_task_model(task, ds, ts, device, manifest_path)  # refused before the lock: a refusal writes nothing
+    _require_model(task, ts, manifest_path)  # refused before the lock: a refusal writes nothing
     with task_lock(task):
         model, cycle = load_task_model(task, ds, ts, device, manifest_path)  # the latest, under the lock
         pool = read_pool(ts, ds)
@@ -1097,18 +1103,16 @@ def propagate_command(manifest_path: str | Path, task_index: int | None, ui: Ui)
             # fill the cycle's pseudo-label accuracy where its training recorded none (a plain task; null stays
             # null elsewhere); a +SEMI task's own value, measured on the propagation its training used, is kept
             metrics = ts.read("metrics")
-            old = metrics["pseudo_accuracy"].to_numpy(zero_copy_only=False).astype(np.float64)
-            old_top = metrics["pseudo_accuracy_top_half"].to_numpy(zero_copy_only=False).astype(np.float64)
-            rows = (metrics["cycle"].to_numpy() == cycle) & np.isnan(old)
+            this = metrics["cycle"].to_numpy() == cycle
+            rows = this & np.isnan(metrics["pseudo_accuracy"].to_numpy(zero_copy_only=False).astype(np.float64))
             if rows.any():
-                metrics = metrics.set_column(metrics.schema.get_field_index("pseudo_accuracy"), "pseudo_accuracy",
-                                             pa.array(np.where(rows, prop.accuracy, old), pa.float64(), from_pandas=True))
-                metrics = metrics.set_column(metrics.schema.get_field_index("pseudo_accuracy_top_half"),
-                                             "pseudo_accuracy_top_half",
-                                             pa.array(np.where(rows, prop.accuracy_top_half, old_top), pa.float64(),
-                                                      from_pandas=True))
+                for name, value in (("pseudo_accuracy", prop.accuracy),
+                                    ("pseudo_accuracy_top_half", prop.accuracy_top_half)):
+                    old = metrics[name].to_numpy(zero_copy_only=False).astype(np.float64)
+                    metrics = metrics.set_column(metrics.schema.get_field_index(name), name,
+                                                 pa.array(np.where(rows, value, old), pa.float64(), from_pandas=True))
                 ts.write("metrics", metrics)
-            elif (metrics["cycle"].to_numpy() == cycle).any():
+            elif this.any():
                 kept = "; metrics keep the accuracy already recorded for that cycle"
     acc = "" if prop.accuracy is None else (
         f"; pseudo-labels {100 * prop.accuracy:.2f}% correct, {100 * (prop.accuracy_top_half or 0):.2f}% among the"
