@@ -205,6 +205,34 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             _stop(MUNGE_PID)
 
 
+def _submit(manifest: Path, slurm: dict[str, str], cwd: Path) -> str:
+    """`alctl submit MANIFEST --to slurm --run`; returns the job id it printed."""
+    res = _run([str(ALCTL), "submit", str(manifest), "--to", "slurm", "--run"], env=slurm, cwd=cwd)
+    root = Path(slurm["ALCTL_TEST_SLURM_ROOT"])
+    assert res.returncode == 0, f"alctl submit failed:\n{res.stdout}{res.stderr}\n{_daemon_logs(root)}"
+    found = re.search(r"submitted Slurm job (\d+)", res.stdout)
+    assert found, res.stdout
+    return found.group(1)
+
+
+def _wait_until_done(job: str, slurm: dict[str, str], deadline: float, log: Path | None = None,
+                     skip_requeue_hold: bool = False) -> None:
+    """Poll squeue until the job has left the queue (cancelling it and failing with the logs past the deadline);
+    skip_requeue_hold: start a requeued array task at once instead of after Slurm's ~2 min hold."""
+    while True:
+        queue = _run(["squeue", "-h", "-j", job, "-o", "%T %r"], timeout=30, env=slurm)
+        if (queue.returncode == 0 and not queue.stdout.strip()) or "Invalid job id" in queue.stderr:
+            return  # done (or already purged from the controller)
+        if time.monotonic() > deadline:
+            _run(["scancel", job], timeout=30, env=slurm)
+            root = Path(slurm["ALCTL_TEST_SLURM_ROOT"])
+            pytest.fail(f"job {job} still queued at the deadline:\n{queue.stdout}{queue.stderr}\n"
+                        f"{_tail(log) if log else ''}\n{_daemon_logs(root)}")
+        if skip_requeue_hold and queue.stdout.split()[:2] == ["PENDING", "BeginTime"]:
+            _run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], timeout=30, env=slurm)
+        time.sleep(1)
+
+
 def tiny_manifest(tmp: Path) -> Path:
     """manifests/mnist5k.yaml shrunk to seconds per task: 2 strategies x 2 repetitions = 4 tasks of 2 cycles."""
     data = yaml.safe_load((REPO / "manifests" / "mnist5k.yaml").read_text())
@@ -226,23 +254,8 @@ def test_submit_runs_every_task_on_a_real_slurm(slurm: dict[str, str], tmp_path:
     tasks = mf.tasks(m)
     assert len(tasks) == 4
 
-    res = _run([str(ALCTL), "submit", str(manifest), "--to", "slurm", "--run"], env=slurm, cwd=tmp_path)
-    assert res.returncode == 0, f"alctl submit failed:\n{res.stdout}{res.stderr}\n{_daemon_logs(root)}"
-    found = re.search(r"submitted Slurm job (\d+)", res.stdout)
-    assert found, res.stdout
-    job = found.group(1)
-
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while True:
-        queue = _run(["squeue", "-h", "-j", job], timeout=30, env=slurm)
-        if queue.returncode == 0 and not queue.stdout.strip():
-            break
-        if queue.returncode != 0 and "Invalid job id" in queue.stderr:
-            break  # already purged from the controller
-        if time.monotonic() > deadline:
-            _run(["scancel", job], timeout=30, env=slurm)
-            pytest.fail(f"job {job} still queued after {JOB_TIMEOUT_S} s:\n{queue.stdout}{queue.stderr}\n{_daemon_logs(root)}")
-        time.sleep(2)
+    job = _submit(manifest, slurm, tmp_path)
+    _wait_until_done(job, slurm, time.monotonic() + JOB_TIMEOUT_S)
 
     run = mf.run_dir(m)
     logs = run / "logs"
@@ -274,9 +287,7 @@ def test_time_limit_warning_checkpoints_requeues_and_the_task_resumes(slurm: dic
     (task,) = mf.tasks(m)
     tdir = mf.run_dir(m) / "tasks" / task.key
 
-    res = _run([str(ALCTL), "submit", str(manifest), "--to", "slurm", "--run"], env=slurm, cwd=tmp_path)
-    assert res.returncode == 0, f"alctl submit failed:\n{res.stdout}{res.stderr}\n{_daemon_logs(root)}"
-    job = re.search(r"submitted Slurm job (\d+)", res.stdout).group(1)  # type: ignore[union-attr]
+    job = _submit(manifest, slurm, tmp_path)
     log = mf.run_dir(m) / "logs" / f"{job}_0.out"
 
     deadline = time.monotonic() + JOB_TIMEOUT_S
@@ -289,16 +300,7 @@ def test_time_limit_warning_checkpoints_requeues_and_the_task_resumes(slurm: dic
     assert sig.returncode == 0, sig.stderr
     signalled = time.monotonic()
 
-    while True:
-        queue = _run(["squeue", "-h", "-j", job, "-o", "%T %r"], timeout=30, env=slurm)
-        if (queue.returncode == 0 and not queue.stdout.strip()) or "Invalid job id" in queue.stderr:
-            break
-        if time.monotonic() > deadline:
-            _run(["scancel", job], timeout=30, env=slurm)
-            pytest.fail(f"job {job} still queued after {JOB_TIMEOUT_S} s:\n{queue.stdout}\n{_tail(log)}\n{_daemon_logs(root)}")
-        if queue.stdout.split()[:2] == ["PENDING", "BeginTime"]:  # Slurm holds a requeued job ~2 min: skip that
-            _run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], timeout=30, env=slurm)
-        time.sleep(1)
+    _wait_until_done(job, slurm, deadline, log=log, skip_requeue_hold=True)
     print(f"\nrequeued task done {time.monotonic() - signalled:.0f} s after the signal", file=sys.stderr)
 
     text = log.read_text(errors="replace")
