@@ -106,7 +106,7 @@ def select_task(tasks: list[mf.Task], index: int | None) -> list[mf.Task]:
     """The tasks to run: one by --task / scheduler index, else all."""
     source = "--task"
     if index is None:
-        index, source = runtime.scheduler_task_index_from()
+        index, source = runtime.scheduler_task_index()
     if index is None:
         return tasks
     if not 0 <= index < len(tasks):
@@ -755,8 +755,8 @@ def _check_oracle(config: mf.Manifest, ds: DatasetSplits) -> None:
         )
 
 
-def run_task(task: mf.Task, ui: Ui, max_cycles: int | None = None, stop: Callable[[], bool] = lambda: False,
-             manifest_path: str | Path = "MANIFEST") -> int:
+def run_task(task: mf.Task, ui: Ui, manifest_path: str | Path, max_cycles: int | None = None,
+             stop: Callable[[], bool] = lambda: False) -> int:
     """Run (or resume) one task's cycles under its lock; returns the number of cycles run now."""
     config = task.config
     tdir = task_dir(task)
@@ -915,7 +915,7 @@ def cycle_command(manifest_path: str | Path, task: int | None, cycles: int | Non
     ran = 0
     with runtime.Preemption() as stop:
         for t in chosen:
-            ran += run_task(t, ui, cycles, stop, manifest_path)
+            ran += run_task(t, ui, manifest_path, cycles, stop)
     if ran == 0 and len(chosen) > 1:
         ui.line(f"run {mf.run_dir(m)}: no cycle left to run for its {len(chosen)} tasks, nothing to do")
     return ran
@@ -930,7 +930,7 @@ def _require_model(task: mf.Task, ts: store.TaskStore, manifest_path: str | Path
 
 
 def load_task_model(task: mf.Task, ds: DatasetSplits, ts: store.TaskStore, device: torch.device,
-                    manifest_path: str | Path = "MANIFEST") -> tuple[ConvLarge, int]:
+                    manifest_path: str | Path) -> tuple[ConvLarge, int]:
     """The task's current model (latest finished cycle) and that cycle; exit 2 when none is trained yet."""
     path = _require_model(task, ts, manifest_path)
     ckpt = torch.load(path, map_location=device, weights_only=True)
@@ -944,9 +944,10 @@ def load_task_model(task: mf.Task, ds: DatasetSplits, ts: store.TaskStore, devic
 def _one_task(manifest_path: str | Path, task: int | None) -> mf.Task:
     """Exactly one task, from --task or the scheduler's index."""
     _, all_tasks = plan(manifest_path)
-    if task is None and runtime.scheduler_task_index() is None and len(all_tasks) > 1:
+    chosen = select_task(all_tasks, task)
+    if len(chosen) > 1:  # no index given, and several tasks
         raise UserError(f"--task: required, the manifest has {len(all_tasks)} tasks (0..{len(all_tasks) - 1})")
-    return select_task(all_tasks, task)[0]
+    return chosen[0]
 
 
 def select_command(manifest_path: str | Path, task_index: int | None, export: Path | None, ui: Ui) -> np.ndarray:
@@ -1103,14 +1104,14 @@ def propagate_command(manifest_path: str | Path, task_index: int | None, ui: Ui)
             # fill the cycle's pseudo-label accuracy where its training recorded none (a plain task; null stays
             # null elsewhere); a +SEMI task's own value, measured on the propagation its training used, is kept
             metrics = ts.read("metrics")
+            new = {"pseudo_accuracy": prop.accuracy, "pseudo_accuracy_top_half": prop.accuracy_top_half}
+            old = {name: metrics[name].to_numpy(zero_copy_only=False).astype(np.float64) for name in new}
             this = metrics["cycle"].to_numpy() == cycle
-            rows = this & np.isnan(metrics["pseudo_accuracy"].to_numpy(zero_copy_only=False).astype(np.float64))
+            rows = this & np.isnan(old["pseudo_accuracy"])
             if rows.any():
-                for name, value in (("pseudo_accuracy", prop.accuracy),
-                                    ("pseudo_accuracy_top_half", prop.accuracy_top_half)):
-                    old = metrics[name].to_numpy(zero_copy_only=False).astype(np.float64)
+                for name, value in new.items():
                     metrics = metrics.set_column(metrics.schema.get_field_index(name), name,
-                                                 pa.array(np.where(rows, value, old), pa.float64(), from_pandas=True))
+                                                 pa.array(np.where(rows, value, old[name]), pa.float64(), from_pandas=True))
                 ts.write("metrics", metrics)
             elif this.any():
                 kept = "; metrics keep the accuracy already recorded for that cycle"

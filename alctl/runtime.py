@@ -44,7 +44,7 @@ def choose_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def scheduler_task_index_from() -> tuple[int | None, str]:
+def scheduler_task_index() -> tuple[int | None, str]:
     """(task index, the variable it came from) from Slurm (SLURM_ARRAY_TASK_ID) or Kubernetes
     (JOB_COMPLETION_INDEX), else (None, "")."""
     for var in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"):
@@ -57,11 +57,6 @@ def scheduler_task_index_from() -> tuple[int | None, str]:
 
                 raise UserError(f"{var}={value!r} is not an integer task index") from None
     return None, ""
-
-
-def scheduler_task_index() -> int | None:
-    """Task index from Slurm (SLURM_ARRAY_TASK_ID) or Kubernetes (JOB_COMPLETION_INDEX), if set."""
-    return scheduler_task_index_from()[0]
 
 
 class Preemption:
