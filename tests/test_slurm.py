@@ -138,6 +138,9 @@ def _slurm_conf(root: Path) -> str:
         "SlurmUser=root",
         "SlurmdUser=root",
         "AuthType=auth/munge",
+        # a requeued job waits cred_expire + 1 s before it may start again (default 120 s); 20 s keeps the
+        # requeue test short without forcing an early start, which can race the old credential's revocation
+        "AuthInfo=cred_expire=20",
         f"StateSaveLocation={root}/state",
         f"SlurmdSpoolDir={root}/spool",
         f"SlurmctldPidFile={root}/slurmctld.pid",
@@ -215,10 +218,8 @@ def _submit(manifest: Path, slurm: dict[str, str], cwd: Path) -> str:
     return found.group(1)
 
 
-def _wait_until_done(job: str, slurm: dict[str, str], deadline: float, log: Path | None = None,
-                     skip_requeue_hold: bool = False) -> None:
-    """Poll squeue until the job has left the queue (cancelling it and failing with the logs past the deadline);
-    skip_requeue_hold: start a requeued array task at once instead of after Slurm's ~2 min hold."""
+def _wait_until_done(job: str, slurm: dict[str, str], deadline: float, log: Path | None = None) -> None:
+    """Poll squeue until the job has left the queue (cancelling it and failing with the logs past the deadline)."""
     while True:
         queue = _run(["squeue", "-h", "-j", job, "-o", "%T %r"], timeout=30, env=slurm)
         if (queue.returncode == 0 and not queue.stdout.strip()) or "Invalid job id" in queue.stderr:
@@ -228,8 +229,6 @@ def _wait_until_done(job: str, slurm: dict[str, str], deadline: float, log: Path
             root = Path(slurm["ALCTL_TEST_SLURM_ROOT"])
             pytest.fail(f"job {job} still queued at the deadline:\n{queue.stdout}{queue.stderr}\n"
                         f"{_tail(log) if log else ''}\n{_daemon_logs(root)}")
-        if skip_requeue_hold and queue.stdout.split()[:2] == ["PENDING", "BeginTime"]:
-            _run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], timeout=30, env=slurm)
         time.sleep(1)
 
 
@@ -300,7 +299,7 @@ def test_time_limit_warning_checkpoints_requeues_and_the_task_resumes(slurm: dic
     assert sig.returncode == 0, sig.stderr
     signalled = time.monotonic()
 
-    _wait_until_done(job, slurm, deadline, log=log, skip_requeue_hold=True)
+    _wait_until_done(job, slurm, deadline, log=log)
     print(f"\nrequeued task done {time.monotonic() - signalled:.0f} s after the signal", file=sys.stderr)
 
     text = log.read_text(errors="replace")
