@@ -986,14 +986,12 @@ def select_command(manifest_path: str | Path, task_index: int | None, export: Pa
     ui.line(f"[task {task.index} {task.key}] {len(chosen)} images to label, {what}:")
     ui.line(" ".join(str(int(i)) for i in ids))
     if export is not None:
-        _check_export_dir(export, ids, f"alctl label {manifest_path} --task {task.index} --labels {export / 'to_label.csv'}")
+        import_cmd = f"alctl label {manifest_path} --task {task.index} --labels {export / 'to_label.csv'}"
+        _check_export_dir(export, ids, import_cmd)
         export_selection(export, ds, model, images, chosen, score_of)
-        if config.active.oracle == "simulated":
-            ui.line(f"wrote {export / 'to_label.csv'} and {export / 'contact_sheet.png'}; this task's oracle is"
-                    " simulated (active.oracle), so `alctl cycle` labels these itself: nothing to import")
-        else:
-            ui.line(f"wrote {export / 'to_label.csv'} and {export / 'contact_sheet.png'}; fill the label column and"
-                    f" run `alctl label {manifest_path} --task {task.index} --labels {export / 'to_label.csv'}`")
+        then = ("this task's oracle is simulated (active.oracle), so `alctl cycle` labels these itself: nothing to"
+                " import" if config.active.oracle == "simulated" else f"fill the label column and run `{import_cmd}`")
+        ui.line(f"wrote {export / 'to_label.csv'} and {export / 'contact_sheet.png'}; {then}")
     return chosen
 
 
