@@ -7,20 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from alctl.data.classes import class_index
 from alctl.errors import UserError
 
 MAX_LINES = 50  # problems listed before "... and N more"
-
-
-def _class_index(value: str, classes: list[str]) -> int | None:
-    """A label given by class name, else by integer index; None when it is neither."""
-    if value in classes:
-        return classes.index(value)
-    try:
-        index = int(value)
-    except ValueError:
-        return None
-    return index if 0 <= index < len(classes) else None
 
 
 def _filled(path: Path, option: str) -> list[tuple[int, str, str]]:
@@ -80,7 +70,7 @@ def read_labels(
         except ValueError:
             problems.append(f"{path}:{line}: sample_id {raw_id!r} is not an integer")
             continue
-        label = _class_index(raw_label, classes)
+        label = class_index(raw_label, classes)
         if sid not in pool:
             problems.append(f"{path}:{line}: sample_id {sid} is not in the pool")
         elif sid not in pending:

@@ -1,4 +1,5 @@
-"""Tests for alctl.data: every format from real small files, splits, transforms, errors."""
+"""Tests for alctl.data.registry (every named format from real small files, splits, transforms, errors) and
+alctl.data.classes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from alctl.data import DATASETS, DatasetSplits, channel_stats, load_dataset
+from alctl.data import DATASETS, DatasetSplits, channel_stats, class_index, load_dataset
 from alctl.errors import DataMissingError, UserError
 from tests.fakedata import label_pixel, write_cifar, write_mnist_idx, write_svhn
 
@@ -184,3 +185,14 @@ def test_corrupt_file_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(DataMissingError, match="could not read CIFAR-10") as info:
         load_dataset("cifar10", root=tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_class_index_takes_a_name_first_then_an_index_in_range() -> None:
+    classes = ["cat", "dog", "7", "0"]
+    assert class_index("dog", classes) == 1
+    assert class_index("7", classes) == 2  # a class named "7" wins over index 7 (and over index 2's name)
+    assert class_index("0", classes) == 3 and class_index("3", classes) == 3
+    assert class_index("1", classes) == 1
+    for bad in ("4", "-1", "bird", "Dog", "1.0", ""):
+        assert class_index(bad, classes) is None, bad
+    assert class_index("2", ["a", "b", "a"]) == 2 and class_index("a", ["a", "b", "a"]) == 0

@@ -225,11 +225,11 @@ def test_absolute_paths_and_field_errors(tree: dict) -> None:
 
 
 def test_thread_pool_decoding_matches_serial(tree: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    import alctl.data as data
+    from alctl.data import imagefolder
 
     serial = _load(tree["root"], image_size=6)
-    monkeypatch.setattr(data, "_SERIAL_BELOW", 1)
-    monkeypatch.setattr(data.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(imagefolder, "_SERIAL_BELOW", 1)
+    monkeypatch.setattr(imagefolder.os, "cpu_count", lambda: 4)
     threaded = _load(tree["root"], image_size=6)
     assert torch.equal(serial.train_images, threaded.train_images) and serial.skipped == threaded.skipped
     assert torch.equal(serial.test_images, threaded.test_images)
