@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from alctl import knn
-from alctl.knn import METHODS, _drop_self, _fill_missing, _pruned_exact, _torch_exact, knn_search
+from alctl.knn import METHODS, _drop_self, _fill_missing, _torch_exact, knn_search
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -57,6 +56,19 @@ def test_cpu_tensor_takes_the_numpy_path():
     a = knn_search(torch.from_numpy(x), 5)
     b = knn_search(x, 5)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tensor_searches_on_the_device():
+    x = clustered(3000, 24, 8, 1.0, seed=9)
+    sims, ids = knn_search(torch.from_numpy(x).cuda(), 10)  # blocked products + topk on the GPU
+    ref_s, ref_i = knn_search(x, 10)
+    assert sims.dtype == np.float32 and ids.dtype == np.int64 and ids.shape == (3000, 10)
+    assert np.allclose(sims, ref_s, atol=1e-5)
+    assert np.mean(ids == ref_i) > 0.999  # ties and last-bit rounding may swap equally similar ids
+    assert not (ids == np.arange(3000)[:, None]).any()
+    a_s, a_i = knn_search(torch.from_numpy(x).cuda(), 10, "hnsw")  # approximate: copied to the CPU
+    assert a_i.shape == (3000, 10) and np.mean([np.intersect1d(u, v).size for u, v in zip(a_i, ref_i)]) > 9.5
 
 
 @pytest.mark.parametrize("method,floor", [("ivf", 0.98), ("hnsw", 0.98)])
@@ -137,193 +149,25 @@ def test_entry_checks():
         knn_search(torch.from_numpy(x).double(), 3)
 
 
-# --------------------------------------------------------------------------- pruned exact search (CPU, large n)
+# --------------------------------------------------------------------------- large n
 
 
-def _faiss_top(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """faiss IndexFlatIP top-(k + 1), self included: the reference for _pruned_exact."""
-    import faiss
-
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    return index.search(x, k + 1)
-
-
-def assert_same_neighbours(x: np.ndarray, sims, ids, ref_sims, ref_ids) -> None:
-    """Equal to the reference up to ties: sims within 1e-5, and wherever the ids differ, both ids are equally
-    similar to the row (float64, within 1e-6); no row lists an id twice."""
-    assert sims.shape == ids.shape == ref_ids.shape
+def test_exact_equals_brute_force_for_large_n():
+    # n >= 10,000 (the sizes a pruned search used to take), clustered, with duplicate rows
+    base = clustered(12_000, 32, 20, 0.4, seed=11)
+    x = np.ascontiguousarray(np.concatenate([base, base[:7]]))
+    sims, ids = knn_search(x, 20)
+    assert sims.shape == ids.shape == (12_007, 20)
     assert sims.dtype == np.float32 and ids.dtype == np.int64
-    assert np.allclose(sims, ref_sims, atol=1e-5)
-    srt = np.sort(ids, axis=1)
-    assert (srt[:, 1:] != srt[:, :-1]).all() and (ids >= 0).all()
-    rows, cols = np.nonzero(ids != ref_ids)
-    x64 = x.astype(np.float64)
-    ours = np.einsum("ij,ij->i", x64[rows], x64[ids[rows, cols]])
-    theirs = np.einsum("ij,ij->i", x64[rows], x64[ref_ids[rows, cols]])
-    assert np.abs(ours - theirs).max(initial=0.0) <= 1e-6
-
-
-def test_pruned_equals_brute_force_and_prunes_clustered_data():
-    x = clustered(12_001, 32, 20, 0.4, seed=11)
-    sims, ids, stats = _pruned_exact(x, 20)
-    assert_same_neighbours(x, sims, ids, *_faiss_top(x, 20))
-    assert not stats.fallback and stats.cells > 0  # the cell pass, not the sorted one
-    # measured: 92% of the cross-cell pairs skipped; 23% of the n² similarities computed (the sample's rows and
-    # columns are 12% of them), with 12% of the dot products of brute force
-    assert stats.pruned_pairs > 0.8 and stats.work < 0.35 and stats.products < 0.2 * x.shape[0] ** 2, stats
-
-
-def test_pruned_equals_brute_force_without_pruning():
-    # uniform on the sphere: no bound prunes, the symmetric pass computes each pair once
-    x = _normalise(np.random.default_rng(12).normal(size=(10_007, 24)))
-    sims, ids, stats = _pruned_exact(x, 15, seed=3)
-    assert_same_neighbours(x, sims, ids, *_faiss_top(x, 15))
-    assert not stats.fallback and stats.pruned_pairs < 0.05 and stats.work > 0.95
-    assert stats.cells == 0 and stats.estimated_pruned < knn._ESTIMATE_WORTH  # no cells: the sorted pass
-    assert stats.products < 0.6 * x.shape[0] ** 2  # each pair once (plus the sample and diagonal blocks)
-
-
-def test_pruned_with_duplicate_rows():
-    base = clustered(4_000, 16, 10, 0.6, seed=13)
-    x = np.ascontiguousarray(np.concatenate([base, base[:3_001], base[:1_000]]))  # copies, up to 3 of a row
-    sims, ids, stats = _pruned_exact(x, 10)
-    assert_same_neighbours(x, sims, ids, *_faiss_top(x, 10))
-    assert not stats.fallback
-
-
-def test_pruned_refines_rows_whose_threshold_is_too_high(monkeypatch):
-    monkeypatch.setattr(knn, "_SAMPLE_Z", -4.0)  # thresholds above the true (k + 1)-th best for most rows
-    x = clustered(6_003, 16, 8, 0.8, seed=14)
-    sims, ids, stats = _pruned_exact(x, 12)
-    assert stats.refined_rows > 0
-    assert_same_neighbours(x, sims, ids, *_faiss_top(x, 12))
-
-
-def test_pruned_gives_up_on_massive_ties():
-    x = np.ascontiguousarray(np.repeat(_normalise(np.random.default_rng(15).normal(size=(8, 8))), 1_000, axis=0))
-    sims, ids, stats = _pruned_exact(x, 5)
-    assert stats.fallback  # every row ties with 999 others: faiss does it all
-    ref_s, ref_i = _faiss_top(x, 5)
-    assert np.array_equal(ids, ref_i) and np.array_equal(sims, ref_s)
-
-
-def test_knn_search_takes_the_pruned_path_for_large_n(monkeypatch):
-    x = clustered(3_001, 16, 6, 0.5, seed=16)
-    ref = knn_search(x, 7)  # faiss (n below the threshold)
-    calls = []
-    real = knn._pruned_exact
-    monkeypatch.setattr(knn, "_PRUNED_MIN_N", 1_000)
-    monkeypatch.setattr(knn, "_pruned_exact", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    sims, ids = knn_search(x, 7)
-    assert calls and sims.shape == ids.shape == (3_001, 7)
-    assert sims.dtype == np.float32 and ids.dtype == np.int64
-    assert not (ids == np.arange(3_001)[:, None]).any()
+    assert not (ids == np.arange(x.shape[0])[:, None]).any()
     assert np.all(np.diff(sims, axis=1) <= 0)
-    assert np.allclose(sims, ref[0], atol=1e-5)
-    assert np.array_equal(ids, ref[1]) or np.mean(ids == ref[1]) > 0.999  # ties and last-bit rounding
-
-
-def test_pruned_cell_pass_when_forced_on_unprunable_data(monkeypatch):
-    # the cell pass over data where nothing prunes gives the same neighbours as the sorted pass
-    monkeypatch.setattr(knn, "_ESTIMATE_WORTH", -1.0)
-    monkeypatch.setattr(knn, "_PRUNE_WORTH", -1.0)
-    x = _normalise(np.random.default_rng(17).normal(size=(10_011, 24)))
-    sims, ids, stats = _pruned_exact(x, 15, seed=2)
-    assert stats.cells > 0 and not stats.fallback
-    assert_same_neighbours(x, sims, ids, *_faiss_top(x, 15))
-
-
-def test_pruned_with_large_k_and_wide_buckets(monkeypatch):
-    # buckets of 2^20 rows: too many bits for the packed sort of _top_rows, which argsorts instead
-    monkeypatch.setattr(knn, "_BUCKET_ROWS", 1 << 20)
-    x = clustered(12_001, 16, 6, 1.5, seed=18)
-    sims, ids, stats = _pruned_exact(x, 100)
-    assert not stats.fallback
-    assert_same_neighbours(x, sims, ids, *_faiss_top(x, 100))
-
-
-def test_pack_orders_by_row_then_similarity_descending_and_unpacks():
-    vals = np.array([0.5, -0.0, 0.0, 1e-30, -1e-30, -0.7, 1.0, -np.inf, np.inf, 0.25], dtype=np.float32)
-    rows = np.array([1, 0, 0, 0, 0, 0, 1, 0, 1, 0])
-    key = knn._pack(rows, vals)
-    assert key.dtype == np.uint64 and np.array_equal(key >> np.uint64(32), rows.astype(np.uint64))
-    assert np.array_equal(knn._unpack(key).view(np.uint32), vals.view(np.uint32))  # bit for bit, -0.0 too
-    order = np.argsort(key, kind="stable")
-    assert np.array_equal(rows[order], np.sort(rows))
-    for r in (0, 1):
-        got = vals[order][rows[order] == r]
-        assert np.all(np.diff(got) <= 0)
-
-
-def test_top_rows_packed_sort_equals_argsort_path():
-    rng = np.random.default_rng(19)
-    n_rows, k1 = 16_384, 40
-    rows = np.repeat(np.arange(n_rows), rng.integers(0, 90, n_rows))
-    vals = rng.permutation(np.linspace(-1, 1, rows.size, dtype=np.float32))  # distinct: one right answer
-    cols = rng.permutation(rows.size).astype(np.int32) % 50_000
-    perm = rng.permutation(n_rows)
-
-    def run(chunks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        sims = np.full((n_rows, k1), -np.inf, dtype=np.float32)
-        ids = np.full((n_rows, k1), -1, dtype=np.int64)
-        count = np.zeros(n_rows, dtype=np.int64)
-        step = n_rows // chunks
-        for lo in range(0, n_rows, step):
-            inside = (rows >= lo) & (rows < lo + step)
-            knn._top_rows(lo, lo + step, rows[inside] - lo, vals[inside], cols[inside], k1,
-                          np.concatenate([perm, np.arange(n_rows, 50_000)]), sims, ids, count)
-        return sims, ids, count
-
-    # one chunk of 16,384 rows (14 bits) with over 2^18 entries selected (19 bits): 14 + 32 + 19 > 64, the
-    # argsort; 8 chunks of 2,048 rows: packed sorts
-    selected = int(np.minimum(np.bincount(rows, minlength=n_rows), k1).sum())
-    assert 14 + 32 + (selected - 1).bit_length() > 64
-    (s1, i1, c1), (s8, i8, c8) = run(1), run(8)
-    assert np.array_equal(c1, c8) and np.array_equal(s1, s8) and np.array_equal(i1, i8)
-    # against a plain per-row reference
-    for r in rng.choice(n_rows, 50, replace=False):
-        mine = np.flatnonzero(rows == r)
-        best = np.sort(vals[mine])[::-1][:k1]
-        dest = perm[r]
-        assert np.array_equal(s8[dest, : best.size], best) and np.all(np.isneginf(s8[dest, best.size :]))
-
-
-@pytest.mark.parametrize("case", ["full", "ties"])
-def test_top_rows_full_rows_and_ties(case):
-    # every row holding >= k1 entries (the row-scatter path), or values tied at each row's cut (the general
-    # path): the per-row best k1 values, each id naming an entry of its row with that value
-    rng = np.random.default_rng(21)
-    n_rows, k1 = 1_024, 12
-    low = k1 if case == "full" else 0
-    rows = np.repeat(np.arange(n_rows), rng.integers(low, 40, n_rows)).astype(np.int32)
-    if case == "full":
-        vals = rng.permutation(np.linspace(-1, 1, rows.size, dtype=np.float32))
-    else:
-        vals = (rng.integers(0, 6, rows.size) / 8).astype(np.float32)  # few distinct values: ties everywhere
-    cols = rng.permutation(rows.size).astype(np.int32)
-    perm = rng.permutation(rows.size)
-    sims = np.full((rows.size, k1), -np.inf, dtype=np.float32)
-    ids = np.full((rows.size, k1), -1, dtype=np.int64)
-    count = np.zeros(rows.size, dtype=np.int64)
-    knn._top_rows(0, n_rows, rows, vals, cols, k1, perm, sims, ids, count)
-    assert np.array_equal(count[:n_rows], np.bincount(rows, minlength=n_rows))
-    value_of = {(int(r), int(perm[c])): float(v) for r, c, v in zip(rows, cols, vals)}
-    for r in range(n_rows):
-        mine = np.flatnonzero(rows == r)
-        best = np.sort(vals[mine])[::-1][:k1]
-        dest = perm[r]
-        assert np.array_equal(sims[dest, : best.size], best) and np.all(np.isneginf(sims[dest, best.size :]))
-        got = ids[dest, : best.size]
-        assert np.unique(got).size == best.size
-        assert [value_of[(r, int(i))] for i in got] == best.tolist()
-
-
-def test_sample_thresholds_never_exceed_the_jth_best():
-    x = _normalise(np.random.default_rng(20).normal(size=(3_200, 16)))
-    s, j = 3_136, 9  # as for n = 50,000, k = 50: 392 groups of 8 sample columns
-    tau = np.empty(600, dtype=np.float32)
-    knn._sample_job(x, tau, 0, 600, j, (x[:s], np.arange(s), None), 4096, knn._Scratch())
-    exact = np.sort(x[:600] @ x[:s].T, axis=1)[:, s - j]
-    # the j-th best group maximum: never above the j-th best, and equal unless two of the best j share a group
-    assert np.all(tau <= exact) and np.mean(tau == exact) > 0.8
+    x64 = x.astype(np.float64)
+    for lo in range(0, x.shape[0], 4_096):  # brute force in float64, in row blocks
+        s = x64[lo : lo + 4_096] @ x64.T
+        s[np.arange(s.shape[0]), np.arange(lo, lo + s.shape[0])] = -np.inf
+        ref = -np.sort(-s, axis=1)[:, :20]
+        assert np.allclose(sims[lo : lo + 4_096], ref, atol=1e-5)
+        # every id names a neighbour exactly as similar as the reference's at that rank (ties may swap ids)
+        got = np.take_along_axis(s, ids[lo : lo + 4_096], axis=1)
+        assert np.abs(got - ref).max() <= 1e-6
+        assert (np.diff(np.sort(ids[lo : lo + 4_096], axis=1), axis=1) > 0).all()  # no id twice in a row
