@@ -1,4 +1,4 @@
-"""Typer CLI: thin adapters (parse -> one pipeline call -> exit code 0 / 1 runtime / 2 bad input)."""
+"""Typer CLI: thin adapters (parse -> one engine call -> exit code 0 / 1 runtime / 2 bad input)."""
 
 from __future__ import annotations
 
@@ -61,9 +61,9 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _ui(quiet: bool):  # noqa: ANN202 - pipeline.Ui, imported lazily to keep `--help` fast
-    """The pipeline's console adapter."""
-    from alctl.pipeline import Ui
+def _ui(quiet: bool):  # noqa: ANN202 - console.Ui, imported lazily to keep `--help` fast
+    """The engine's console adapter."""
+    from alctl.console import Ui
 
     return Ui(console=Console(highlight=False), quiet=quiet)
 
@@ -73,7 +73,7 @@ def _ui(quiet: bool):  # noqa: ANN202 - pipeline.Ui, imported lazily to keep `--
 def validate(manifest: ManifestArg) -> None:
     """Check a manifest (schema and cross-field rules) and print its task plan."""
     from alctl import manifest as mf
-    from alctl.pipeline import plan
+    from alctl.engine.workspace import plan
 
     m, tasks = plan(manifest)
     console = Console(highlight=False)
@@ -96,7 +96,7 @@ def cycle(
     quiet: QuietOpt = False,
 ) -> None:
     """Run the active learning loop for one task or all; resumes where a run stopped."""
-    from alctl.pipeline import cycle_command
+    from alctl.engine.commands import cycle_command
 
     cycle_command(manifest, task, cycles, _ui(quiet))
 
@@ -112,7 +112,7 @@ def select_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """One acquisition step on the task's current model: print (and --export) the images to label next."""
-    from alctl.pipeline import select_command
+    from alctl.engine.commands import select_command
 
     select_command(manifest, task, export, _ui(quiet))
 
@@ -121,7 +121,7 @@ def select_cmd(
 @handled
 def pretrain(manifest: ManifestArg, quiet: QuietOpt = False) -> None:
     """DeepCluster pre-training of every encoder the manifest's +PRE tasks need (once; resumes)."""
-    from alctl.pipeline import pretrain_command
+    from alctl.engine.commands import pretrain_command
 
     pretrain_command(manifest, _ui(quiet))
 
@@ -130,7 +130,7 @@ def pretrain(manifest: ManifestArg, quiet: QuietOpt = False) -> None:
 @handled
 def propagate(manifest: ManifestArg, task: OneTaskOpt = None, quiet: QuietOpt = False) -> None:
     """Label propagation with the task's current model: pseudo-labels (and their accuracy when known) to the store."""
-    from alctl.pipeline import propagate_command
+    from alctl.engine.commands import propagate_command
 
     propagate_command(manifest, task, _ui(quiet))
 
@@ -144,7 +144,7 @@ def label(
     quiet: QuietOpt = False,
 ) -> None:
     """Import a person's labels (by class name or index) for the task's pending selection; all or nothing."""
-    from alctl.pipeline import label_command
+    from alctl.engine.commands import label_command
 
     label_command(manifest, task, labels, _ui(quiet))
 

@@ -43,6 +43,7 @@ import yaml
 from pydantic import ValidationError
 
 from alctl import manifest as mf
+from alctl.manifest import memory_parts, time_seconds
 from alctl.errors import AlctlError, UserError
 from alctl.store import atomic_write_bytes
 
@@ -66,8 +67,6 @@ OPTION_NAMES: dict[str, str] = {
     "namespace": "--namespace",
 }
 
-_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-_MEMORY_RE = re.compile(r"^(\d+)\s*(?:([KMGT])i?B?)?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -121,38 +120,6 @@ def resolve_scheduler(m: mf.Manifest, overrides: Mapping[str, Any] | None = None
     if problems or sched is None:
         raise UserError(*problems)
     return sched
-
-
-def time_seconds(value: str, where: str = "scheduler.time") -> int | None:
-    """Seconds of a Slurm time limit (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); None for UNLIMITED/INFINITE."""
-    text = value.strip()
-    if text.upper() in ("UNLIMITED", "INFINITE"):
-        return None
-    match = _TIME_RE.match(text)
-    if not match:
-        raise UserError(f"{where}: {value!r} is not a time limit; use HH:MM:SS, MM, MM:SS or D-HH[:MM[:SS]]")
-    days, a, b, c = match.groups()
-    nums = [int(x) for x in (a, b, c) if x is not None]
-    if days is not None:
-        hours, minutes, seconds = (nums + [0, 0])[:3]
-        total = int(days) * 86400 + hours * 3600 + minutes * 60 + seconds
-    elif len(nums) == 3:
-        total = nums[0] * 3600 + nums[1] * 60 + nums[2]
-    elif len(nums) == 2:
-        total = nums[0] * 60 + nums[1]
-    else:
-        total = nums[0] * 60
-    if total <= 0:
-        raise UserError(f"{where}: {value!r} is zero; give a positive time limit")
-    return total
-
-
-def memory_parts(value: str, where: str = "scheduler.memory") -> tuple[int, str]:
-    """Amount and unit (K, M, G or T; Slurm's default unit is M) of a memory size such as 16G or 16Gi."""
-    match = _MEMORY_RE.match(value.strip())
-    if not match or int(match.group(1)) <= 0:
-        raise UserError(f"{where}: {value!r} is not a memory size; use a positive integer with K, M, G or T, e.g. 16G")
-    return int(match.group(1)), (match.group(2) or "M").upper()
 
 
 def k8s_name(name: str, limit: int = 40) -> str:

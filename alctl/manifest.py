@@ -13,7 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from alctl.errors import ManifestError
+from alctl.errors import ManifestError, UserError
+from alctl.strategies.registry import NAMES as STRATEGY_NAMES
 
 # Known dataset facts used by cross-field checks before any file is read: (classes, pool size).
 DATASET_FACTS: dict[str, tuple[int, int]] = {
@@ -24,13 +25,46 @@ DATASET_FACTS: dict[str, tuple[int, int]] = {
     "cifar10": (10, 50000),
     "cifar100": (100, 50000),
 }
-STRATEGY_NAMES = ("random", "uncertainty", "coreset", "ceal", "jlp")
+_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+_MEMORY_RE = re.compile(r"^(\d+)\s*(?:([KMGT])i?B?)?$", re.IGNORECASE)
+
+
+def time_seconds(value: str, where: str = "scheduler.time") -> int | None:
+    """Seconds of a Slurm time limit (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); None for UNLIMITED/INFINITE."""
+    text = value.strip()
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    match = _TIME_RE.match(text)
+    if not match:
+        raise UserError(f"{where}: {value!r} is not a time limit; use HH:MM:SS, MM, MM:SS or D-HH[:MM[:SS]]")
+    days, a, b, c = match.groups()
+    nums = [int(x) for x in (a, b, c) if x is not None]
+    if days is not None:
+        hours, minutes, seconds = (nums + [0, 0])[:3]
+        total = int(days) * 86400 + hours * 3600 + minutes * 60 + seconds
+    elif len(nums) == 3:
+        total = nums[0] * 3600 + nums[1] * 60 + nums[2]
+    elif len(nums) == 2:
+        total = nums[0] * 60 + nums[1]
+    else:
+        total = nums[0] * 60
+    if total <= 0:
+        raise UserError(f"{where}: {value!r} is zero; give a positive time limit")
+    return total
+
+
+def memory_parts(value: str, where: str = "scheduler.memory") -> tuple[int, str]:
+    """Amount and unit (K, M, G or T; Slurm's default unit is M) of a memory size such as 16G or 16Gi."""
+    match = _MEMORY_RE.match(value.strip())
+    if not match or int(match.group(1)) <= 0:
+        raise UserError(f"{where}: {value!r} is not a memory size; use a positive integer with K, M, G or T, e.g. 16G")
+    return int(match.group(1)), (match.group(2) or "M").upper()
 
 
 class _Section(BaseModel):
     """Base for every manifest section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
 
 
 class DatasetConfig(_Section):
@@ -110,9 +144,7 @@ class ActiveConfig(_Section):
     initial: int = Field(100, ge=1, description="images; balanced random labeled set at cycle 0")
     budget: int = Field(100, ge=1, description="images selected for labelling per cycle (b)")
     cycles: int = Field(5, ge=1, description="train+evaluate cycles; a selection of b follows every cycle but the last")
-    strategy: Literal["random", "uncertainty", "coreset", "ceal", "jlp"] = Field(
-        "random", description="acquisition function"
-    )
+    strategy: Literal[STRATEGY_NAMES] = Field("random", description="acquisition function")  # type: ignore[valid-type]
     ceal: CealConfig = Field(default_factory=CealConfig, description="CEAL parameters")
     oracle: Literal["simulated", "human"] = Field(
         "simulated",
@@ -168,7 +200,9 @@ class PretrainConfig(_Section):
     epochs: int = Field(400, ge=1, description="DeepCluster epochs")
     clusters_per_class: int = Field(5, ge=1, description="k-means clusters = this x number of classes")
     kmeans_iters: int = Field(10, ge=1, description="k-means iterations per epoch")
-    lr: float = Field(0.02, gt=0, description="learning rate")
+    lr: float = Field(0.02, gt=0, description="learning rate (constant)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of the network body")
+    weight_decay: float = Field(1e-5, ge=0, description="L2 weight decay (DeepCluster's 1e-5)")
     batch_size: int = Field(128, ge=1, description="images per mini-batch")
     pca: int | None = Field(None, ge=2, description="PCA-whiten features to this dimension before k-means; null = off")
     weights: str | None = Field(
@@ -199,9 +233,6 @@ class SchedulerConfig(_Section):
     @model_validator(mode="after")
     def _formats(self) -> "SchedulerConfig":
         """time and memory in the forms Slurm and Kubernetes accept."""
-        from alctl.errors import UserError
-        from alctl.jobs import memory_parts, time_seconds
-
         try:
             time_seconds(self.time)
             memory_parts(self.memory)

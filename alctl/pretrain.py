@@ -35,19 +35,19 @@ _TAG_KMEANS, _TAG_RESEED, _TAG_TORCH, _TAG_SAMPLER = 0, 1, 2, 3
 
 @dataclass(frozen=True)
 class PretrainSpec:
-    """DeepCluster settings (mirrors the manifest's `pretrain:` section; `clusters` is the total K)."""
+    """DeepCluster settings, built from the manifest (`engine.settings.pretrain_spec`; `clusters` is the total K)."""
 
-    epochs: int = 400
-    clusters: int = 50  # K = clusters_per_class x number of classes
-    kmeans_iters: int = 10
-    lr: float = 0.02  # constant, as DeepCluster
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    pca: int | None = None  # PCA-whiten features to this dimension before k-means; None = off
-    translate: int = 4
-    flip: bool = False
-    eval_batch_size: int = 512
+    epochs: int
+    clusters: int  # K = clusters_per_class x number of classes
+    kmeans_iters: int
+    lr: float  # constant, as DeepCluster
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    pca: int | None  # PCA-whiten features to this dimension before k-means; None = off
+    translate: int  # pixels of random translation
+    flip: bool
+    eval_batch_size: int
 
 
 @dataclass(frozen=True)

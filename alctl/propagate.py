@@ -1,52 +1,47 @@
-"""Label propagation (Iscen et al., CVPR 2019) and jLP selection over the kNN graph of the pool's features.
+"""Label propagation (Iscen et al., CVPR 2019) over the kNN graph of the pool's features, and the public
+diffusion operator (I - alpha W_n)^-1 that jLP selection (`alctl.strategies.graph`) is built on.
 
-Array contract: features `[n, D]` float32 L2-normalised, one row per pool position; positions and labels
-int64; sims `[n, k]` float32 / ids `[n, k]` int64 from `alctl.knn.knn_search`; the normalised graph W_n
-`[n, n]` float32 CSR, symmetric, zero diagonal; right-hand sides Y and solutions Z `[n, C]` (one column
-per class, or per diffusion source) float32; pseudo-labels `[n]` int64, certainty weights `[n]` float32,
-class weights `[C]` float32. Randomness: none (ties go to the lower pool position). Pure: no file I/O.
+Array contract: features `[n, D]` float32 L2-normalised, one row per pool position, as a numpy array or a
+torch tensor (on CUDA the kNN search runs on the device and only sims / ids come to the host); positions
+and labels int64; sims `[n, k]` float32 / ids `[n, k]` int64 from `alctl.knn.knn_search`; the normalised
+graph W_n `[n, n]` float32 CSR, symmetric, zero diagonal; right-hand sides Y and solutions Z `[n, C]` (one
+column per class, or per diffusion source) float32; pseudo-labels `[n]` int64, certainty weights `[n]`
+float32, class weights `[C]` float32. Graph and solver settings come in a `GraphSpec` (no defaults here:
+they live in the manifest schema). Randomness: none (ties go to the lower pool position). Pure: no file
+I/O; caller mistakes raise ValueError / TypeError.
 
 The linear solves are conjugate gradient on (I - alpha W_n) Z = Y for all columns at once: each column
 follows the iteration of scipy.sparse.linalg.cg (own step sizes, own stopping test
 ||r_c|| < tol ||y_c||, at most max_iter iterations), with float32 vectors, float64 dot products and step
 sizes, and one sparse matrix-matrix product per iteration for all the columns still running (made
 block by block, <= 16 columns each: narrow dense blocks stay in cache). Sparse products run in torch
-with the process's intra-op thread setting; everything else is single-threaded numpy.
+with the process's intra-op thread setting; everything else is single-threaded numpy. Measured timings
+of these choices: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse
 
-from alctl.errors import AlctlError, UserError
-from alctl.strategies import (
-    PARAM_FIELDS,
-    PoolView,
-    Selection,
-    check_budget,
-    check_view,
-    make_selection,
-    number_param,
-)
+from alctl.knn import METHODS, knn_search
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
-    "Propagation", "normalized_graph", "solve", "label_propagation", "pseudo_labels", "class_weights",
-    "sample_by_certainty", "jlp_select",
+    "GraphSpec", "Propagation", "Diffusion", "WEIGHT_SCALES", "normalized_graph", "diffusion", "diffusion_from_knn",
+    "solve", "label_propagation", "propagate_labels", "pseudo_labels", "class_weights", "sample_by_certainty",
 ]
-
-# Paper / code defaults (PROTOCOL.md).
-DEFAULTS: dict[str, float] = {"k": 50, "alpha": 0.99, "gamma": 3.0, "tol": 1e-6, "max_iter": 20}
 
 # Sparse products take at most this many dense columns at a time (CG keeps its vectors in such blocks).
 _BLOCK_COLS = 16
-# Narrower blocks go through scipy's CSR product (torch's is slower for 1-3 columns: 15 vs 3.5 ms at n = 50,000).
+# Narrower blocks go through scipy's CSR product (torch's is slower for 1-3 columns).
 _TORCH_MIN_COLS = 4
 # Graphs with fewer stored entries are multiplied in the calling thread only.
 _PARALLEL_MIN_NNZ = 1 << 18
@@ -55,8 +50,32 @@ _DOT_BLOCK = 256
 _ONES_ROW = np.ones((1, _DOT_BLOCK), dtype=np.float32)  # sums runs of _DOT_BLOCK rows in `_coldot`
 # CG compacts its working arrays to the running columns once this fraction of them has stopped.
 _COMPACT_FRACTION = 0.25
-# jLP: the most columns of (I - alpha W_n)^-1 kept between blocks.
-_JLP_CACHE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """kNN graph and solver settings (the manifest's `semi` section); checked at construction (ValueError/TypeError).
+
+    k: neighbours per node (an integer >= 1; searched as min(k, n - 1)); gamma: affinity exponent, > 0;
+    alpha: in [0, 1); tol: CG relative residual, finite >= 0; max_iter: CG iterations, integer >= 0;
+    knn: a method of `alctl.knn.METHODS`.
+    """
+
+    k: int
+    gamma: float
+    alpha: float
+    tol: float
+    max_iter: int
+    knn: str
+
+    def __post_init__(self) -> None:
+        """Range and type checks of every field."""
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise ValueError(f"GraphSpec.k must be an integer >= 1, got {self.k!r}")
+        _check_gamma(self.gamma)
+        _check_solver_args(self.alpha, self.tol, self.max_iter)
+        if self.knn not in METHODS:
+            raise ValueError(f"GraphSpec.knn must be one of {', '.join(METHODS)}, got {self.knn!r}")
 
 
 @dataclass(frozen=True)
@@ -86,16 +105,14 @@ def normalized_graph(sims: np.ndarray, ids: np.ndarray, gamma: float) -> scipy.s
         raise ValueError(f"normalized_graph: sims and ids must both be [n, k], got {s.shape} and {nb.shape}")
     if not np.issubdtype(s.dtype, np.floating) or not np.issubdtype(nb.dtype, np.integer):
         raise ValueError(f"normalized_graph: sims must be float and ids integer, got {s.dtype} and {nb.dtype}")
-    gamma = float(gamma)
-    if not (gamma > 0 and math.isfinite(gamma)):
-        raise ValueError(f"normalized_graph: gamma must be a positive number, got {gamma}")
+    gamma = _check_gamma(gamma)
     n, k = s.shape
     if nb.size and (int(nb.min()) < 0 or int(nb.max()) >= n):
         raise ValueError(f"normalized_graph: ids must lie in [0, {n - 1}]")
     if not np.isfinite(s).all():
         raise ValueError("normalized_graph: sims hold NaN or inf")
     a = np.maximum(s, 0, dtype=np.float32)
-    if gamma == round(gamma) and gamma <= 8:  # repeated products: 10x faster than a float power
+    if gamma == round(gamma) and gamma <= 8:  # repeated products: faster than a float power
         base = a.copy()
         for _ in range(int(gamma) - 1):
             a *= base
@@ -122,17 +139,25 @@ def normalized_graph(sims: np.ndarray, ids: np.ndarray, gamma: float) -> scipy.s
 # --------------------------------------------------------------------------- solver
 
 
-class _Operator:
-    """p ↦ (I - alpha W_n) p on column blocks: a block is a C-contiguous float32 [n, w] array with
-    w <= `_BLOCK_COLS` (a narrow dense block stays in cache: measured 4x faster per column than one
-    product with 100 columns). W_n is a torch CSR tensor (int32 indices); with T = torch's intra-op
-    thread count > 1 and a large enough graph, its rows are cut into 4 T slices that T worker threads
-    (one OpenMP thread each) take in turn: unlike torch's own OpenMP split, a worker that loses its core
-    to another process only delays its current slice (measured on 2 shared cores: 13 vs 21 ms per 16
-    columns at n = 50,000; ~2x the single-thread speed when the cores are free). Blocks narrower than
-    `_TORCH_MIN_COLS` use scipy's single-threaded product."""
+class Diffusion:
+    """The propagation operator of a normalised graph: p ↦ (I - alpha W_n) p, and its inverse by batched CG.
+
+    Attributes: `n` (nodes), `alpha`, `csr` (W_n as `[n, n]` float32 scipy CSR), `workers` (threads of the
+    sparse products). `solve(b, tol, max_iter)` takes b `[n, m]` and returns (x `[n, m]` float32 with
+    (I - alpha W_n) x ≈ b column by column, CG iterations of the longest-running column).
+
+    Products work on column blocks: a block is a C-contiguous float32 [n, w] array with w <= `_BLOCK_COLS`
+    (a narrow dense block stays in cache). W_n is a torch CSR tensor (int32 indices); with T = torch's
+    intra-op thread count > 1 and a large enough graph, its rows are cut into 4 T slices that T worker
+    threads (one OpenMP thread each) take in turn: unlike torch's own OpenMP split, a worker that loses its
+    core to another process only delays its current slice. Blocks narrower than `_TORCH_MIN_COLS` use
+    scipy's single-threaded product. Timings of these choices: benchmarks/README.md.
+    """
+
+    block_cols: int = _BLOCK_COLS  # columns per dense block of a sparse product (the width CG works in)
 
     def __init__(self, wn: scipy.sparse.spmatrix, alpha: float, workers: int | None = None) -> None:
+        """Operator of W_n `[n, n]` (any scipy sparse, cast to float32 CSR) and alpha; workers None = automatic."""
         import torch
 
         w = scipy.sparse.csr_matrix(wn, dtype=np.float32)
@@ -181,7 +206,7 @@ class _Operator:
             list(_pool(self.workers).map(one, self.slices))
 
     def solve(self, b: np.ndarray, tol: float, max_iter: int, x0: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-        """CG on all columns of b [n, m] → (x [n, m] float32, iterations)."""
+        """CG on all columns of b [n, m] (optional warm start x0 [n, m]) → (x [n, m] float32, iterations)."""
         bb = np.ascontiguousarray(b, dtype=np.float32)
         xx = None if x0 is None else np.array(x0, dtype=np.float32, order="C")
         return _cg(self, bb, tol, max_iter, xx)
@@ -259,14 +284,14 @@ def _coldot(a: np.ndarray, b: np.ndarray, tmp: np.ndarray) -> np.ndarray:
 
 def _scale(a: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
     """out = a * v per column, for blocks a, out [g, rows, w] and v [w] (the same for every block): v is
-    tiled over `_DOT_BLOCK` rows so that numpy multiplies long contiguous runs (4x faster than
+    tiled over `_DOT_BLOCK` rows so that numpy multiplies long contiguous runs (faster than
     broadcasting [w] over rows of w = 10)."""
     w = a.shape[2]
     tiled = np.tile(np.asarray(v, dtype=np.float32).reshape(w), _DOT_BLOCK)
     np.multiply(a.reshape(-1, _DOT_BLOCK * w), tiled, out=out.reshape(-1, _DOT_BLOCK * w))
 
 
-def _cg(op: _Operator, b: np.ndarray, tol: float, max_iter: int, x0: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+def _cg(op: Diffusion, b: np.ndarray, tol: float, max_iter: int, x0: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Batched conjugate gradient on float32 b [n, m]: column c runs scipy's cg iteration on its own
     (step sizes from its own dot products, stop once ||r_c|| < tol ||b_c||, at most max_iter steps;
     a zero column gives a zero solution), all columns sharing one sparse product per iteration.
@@ -368,6 +393,14 @@ def _check_solver_args(alpha: float, tol: float, max_iter: int) -> tuple[float, 
     return alpha, tol, int(max_iter)
 
 
+def _check_gamma(gamma: float) -> float:
+    """gamma as a float after the range check (ValueError unless a finite number > 0)."""
+    value = float(gamma)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"gamma must be a positive number, got {gamma}")
+    return value
+
+
 def solve(
     wn: scipy.sparse.spmatrix, y: np.ndarray, alpha: float, tol: float, max_iter: int, x0: np.ndarray | None = None
 ) -> tuple[np.ndarray, int]:
@@ -395,9 +428,31 @@ def solve(
         if xx.shape != yy.shape:
             raise ValueError(f"solve: x0 must have y's shape {yy.shape}, got {xx.shape}")
         x2 = xx[:, None] if vector else xx
-    op = _Operator(wn, alpha)
+    op = Diffusion(wn, alpha)
     z, its = op.solve(y2, tol, max_iter, x2)
     return (z[:, 0] if vector else z), its
+
+
+def diffusion(features: np.ndarray | torch.Tensor, spec: GraphSpec) -> Diffusion:
+    """The diffusion operator of the pool's kNN graph: `knn_search(features, min(spec.k, n - 1), spec.knn)`,
+    `normalized_graph(..., spec.gamma)`, then `Diffusion(W_n, spec.alpha)`.
+
+    features `[n, D]` float32 L2-normalised, n >= 2: a numpy array or a torch tensor (CUDA: the search runs
+    on the device, the operator on the host).
+    """
+    if not isinstance(spec, GraphSpec):
+        raise TypeError(f"diffusion: spec must be a GraphSpec, got {type(spec).__name__}")
+    n = int(features.shape[0])
+    if n < 2:
+        raise ValueError(f"diffusion: needs at least 2 pool rows, got {n}")
+    sims, ids = knn_search(features, min(int(spec.k), n - 1), spec.knn)
+    return diffusion_from_knn(sims, ids, spec)
+
+
+def diffusion_from_knn(sims: np.ndarray, ids: np.ndarray, spec: GraphSpec) -> Diffusion:
+    """`Diffusion(normalized_graph(sims, ids, spec.gamma), spec.alpha)` for a kNN search already made
+    (sims / ids `[n, k]` as `knn_search` returns them; spec.k and spec.knn are not used)."""
+    return Diffusion(normalized_graph(sims, ids, spec.gamma), spec.alpha)
 
 
 # --------------------------------------------------------------------------- pseudo-labels
@@ -407,13 +462,14 @@ WEIGHT_SCALES = ("max", "none")
 
 
 def pseudo_labels(
-    z: np.ndarray, labeled: np.ndarray, labels: np.ndarray, num_classes: int, weight_scale: str = "max"
+    z: np.ndarray, labeled: np.ndarray, labels: np.ndarray, num_classes: int, weight_scale: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels [n], weights [n], class_weights [C]) from Z, vectorised.
 
     z `[n, C]`; labeled `[n_l]` int positions with given labels `[n_l]`. Pseudo-label = argmax of the row
     (first column on ties). Certainty ω = 1 - H(ẑ)/log C with ẑ the row with negatives clipped to 0 and
-    L1-normalised (Iscen et al.); a row with no positive entry (unreached) gets ω = 0. weight_scale "max"
+    L1-normalised (Iscen et al.); a row with no positive entry (unreached) gets ω = 0. weight_scale (one of
+    `WEIGHT_SCALES`) "max"
     then divides every ω by the largest ω over all rows, as the authors' code does (the most certain row
     weighs 1, so an uncertain propagation from few labels still trains on U); "none" keeps ω as it is.
     Labeled rows take their given label and ω = 1. Class weights (`class_weights`): count_c = positions
@@ -502,200 +558,63 @@ def _positions(labeled: np.ndarray, labels: np.ndarray, n: int, num_classes: int
     return lab, given
 
 
-def label_propagation(
-    features: Any,
-    labeled: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int,
-    *,
-    k: int = 50,
-    alpha: float = 0.99,
-    gamma: float = 3.0,
-    tol: float = 1e-6,
-    max_iter: int = 20,
-    knn: str = "exact",
-    weight_scale: str = "max",
-) -> Propagation:
-    """kNN graph on L2-normalised features [n, D] + propagation from labeled positions [n_l] with labels [n_l].
-
-    Graph: `knn_search(features, min(k, n - 1), knn)` then `normalized_graph(..., gamma)`. Y `[n, C]` has
-    1/|L_c| on the labeled rows of class c (a class without labeled rows: a zero column of Y and of Z).
-    Z = `solve(W_n, Y, alpha, tol, max_iter)`; labels / weights / class weights from `pseudo_labels`
-    (certainty weights scaled by `weight_scale`).
-    `features` may be a numpy array or a torch tensor (CUDA: the kNN search runs there).
-    """
-    from alctl.knn import knn_search
-
+def _num_classes(num_classes: int) -> int:
+    """num_classes as an int (ValueError unless a positive integer)."""
     c = int(num_classes)
     if c < 1 or c != num_classes:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    alpha, tol, max_iter = _check_solver_args(alpha, tol, max_iter)
+    return c
+
+
+def label_propagation(
+    features: np.ndarray | torch.Tensor,
+    labeled: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    graph: GraphSpec,
+    weight_scale: str,
+) -> Propagation:
+    """kNN graph on L2-normalised features [n, D] + propagation from labeled positions [n_l] with labels [n_l].
+
+    `diffusion(features, graph)` (features: numpy array or torch tensor, n >= 2), then `propagate_labels`
+    with graph.tol / graph.max_iter and `weight_scale` (one of `WEIGHT_SCALES`). Arguments are checked
+    before the kNN search.
+    """
+    c = _num_classes(num_classes)
+    if not isinstance(graph, GraphSpec):
+        raise TypeError(f"label_propagation: graph must be a GraphSpec, got {type(graph).__name__}")
     n = int(features.shape[0])
     if n < 2:
         raise ValueError(f"label_propagation: needs at least 2 pool rows, got {n}")
     lab, given = _positions(labeled, labels, n, c)
-    kk = int(k)
-    if kk < 1 or kk != k:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    sims, ids = knn_search(features, min(kk, n - 1), knn)
-    return _propagate_knn(
-        sims, ids, lab, given, c, alpha=alpha, gamma=gamma, tol=tol, max_iter=max_iter, weight_scale=weight_scale
-    )
+    op = diffusion(features, graph)
+    return _propagate(op, lab, given, c, graph.tol, graph.max_iter, weight_scale)
 
 
-def _propagate_knn(
-    sims: np.ndarray, ids: np.ndarray, labeled: np.ndarray, labels: np.ndarray, num_classes: int, *,
-    alpha: float, gamma: float, tol: float, max_iter: int, weight_scale: str = "max",
+def propagate_labels(
+    op: Diffusion, labeled: np.ndarray, labels: np.ndarray, num_classes: int, tol: float, max_iter: int,
+    weight_scale: str,
 ) -> Propagation:
-    """label_propagation after the kNN search (checked arguments): graph, solve, pseudo-labels."""
-    n, c = sims.shape[0], num_classes
-    wn = normalized_graph(sims, ids, gamma)
+    """Label propagation on a built operator: Z = op.solve(Y, tol, max_iter), then `pseudo_labels`.
+
+    Y `[n, C]` has 1/|L_c| on the labeled rows of class c (a class without labeled rows: a zero column of
+    Y and of Z); labeled `[n_l]` int positions in [0, op.n), labels `[n_l]` int in [0, num_classes).
+    """
+    c = _num_classes(num_classes)
+    _, tol, max_iter = _check_solver_args(op.alpha, tol, max_iter)
+    lab, given = _positions(labeled, labels, op.n, c)
+    return _propagate(op, lab, given, c, tol, max_iter, weight_scale)
+
+
+def _propagate(
+    op: Diffusion, labeled: np.ndarray, labels: np.ndarray, num_classes: int, tol: float, max_iter: int,
+    weight_scale: str,
+) -> Propagation:
+    """`propagate_labels` on checked arguments (labeled / labels int64)."""
+    n, c = op.n, num_classes
     counts = np.bincount(labels, minlength=c)
     y = np.zeros((n, c), dtype=np.float32)
     y[labeled, labels] = (1.0 / counts[labels]).astype(np.float32)  # only classes that have labeled rows
-    op = _Operator(wn, alpha)
     z, its = op.solve(y, tol, max_iter)
     out, w, cw = pseudo_labels(z, labeled, labels, c, weight_scale)
     return Propagation(labels=out, weights=w, class_weights=cw, scores=z, iterations=its)
-
-
-# --------------------------------------------------------------------------- jLP
-
-
-def _int_param(params: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
-    """A whole-number strategy parameter in [lo, hi] (UserError naming its manifest field otherwise)."""
-    value = number_param(params, key, default, lo, hi)
-    if value != int(value):
-        raise UserError(f"{PARAM_FIELDS.get(key, key)}: expected a whole number, got {params.get(key)!r}")
-    return int(value)
-
-
-def _jlp_greedy(
-    op: _Operator, sources: np.ndarray, candidates: np.ndarray, budget: int, tol: float, max_iter: int,
-    block: int | None = None, increment_atol: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy jLP on a built operator: (picks [budget] int64 positions in pick order, f at each pick's
-    turn [budget] float64, final f [n] float64). See `jlp_select` for what it computes.
-
-    block: columns solved ahead together (default `_BLOCK_COLS` per worker thread of the operator).
-    increment_atol: solve each increment column e_p to the absolute residual the full solve of that
-    turn stops at, tol * ||q_t|| (True), or to tol relative to ||e_p|| = 1 (False; tighter)."""
-    n = op.n
-    block = _BLOCK_COLS * op.workers if block is None else max(1, int(block))
-    q = np.zeros((n, 1), dtype=np.float32)
-    q[sources, 0] = 1.0
-    f = op.solve(q, tol, max_iter)[0][:, 0].astype(np.float64)
-    avail = np.zeros(n, dtype=bool)
-    avail[candidates] = True
-    avail[sources] = False
-    n_sources = int(np.count_nonzero(q))
-    picks = np.empty(budget, dtype=np.int64)
-    pick_f = np.empty(budget, dtype=np.float64)
-    cache: dict[int, np.ndarray] = {}
-    cached = np.zeros(n, dtype=bool)
-    max_cached = max(block, _JLP_CACHE_BYTES // max(4 * n, 1))
-    for t in range(budget):
-        fm = np.where(avail, f, np.inf)
-        p = int(np.argmin(fm))
-        if not cached[p]:
-            # Speculate: the next picks are most likely the lowest f; solve their columns together.
-            fm[cached] = np.inf
-            fm[p] = -np.inf  # p is in the block even among tied values
-            size = min(block, int(np.count_nonzero(avail & ~cached)))
-            want = np.argpartition(fm, size - 1)[:size] if size < n else np.arange(n)
-            want = want[np.lexsort((want, fm[want]))]  # p first, then by f (lower position on ties)
-            e = np.zeros((n, size), dtype=np.float32)
-            e[want, np.arange(size)] = 1.0
-            col_tol = tol * math.sqrt(max(n_sources + t, 1)) if increment_atol else tol
-            cols = op.solve(e, col_tol, max_iter)[0]
-            for j, i in enumerate(want.tolist()):
-                cache[i] = cols[:, j].copy()
-            cached[want] = True
-            if len(cache) > max_cached:  # drop the columns least likely to be needed: highest f
-                keys = np.fromiter(cache.keys(), dtype=np.int64)
-                for i in keys[np.argsort(f[keys], kind="stable")[max_cached:]].tolist():
-                    del cache[i]
-                    cached[i] = False
-        picks[t] = p
-        pick_f[t] = f[p]
-        f += cache.pop(p)
-        cached[p] = False
-        avail[p] = False
-    return picks, pick_f, f
-
-
-def jlp_select(view: PoolView, budget: int, rng: np.random.Generator, params: Mapping[str, float]) -> Selection:
-    """jLP: diffuse from the labeled set, pick the unlabeled image least reached, add it to the sources, repeat b times.
-
-    The authors' loop solves, before each pick t, f_t = (I - alpha W_n)^-1 q_t by a cold CG solve (tol,
-    max_iter), q_t = 1 on the labeled images and on the picks so far, and picks the unlabeled, not yet
-    picked image of smallest f_t. Here f_0 is that first cold solve (the same CG iteration, in float32),
-    and each later f_t = f_{t-1} + g_p with g_p = (I - alpha W_n)^-1 e_p the diffusion from the last
-    pick p alone, solved by CG (capped at max_iter) to the absolute residual tol * ||q_t|| at which the
-    cold solve of turn t stops (t: the turn its block is solved, at or before the turn it is used). Equivalence: by linearity f_0 + sum of the g's equals (I - alpha W_n)^-1 q_t
-    exactly, so with solves that converge the picks are those of b cold solves (float32 rounding and
-    exact ties aside; tested on small pools). With finite tol the residual of f_t is at most the sum of
-    the t + 1 solves' residuals, where a converged cold solve's is tol * ||q_t||; with solves capped
-    at max_iter before reaching tol, both are different approximations of the same diffusion and may
-    order near-ties differently (benchmarks/bench_propagate.py reports the agreement). The g columns
-    are solved ahead, 16 per worker thread at a time, for the lowest-f candidates without one (batched
-    CG, one sparse product per iteration for the block); the greedy argmin is then replayed on the
-    updated f, so which columns are prepared ahead changes the cost, never the picks.
-    Ties go to the lower pool position; `rng` is not used. params: k, alpha, gamma, tol, max_iter
-    (PROTOCOL defaults) and knn ("exact" default). Scores `[n_u]` float32 follow view.unlabeled:
-    -f at the pick's turn for the picks, -f after all picks for the rest, with the picks first in pick order.
-    """
-    from alctl.knn import METHODS, knn_search
-
-    b = check_budget(view, budget)
-    check_view(view, need_features=True)
-    k = _int_param(params, "k", int(DEFAULTS["k"]), 1, 10**6)
-    alpha = number_param(params, "alpha", DEFAULTS["alpha"], 0.0, 0.999999)
-    gamma = number_param(params, "gamma", DEFAULTS["gamma"], 1e-6, 1e6)
-    tol = number_param(params, "tol", DEFAULTS["tol"], 0.0, 1.0)
-    max_iter = _int_param(params, "max_iter", int(DEFAULTS["max_iter"]), 1, 10**6)
-    method = params.get("knn", "exact")
-    if method not in METHODS:
-        raise UserError(f"semi.knn: unknown method {method!r}; valid: {', '.join(METHODS)}")
-    feats = np.ascontiguousarray(view.features, dtype=np.float32)
-    if not np.isfinite(feats).all():
-        raise AlctlError("selection: the features hold NaN or inf (did training diverge?)")
-    n = feats.shape[0]
-    unl = np.asarray(view.unlabeled, dtype=np.int64)
-    lab = np.asarray(view.labeled, dtype=np.int64)
-    if n < 2:
-        scores = np.zeros(unl.shape[0], dtype=np.float32)
-        return make_selection(unl[:b], scores)
-    sims, ids = knn_search(feats, min(k, n - 1), method)
-    wn = normalized_graph(sims, ids, gamma)
-    op = _Operator(wn, alpha)
-    picks, pick_f, f = _jlp_greedy(op, lab, unl, b, tol, max_iter)
-    return make_selection(picks, _jlp_scores(unl, picks, pick_f, f))
-
-
-def _jlp_scores(unl: np.ndarray, picks: np.ndarray, pick_f: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """-f per unlabeled row [n_u] float32; picks score -f at their turn, nudged (by float32 ulps where
-    needed) to decrease strictly along the picks and to stay above every leftover, so that sorting by
-    score replays the picks."""
-    scores = (-f[unl]).astype(np.float32)
-    if picks.size:
-        ordered = np.maximum.accumulate((-pick_f)[::-1])[::-1].astype(np.float32)
-        ties = np.flatnonzero(ordered[1:] >= ordered[:-1])
-        if ties.size:  # float32 ties between picks: a pass over the picks after the first one
-            for j in range(int(ties[0]) + 1, ordered.size):
-                if ordered[j] >= ordered[j - 1]:
-                    ordered[j] = np.nextafter(ordered[j - 1], np.float32(-np.inf))
-        scores = np.minimum(scores, np.nextafter(ordered[-1], np.float32(-np.inf)))
-        scores[np.searchsorted(unl, picks) if _is_sorted(unl) else _where(unl, picks)] = ordered
-    return scores
-
-
-def _is_sorted(a: np.ndarray) -> bool:
-    """True when `a` is strictly increasing."""
-    return bool(a.size < 2 or np.all(a[1:] > a[:-1]))
-
-
-def _where(unl: np.ndarray, picks: np.ndarray) -> np.ndarray:
-    """Rows of `unl` holding each of `picks`."""
-    order = np.argsort(unl, kind="stable")
-    return order[np.searchsorted(unl[order], picks)]

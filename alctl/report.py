@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from alctl import store
 from alctl.errors import UserError
+from alctl.strategies.registry import NAMES as STRATEGY_NAMES
 
 _REP = re.compile(r"/?rep=\d+$")
 
@@ -116,7 +117,7 @@ def aggregate(run_dirs: list[Path], finished_only: bool = True) -> list[Row]:
 
 
 _VARIANT_ORDER = {"plain": 0, "+PRE": 1, "+SEMI": 2, "+PRE+SEMI": 3}
-_STRATEGY_ORDER = {"random": 0, "uncertainty": 1, "coreset": 2, "ceal": 3, "jlp": 4}
+_STRATEGY_ORDER = {name: i for i, name in enumerate(STRATEGY_NAMES)}
 
 
 def _setting_order(setting: str) -> tuple:
@@ -124,7 +125,7 @@ def _setting_order(setting: str) -> tuple:
     parts = dict(p.split("=", 1) for p in setting.split("/") if "=" in p)
     pre = parts.get("pretrain", "none") != "none"
     semi = parts.get("semi", "none") != "none"
-    return (_STRATEGY_ORDER.get(parts.get("strategy", ""), 9), semi, pre, setting)
+    return (_STRATEGY_ORDER.get(parts.get("strategy", ""), len(_STRATEGY_ORDER)), semi, pre, setting)
 
 
 def render_markdown(rows: list[Row]) -> str:

@@ -16,19 +16,19 @@ from alctl.augment import augment, normalize
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Optimisation settings of one cycle (mirrors manifest.TrainConfig)."""
+    """Optimisation settings of one cycle, built from the manifest's train section (`engine.settings.train_spec`)."""
 
-    epochs: int = 200
-    batch_size: int = 32
-    lr: float = 0.2
-    rampdown_epochs: int = 210
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 2e-4
-    translate: int = 4
-    flip: bool = False
-    min_steps: int = 0
-    eval_batch_size: int = 512
+    epochs: int
+    batch_size: int
+    lr: float
+    rampdown_epochs: int
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    translate: int  # pixels of random translation
+    flip: bool
+    min_steps: int
+    eval_batch_size: int
 
 
 @dataclass
@@ -61,13 +61,13 @@ class Semi:
     """How pseudo-labels enter training: recomputed by `refresh(epoch)` and mixed into every batch."""
 
     refresh: Callable[[int], Targets]  # epoch -> targets with pseudo-labels (label propagation)
-    every: int = 1  # epochs between refreshes
-    warmup: int = 0  # epochs on labels only before the first refresh
-    batch_size: int = 128  # images per mixed batch
-    labeled_per_batch: int = 50  # labeled images in each mixed batch
-    unlabeled_per_epoch: int | None = None  # pseudo-labeled images per epoch; None = all
-    phase2_epochs: int = 0  # > 0: Iscen et al.'s two phases, these epochs with pseudo-labels after spec.epochs
-    phase2_lr: float | None = None  # phase 2's initial learning rate (cosine ramp-down to 0); None = spec.lr
+    every: int  # epochs between refreshes
+    warmup: int  # epochs on labels only before the first refresh
+    batch_size: int  # images per mixed batch
+    labeled_per_batch: int  # labeled images in each mixed batch
+    unlabeled_per_epoch: int | None  # pseudo-labeled images per epoch; None = all
+    phase2_epochs: int  # > 0: Iscen et al.'s two phases, these epochs with pseudo-labels after spec.epochs
+    phase2_lr: float | None  # phase 2's initial learning rate (cosine ramp-down to 0); None = spec.lr
 
     def due(self, epoch: int, plain_epochs: int) -> bool:
         """True when pseudo-labels are recomputed at the start of `epoch`: from `warmup` on, or with phase 2 from

@@ -12,7 +12,10 @@ so that its peak memory can be read without the other's allocations:
 Times are wall-clock of the call alone (perf_counter); alctl's is the median of --repeat runs in the
 same subprocess, the baseline runs once. Both methods must return identical picks.
 
-    python benchmarks/bench_coreset.py [--n 50000 --dim 128 --labeled 1000 --budget 1000]
+--device cuda hands alctl the features as a CUDA tensor (its on-device path, see kcenter_greedy); its peak
+is then the CUDA memory allocated by the call (torch.cuda.max_memory_allocated), not the host's.
+
+    python benchmarks/bench_coreset.py [--n 50000 --dim 128 --labeled 1000 --budget 1000] [--device cuda]
 """
 
 from __future__ import annotations
@@ -63,14 +66,20 @@ def baseline_kcenter(
     return unlabeled[np.asarray(picks, dtype=np.int64)]
 
 
-def _worker(method: str, data: str, budget: int, out: str, repeat: int) -> None:
+def _worker(method: str, data: str, budget: int, out: str, repeat: int, device: str) -> None:
     """Run one method on the saved features; write picks and figures for the parent."""
     blob = np.load(data)
     timings: dict = {}
     features, labeled, unlabeled = blob["features"], blob["labeled"], blob["unlabeled"]
+    cuda = method == "fast" and device != "cpu"
     if method == "fast":
         from alctl.strategies import kcenter_greedy
 
+        if cuda:
+            import torch
+
+            features = torch.from_numpy(features).to(device)
+            torch.cuda.synchronize(device)
         kcenter_greedy(features[:2000], labeled[:0], np.arange(2000), 2)  # warm-up: imports, BLAS threads
         fn = lambda: kcenter_greedy(features, labeled, unlabeled, budget)[0]  # noqa: E731
     else:
@@ -78,25 +87,29 @@ def _worker(method: str, data: str, budget: int, out: str, repeat: int) -> None:
         fn = lambda: baseline_kcenter(features, labeled, unlabeled, budget, timings)  # noqa: E731
     reset = _reset_peak()
     rss0 = _status_kib("VmRSS")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        alloc0 = torch.cuda.memory_allocated(device)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        picks = fn()
+        picks = fn()  # numpy picks: the call has synchronised with the device
         times.append(time.perf_counter() - t0)
     hwm = _status_kib("VmHWM")
+    peak_mib = (torch.cuda.max_memory_allocated(device) - alloc0) / 2**20 if cuda else (hwm - rss0) / 1024
     np.save(out + ".npy", picks)
     Path(out + ".json").write_text(
-        json.dumps({"times": times, "seconds": float(np.median(times)), "peak_mib": (hwm - rss0) / 1024,
+        json.dumps({"times": times, "seconds": float(np.median(times)), "peak_mib": peak_mib,
                     "hwm_reset": reset, **timings})
     )
 
 
-def _run(method: str, data: str, budget: int, tmp: str, repeat: int) -> tuple[np.ndarray, dict]:
+def _run(method: str, data: str, budget: int, tmp: str, repeat: int, device: str) -> tuple[np.ndarray, dict]:
     out = os.path.join(tmp, method)
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, __file__, "--worker", method, "--data", data, "--budget", str(budget), "--out", out,
-           "--repeat", str(repeat)]
+           "--repeat", str(repeat), "--device", device]
     subprocess.run(cmd, check=True, env=env)
     return np.load(out + ".npy"), json.loads(Path(out + ".json").read_text())
 
@@ -111,12 +124,13 @@ def main() -> None:
                     help="run the baseline for only this many picks and extrapolate its time linearly (said in the output)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of alctl's kcenter_greedy (median reported); the baseline runs once")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu (numpy arrays) or a CUDA device (alctl gets a tensor there)")
     ap.add_argument("--worker", choices=["fast", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        _worker(args.worker, args.data, args.budget, args.out, args.repeat)
+        _worker(args.worker, args.data, args.budget, args.out, args.repeat, args.device)
         return
 
     rng = np.random.default_rng(args.seed)
@@ -128,12 +142,12 @@ def main() -> None:
 
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     print(f"greedy k-center: n={args.n} dim={args.dim} float32 L2-normalised (Gaussian), labeled={args.labeled}, "
-          f"budget={args.budget}; cpus={os.cpu_count()} OMP_NUM_THREADS={threads}")
+          f"budget={args.budget}; cpus={os.cpu_count()} OMP_NUM_THREADS={threads}; alctl on {args.device}")
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "pool.npz")
         np.savez(data, features=feats, labeled=labeled, unlabeled=unlabeled)
-        fast_picks, fast = _run("fast", data, args.budget, tmp, max(1, args.repeat))
-        base_picks, base = _run("baseline", data, base_budget, tmp, 1)
+        fast_picks, fast = _run("fast", data, args.budget, tmp, max(1, args.repeat), args.device)
+        base_picks, base = _run("baseline", data, base_budget, tmp, 1, "cpu")
 
     same = np.array_equal(fast_picks[:base_budget], base_picks)
     base_seconds = base["seconds"]
@@ -145,7 +159,9 @@ def main() -> None:
         note = (f"  (EXTRAPOLATED: measured {base['seconds']:.1f} s for {base_budget} picks, of which "
                 f"{init:.1f} s initial matrix; pick loop scaled linearly to {args.budget})")
     runs = ", ".join(f"{t:.2f}" for t in fast["times"])
-    print(f"alctl kcenter_greedy : {fast['seconds']:8.2f} s   peak {fast['peak_mib']:8.1f} MiB   (median of {len(fast['times'])} runs: {runs} s)")
+    where = " (CUDA)" if args.device != "cpu" else ""
+    print(f"alctl kcenter_greedy : {fast['seconds']:8.2f} s   peak {fast['peak_mib']:8.1f} MiB{where}   "
+          f"(median of {len(fast['times'])} runs: {runs} s)")
     print(f"baseline (scipy)     : {base_seconds:8.2f} s   peak {base['peak_mib']:8.1f} MiB{note}")
     print(f"  baseline initial unlabeled x labeled matrix: {base['init_seconds']:.2f} s")
     print(f"speed-up             : {base_seconds / fast['seconds']:8.1f} x")

@@ -160,3 +160,17 @@ def test_duplicate_keys_and_non_utf8_text_are_refused(tmp_path: Path) -> None:
     path.write_bytes("name: caf\u00e9\n".encode("latin-1"))
     with pytest.raises(ManifestError, match=r"dup.yaml: not UTF-8 text \(byte 9"):
         mf.load(path)
+
+
+@pytest.mark.parametrize("section", [{"semi": {"gamma": float("inf")}}, {"active": {"ceal": {"decay": float("nan")}}}])
+def test_infinite_or_nan_numbers_are_refused(section: dict) -> None:
+    with pytest.raises(ManifestError, match=r"(semi\.gamma|active\.ceal\.decay): Input should be a finite number"):
+        mf.parse(section)
+
+
+def test_strategy_names_come_from_the_registry() -> None:
+    from alctl.strategies.registry import NAMES
+
+    assert mf.ActiveConfig.model_fields["strategy"].annotation.__args__ == NAMES
+    for name in NAMES:
+        assert mf.parse({"active": {"strategy": name}}).active.strategy == name

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from alctl.augment import flip, normalize, translate
 from alctl.models import build_model
+from alctl import manifest as mf
+from alctl.engine import settings
 from alctl.train import Semi, Targets, TrainSpec, cosine_lr, evaluate, fit, learning_rate, predict, total_epochs
+
+
+def _spec(**kw: object) -> TrainSpec:
+    """The manifest's train defaults with `kw` changed."""
+    return settings.train_spec(mf.TrainConfig(**kw))
+
+
+def _semi(refresh: object, **kw: object) -> Semi:
+    """The manifest's semi defaults with `kw` changed."""
+    return dataclasses.replace(settings.semi_spec(mf.SemiConfig(), refresh), **kw)
 
 
 def test_paper_width_has_13_layers_and_128_features() -> None:
@@ -49,7 +63,7 @@ def test_flip_and_normalize() -> None:
 
 
 def test_cosine_rampdown() -> None:
-    spec = TrainSpec(lr=0.2, rampdown_epochs=210)
+    spec = _spec(lr=0.2, rampdown_epochs=210)
     assert cosine_lr(0, spec) == 0.2 and abs(cosine_lr(105, spec) - 0.1) < 1e-12 and cosine_lr(210, spec) == 0.0
 
 
@@ -62,7 +76,7 @@ def test_fit_learns_a_separable_task() -> None:
     images[labels == 0, :, :, 4:] = 255
     model = build_model(1, 2, width=0.125, dropout=0.0)
     targets = Targets(labeled_pos=np.arange(0, n, 5), labeled_y=labels.numpy()[::5])
-    spec = TrainSpec(epochs=4, batch_size=20, lr=0.05, rampdown_epochs=5, translate=0, min_steps=10)
+    spec = _spec(epochs=4, batch_size=20, lr=0.05, rampdown_epochs=5, translate=0, min_steps=10)
     fit(model, images, targets, spec, (0.5,), (0.5,), torch.Generator().manual_seed(0))
     acc, loss = evaluate(model, images, labels, (0.5,), (0.5,))
     assert acc > 0.95 and loss < 0.5
@@ -80,8 +94,8 @@ def _two_blocks(n: int = 120) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_phase2_learning_rate_restarts_after_the_plain_schedule() -> None:
-    spec = TrainSpec(epochs=10, lr=0.1, rampdown_epochs=12)
-    semi = Semi(refresh=lambda e: Targets(np.zeros(0, np.int64), np.zeros(0, np.int64)), phase2_epochs=4, phase2_lr=0.04)
+    spec = _spec(epochs=10, lr=0.1, rampdown_epochs=12)
+    semi = _semi(refresh=lambda e: Targets(np.zeros(0, np.int64), np.zeros(0, np.int64)), phase2_epochs=4, phase2_lr=0.04)
     assert total_epochs(spec, semi) == 14 and total_epochs(spec, None) == 10
     assert learning_rate(9.5, spec, semi) == cosine_lr(9.5, spec)
     assert learning_rate(10, spec, semi) == 0.04 and abs(learning_rate(12, spec, semi) - 0.02) < 1e-12
@@ -93,7 +107,7 @@ def test_phase1_of_two_phase_training_is_the_plain_model() -> None:
     pseudo-labels enter after it (the refresh is first called at epoch spec.epochs)."""
     images, labels = _two_blocks()
     labeled = np.arange(0, 120, 12)
-    spec = TrainSpec(epochs=3, batch_size=10, lr=0.05, rampdown_epochs=4, translate=1, min_steps=4)
+    spec = _spec(epochs=3, batch_size=10, lr=0.05, rampdown_epochs=4, translate=1, min_steps=4)
 
     def run(semi: Semi | None, epochs_seen: list[int]) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
@@ -121,7 +135,7 @@ def test_phase1_of_two_phase_training_is_the_plain_model() -> None:
     plain_epochs: list[int] = []
     two_epochs: list[int] = []
     plain = run(None, plain_epochs)
-    two = run(Semi(refresh=refresh, every=1, warmup=spec.epochs, batch_size=20, labeled_per_batch=5,
+    two = run(_semi(refresh=refresh, every=1, warmup=spec.epochs, batch_size=20, labeled_per_batch=5,
                    phase2_epochs=2), two_epochs)
     assert plain_epochs == [1, 2, 3] and two_epochs == [1, 2, 3, 4, 5]
     assert refreshed == [3, 4]

@@ -14,16 +14,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from rich.console import Console
 
 from alctl import manifest as mf
-from alctl import pipeline, store
+from alctl import store
+from alctl.console import silent
+from alctl.engine import commands
 
 TINY_RUN = {"repetitions": 1, "train": {"epochs": 6, "rampdown_epochs": 7}, "active": {"cycles": 2}}
 
 
-def _ui() -> pipeline.Ui:
-    return pipeline.Ui(console=Console(quiet=True), quiet=True)
+def _ui():  # noqa: ANN202
+    return silent()
 
 
 def _env() -> dict[str, str]:
@@ -55,7 +56,7 @@ def _epochs_done(ckpt: Path) -> int:
     import torch
 
     try:
-        return int(torch.load(ckpt, weights_only=False)["epoch"])
+        return int(torch.load(ckpt, weights_only=True)["epoch"])
     except (FileNotFoundError, EOFError, RuntimeError):
         return 0
 
@@ -68,7 +69,7 @@ def _pool(path: Path):
 def test_sigterm_checkpoints_and_the_rerun_equals_an_uninterrupted_run(write_manifest, workdir: Path) -> None:
     extra = {**TINY_RUN, "active": {"cycles": 2, "strategy": "uncertainty"}}
     straight = write_manifest({**extra, "name": "straight"}, name="straight.yaml")
-    pipeline.cycle_command(straight, None, None, _ui())
+    commands.cycle_command(straight, None, None, _ui())
 
     path = write_manifest({**extra, "name": "preempted"}, name="preempted.yaml")
     proc = _start(path, workdir)
@@ -96,7 +97,7 @@ def test_sigterm_checkpoints_and_the_rerun_equals_an_uninterrupted_run(write_man
 def test_sigkill_at_random_moments_never_corrupts_a_table(write_manifest, workdir: Path) -> None:
     extra = {**TINY_RUN, "active": {"cycles": 3, "strategy": "ceal", "ceal": {"threshold": 0.9}}}
     straight = write_manifest({**extra, "name": "straight"}, name="straight.yaml")
-    pipeline.cycle_command(straight, None, None, _ui())
+    commands.cycle_command(straight, None, None, _ui())
     path = write_manifest({**extra, "name": "killed"}, name="killed.yaml")
     rng = np.random.default_rng(5)
     for trial in range(4):
@@ -138,7 +139,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(write_manifest, workdir: P
     lock = _task_dir(path) / ".lock"
     lock.parent.mkdir(parents=True)
     lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "earlier"}))
-    assert pipeline.cycle_command(path, 0, None, _ui()) == 1
+    assert commands.cycle_command(path, 0, None, _ui()) == 1
     assert not lock.exists()  # released after the run
 
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
+from alctl import manifest as mf
 from alctl.data import load_dataset
+from alctl.engine import settings
 from alctl.models import ConvLarge
 from alctl.pretrain import (
     PretrainSpec,
@@ -24,6 +26,11 @@ from alctl.pretrain import (
     reseed_empty,
     uniform_cluster_sampler,
 )
+
+
+def _pspec(**kw: object) -> PretrainSpec:
+    """The manifest's pretrain defaults (10 classes) with `kw` changed."""
+    return dataclasses.replace(settings.pretrain_spec(mf.Manifest(), 10), **kw)
 
 
 def _blobs(n_per: int, k: int, dim: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +213,7 @@ def _strip_seconds(state: PretrainState) -> list[dict]:
 def test_resume_after_interrupted_epoch_matches_straight_run(digits) -> None:
     images = digits.train_images[:192]
     labels = digits.train_labels[:192].numpy()
-    spec = PretrainSpec(epochs=3, clusters=8, kmeans_iters=5, batch_size=32, translate=1, flip=True)
+    spec = _pspec(epochs=3, clusters=8, kmeans_iters=5, batch_size=32, translate=1, flip=True)
     kw = dict(mean=digits.mean, std=digits.std, spec=spec, seed=7, labels=labels)
 
     def fresh(init_seed: int) -> ConvLarge:
@@ -263,7 +270,7 @@ def test_resume_after_interrupted_epoch_matches_straight_run(digits) -> None:
 
 def test_deepcluster_on_digits(digits) -> None:
     images, labels = digits.train_images, digits.train_labels.numpy()
-    spec = PretrainSpec(epochs=2, clusters=5 * digits.num_classes, kmeans_iters=10, batch_size=64, translate=1, pca=8)
+    spec = _pspec(epochs=2, clusters=5 * digits.num_classes, kmeans_iters=10, batch_size=64, translate=1, pca=8)
     torch.manual_seed(0)
     model = ConvLarge(1, digits.num_classes, width=0.125)
     calls: list[int] = []
@@ -290,8 +297,8 @@ def test_deepcluster_rejects_bad_settings(digits) -> None:
     model = ConvLarge(1, 10, width=0.125)
     images = digits.train_images[:20]
     with pytest.raises(ValueError, match="clusters"):
-        deepcluster(model, images, digits.mean, digits.std, PretrainSpec(epochs=1, clusters=21), seed=0)
+        deepcluster(model, images, digits.mean, digits.std, _pspec(epochs=1, clusters=21), seed=0)
     with pytest.raises(ValueError, match="pca"):
-        deepcluster(model, images, digits.mean, digits.std, PretrainSpec(epochs=1, clusters=4, pca=1000), seed=0)
+        deepcluster(model, images, digits.mean, digits.std, _pspec(epochs=1, clusters=4, pca=1000), seed=0)
     with pytest.raises(ValueError, match="uint8"):
-        deepcluster(model, images.float(), digits.mean, digits.std, PretrainSpec(epochs=1, clusters=4), seed=0)
+        deepcluster(model, images.float(), digits.mean, digits.std, _pspec(epochs=1, clusters=4), seed=0)

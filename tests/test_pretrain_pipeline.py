@@ -46,7 +46,7 @@ def test_cycle_pretrains_once_and_every_pre_task_starts_from_the_encoder(write_m
     assert len(weights) == 1 and not list(pre_dir.glob("*.ckpt.pt"))  # one key, checkpoint removed when done
     epochs = pq.read_table(weights[0].with_suffix(".parquet")).to_pydict()
     assert epochs["epoch"] == [0, 1] and all(0 < v <= 1 for v in epochs["nmi_labels"])
-    payload = torch.load(weights[0], weights_only=False)
+    payload = torch.load(weights[0], weights_only=True)
     assert payload["settings"]["dataset"] == "digits" and not any(k.startswith("classifier") for k in payload["encoder"])
     m = mf.load(path)
     seconds = {}

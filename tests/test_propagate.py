@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import scipy.sparse
+import torch
 from scipy.sparse.linalg import cg
 
-from alctl import propagate as pr
-from alctl.errors import UserError
 from alctl.knn import knn_search
 from alctl.propagate import (
+    Diffusion,
+    GraphSpec,
     Propagation,
-    jlp_select,
+    diffusion,
+    diffusion_from_knn,
     label_propagation,
     normalized_graph,
+    propagate_labels,
     pseudo_labels,
     solve,
 )
-from alctl.strategies import PoolView, select
+from alctl.strategies import PoolView, StrategyParams, select
+from alctl.strategies.graph import _jlp_greedy, _jlp_scores, jlp_select
+
+# The manifest's defaults, written out: propagation and jLP have none of their own.
+GRAPH = GraphSpec(k=50, gamma=3.0, alpha=0.99, tol=1e-6, max_iter=20, knn="exact")
+
+
+def graph(**changes: object) -> GraphSpec:
+    """GRAPH with some fields changed."""
+    return dataclasses.replace(GRAPH, **changes)
+
+
+def params(**changes: object) -> StrategyParams:
+    """Strategy parameters whose graph is GRAPH with some fields changed."""
+    return StrategyParams(ceal_threshold=0.1, ceal_decay=0.00033, graph=graph(**changes))
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -154,7 +172,7 @@ def test_two_separated_clusters_one_label_each():
     b = _normalise(np.array([0, 1.0, 0]) + 0.05 * rng.normal(size=(150, 3)))
     x = np.ascontiguousarray(np.concatenate([a, b]))
     truth = np.repeat([0, 1], 150)
-    prop = label_propagation(x, np.array([3, 200]), np.array([0, 1]), 2, k=10)
+    prop = label_propagation(x, np.array([3, 200]), np.array([0, 1]), 2, graph(k=10), "max")
     assert isinstance(prop, Propagation)
     assert np.array_equal(prop.labels, truth)
     assert prop.labels.dtype == np.int64 and prop.weights.dtype == np.float32
@@ -168,7 +186,7 @@ def test_two_separated_clusters_one_label_each():
 def test_most_certain_points_are_nearest_to_the_labels():
     n = 400
     x = arc(n)  # a chain: labels at both ends, the middle is the least certain
-    prop = label_propagation(x, np.array([0, n - 1]), np.array([0, 1]), 2, k=10, tol=1e-8, max_iter=500)
+    prop = label_propagation(x, np.array([0, n - 1]), np.array([0, 1]), 2, graph(k=10, tol=1e-8, max_iter=500), "max")
     dist = np.minimum(np.arange(n), n - 1 - np.arange(n))  # hops to the nearest label
     unl = np.arange(1, n - 1)
     w = prop.weights[unl]
@@ -184,7 +202,7 @@ def test_most_certain_points_are_nearest_to_the_labels():
 
 def test_unreached_rows_get_zero_weight():
     n = 400  # 20 iterations of a k = 10 chain reach ~100 positions from each labeled end
-    prop = label_propagation(arc(n), np.array([0, n - 1]), np.array([0, 1]), 2, k=10)
+    prop = label_propagation(arc(n), np.array([0, n - 1]), np.array([0, 1]), 2, graph(k=10), "max")
     zero = np.flatnonzero(np.all(prop.scores <= 0, axis=1))
     assert zero.size > 50
     assert np.all(prop.weights[zero] == 0.0)
@@ -194,7 +212,7 @@ def test_unreached_rows_get_zero_weight():
 def test_class_without_labeled_images():
     x, y = clustered(600, 12, 3, 1.5, seed=7)
     lab = np.concatenate([np.flatnonzero(y == 0)[:5], np.flatnonzero(y == 1)[:5]])
-    prop = label_propagation(x, lab, y[lab], 3, k=10)
+    prop = label_propagation(x, lab, y[lab], 3, graph(k=10), "max")
     for arr in (prop.scores, prop.weights, prop.class_weights):
         assert np.all(np.isfinite(arr))
     assert np.all(prop.scores[:, 2] == 0)
@@ -207,15 +225,47 @@ def test_class_without_labeled_images():
 def test_label_propagation_checks():
     x, _ = clustered(50, 4, 2, 1.0)
     with pytest.raises(ValueError, match="labels must lie"):
-        label_propagation(x, np.array([1]), np.array([5]), 2)
+        label_propagation(x, np.array([1]), np.array([5]), 2, GRAPH, "max")
     with pytest.raises(ValueError, match="unique"):
-        label_propagation(x, np.array([1, 1]), np.array([0, 0]), 2)
+        label_propagation(x, np.array([1, 1]), np.array([0, 0]), 2, GRAPH, "max")
     with pytest.raises(ValueError, match="labeled positions"):
-        label_propagation(x, np.array([50]), np.array([0]), 2)
+        label_propagation(x, np.array([50]), np.array([0]), 2, GRAPH, "max")
     with pytest.raises(ValueError, match="float32"):
-        label_propagation(x.astype(np.float64), np.array([1]), np.array([0]), 2)
-    small = label_propagation(x[:4].copy(), np.array([0]), np.array([1]), 2)  # k clipped to n - 1
+        label_propagation(x.astype(np.float64), np.array([1]), np.array([0]), 2, GRAPH, "max")
+    with pytest.raises(ValueError, match="weight_scale"):
+        label_propagation(x, np.array([1]), np.array([0]), 2, GRAPH, "mean")
+    with pytest.raises(TypeError, match="GraphSpec"):
+        label_propagation(x, np.array([1]), np.array([0]), 2, {"k": 10}, "max")
+    small = label_propagation(x[:4].copy(), np.array([0]), np.array([1]), 2, GRAPH, "max")  # k clipped to n - 1
     assert small.labels.shape == (4,)
+
+
+def test_graph_spec_rejects_bad_values():
+    # the manifest schema bounds these for users; the pure constructor still refuses them (ValueError)
+    for field, value in (("k", 2.5), ("k", 0), ("k", True), ("gamma", 0.0), ("alpha", 1.5), ("tol", -1.0),
+                         ("max_iter", 2.5), ("knn", "annoy")):
+        with pytest.raises(ValueError, match=field):
+            graph(**{field: value})
+
+
+def test_label_propagation_is_diffusion_then_propagate_labels():
+    x, y = clustered(500, 8, 3, 1.5, seed=15)
+    lab = np.arange(0, 500, 25)
+    spec = graph(k=10)
+    whole = label_propagation(x, lab, y[lab], 3, spec, "max")
+    sims, ids = knn_search(x, 10)
+    for op in (diffusion(x, spec), diffusion_from_knn(sims, ids, spec), diffusion(torch.from_numpy(x), spec)):
+        assert isinstance(op, Diffusion) and op.n == 500
+        parts = propagate_labels(op, lab, y[lab], 3, spec.tol, spec.max_iter, "max")
+        for field in ("labels", "weights", "class_weights", "scores"):
+            assert np.array_equal(getattr(parts, field), getattr(whole, field))
+        assert parts.iterations == whole.iterations
+    on_tensor = label_propagation(torch.from_numpy(x), lab, y[lab], 3, spec, "max")
+    assert np.array_equal(on_tensor.scores, whole.scores) and np.array_equal(on_tensor.labels, whole.labels)
+    with pytest.raises(ValueError, match="labeled positions"):
+        propagate_labels(diffusion(x, spec), np.array([500]), np.array([0]), 3, 1e-6, 20, "max")
+    with pytest.raises(ValueError, match="at least 2"):
+        diffusion(x[:1], spec)
 
 
 def test_pseudo_labels_by_hand():
@@ -243,7 +293,7 @@ def test_pseudo_labels_by_hand():
     # the authors' code (default): divided by the largest weight over all rows, labeled rows computed too
     raw_all = raw.copy()
     raw_all[0] = 1 - h(0.9, 0.1) / math.log(3)
-    labels_max, w_max, _ = pseudo_labels(z[:5], np.array([0]), np.array([2]), 3)  # no one-hot row: max < 1
+    labels_max, w_max, _ = pseudo_labels(z[:5], np.array([0]), np.array([2]), 3, "max")  # no one-hot row: max < 1
     assert raw_all[:5].max() < 0.75 and labels_max.tolist() == labels[:5].tolist()
     assert w_max[1:].tolist() == pytest.approx((raw[1:5] / raw_all[:5].max()).tolist(), abs=1e-6)
     assert w_max[0] == 1.0
@@ -284,15 +334,14 @@ def test_jlp_fast_picks_equal_cold_picks():
     x, _ = clustered(1200, 16, 5, 2.0, seed=8)
     lab = np.random.default_rng(9).choice(1200, 25, replace=False)
     view = _view(x, lab)
-    params = {"k": 15, "tol": 1e-10, "max_iter": 1000}
-    sel = jlp_select(view, 40, np.random.default_rng(0), params)
+    sel = jlp_select(view, 40, np.random.default_rng(0), params(k=15, tol=1e-10, max_iter=1000))
     sims, ids = knn_search(x, 15)
     wn = normalized_graph(sims, ids, 3.0)
     assert sel.chosen.tolist() == cold_jlp(wn, view.labeled, view.unlabeled, 40, 0.99, 1e-10, 1000)
     # the blocks prepared ahead change the cost, not the picks
-    op = pr._Operator(wn, 0.99)
+    op = Diffusion(wn, 0.99)
     for block in (1, 3, 40):
-        picks, _, _ = pr._jlp_greedy(op, view.labeled, view.unlabeled, 40, 1e-10, 1000, block=block)
+        picks, _, _ = _jlp_greedy(op, view.labeled, view.unlabeled, 40, 1e-10, 1000, block=block)
         assert picks.tolist() == sel.chosen.tolist()
 
 
@@ -301,7 +350,7 @@ def test_jlp_with_protocol_settings_agrees_with_cold_solves_here():
     x, _ = clustered(1500, 16, 5, 2.0, seed=10)
     lab = np.random.default_rng(11).choice(1500, 30, replace=False)
     view = _view(x, lab)
-    sel = jlp_select(view, 25, np.random.default_rng(0), {"k": 20})
+    sel = jlp_select(view, 25, np.random.default_rng(0), params(k=20))
     sims, ids = knn_search(x, 20)
     assert sel.chosen.tolist() == cold_jlp(normalized_graph(sims, ids, 3.0), view.labeled, view.unlabeled, 25, 0.99, 1e-6, 20)
 
@@ -312,8 +361,8 @@ def test_jlp_picks_least_reached_on_a_path():
     w = scipy.sparse.diags([np.ones(n - 1), np.ones(n - 1)], [-1, 1], format="csr")
     d = np.asarray(w.sum(1)).ravel()
     wn = scipy.sparse.csr_matrix(w.multiply(1 / np.sqrt(np.outer(d, d))), dtype=np.float32)
-    op = pr._Operator(wn, 0.99)
-    picks, pick_f, f = pr._jlp_greedy(op, np.array([0]), np.arange(1, n), 2, 1e-12, 200)
+    op = Diffusion(wn, 0.99)
+    picks, pick_f, f = _jlp_greedy(op, np.array([0]), np.arange(1, n), 2, 1e-12, 200)
     assert picks.tolist() == [6, 3]
     dense = np.linalg.inv(np.eye(n) - 0.99 * wn.toarray().astype(np.float64))
     assert f == pytest.approx(dense @ np.isin(np.arange(n), [0, 6, 3]).astype(float), rel=1e-5)
@@ -324,30 +373,27 @@ def test_jlp_prefers_a_component_without_sources():
     x = _normalise(np.concatenate([np.tile([1.0, 0, 0], (30, 1)), np.tile([0, 1.0, 0], (10, 1))])
                    + 0.01 * np.random.default_rng(12).normal(size=(40, 3)))
     view = _view(x, np.array([0, 1, 2]))
-    sel = jlp_select(view, 1, np.random.default_rng(0), {"k": 5})
+    sel = jlp_select(view, 1, np.random.default_rng(0), params(k=5))
     assert sel.chosen[0] >= 30  # unreached: f = 0
 
 
 def test_jlp_scores_replay_the_picks():
     x, _ = clustered(300, 8, 4, 2.0, seed=13)
     view = _view(x, np.arange(0, 300, 30))
-    sel = select("jlp", view, 12, np.random.default_rng(0), {"k": 10})
+    sel = select("jlp", view, 12, np.random.default_rng(0), params(k=10))
     order = np.argsort(-sel.scores.astype(np.float64), kind="stable")
     assert view.unlabeled[order[:12]].tolist() == sel.chosen.tolist()
     assert sel.scores.dtype == np.float32 and np.isfinite(sel.scores).all()
-    zero = select("jlp", view, 0, np.random.default_rng(0), {"k": 10})
+    zero = select("jlp", view, 0, np.random.default_rng(0), params(k=10))
     assert zero.chosen.size == 0 and zero.scores.shape == view.unlabeled.shape
 
 
-def test_jlp_rejects_bad_params():
-    x, _ = clustered(60, 4, 2, 1.0)
-    view = _view(x, np.array([0, 1]))
-    with pytest.raises(UserError, match="semi.k"):
-        jlp_select(view, 2, np.random.default_rng(0), {"k": 2.5})
-    with pytest.raises(UserError, match="semi.alpha"):
-        jlp_select(view, 2, np.random.default_rng(0), {"alpha": 1.5})
-    with pytest.raises(UserError, match="semi.knn"):
-        jlp_select(view, 2, np.random.default_rng(0), {"knn": "annoy"})
+def test_jlp_on_a_torch_tensor_equals_numpy():
+    x, _ = clustered(400, 8, 4, 2.0, seed=16)
+    view = _view(x, np.arange(0, 400, 40))
+    ref = jlp_select(view, 15, np.random.default_rng(0), params(k=10))
+    got = jlp_select(dataclasses.replace(view, features=torch.from_numpy(x)), 15, np.random.default_rng(0), params(k=10))
+    assert np.array_equal(got.chosen, ref.chosen) and np.array_equal(got.scores, ref.scores)
 
 
 def test_jlp_scores_break_float32_ties_in_pick_order():
@@ -355,7 +401,7 @@ def test_jlp_scores_break_float32_ties_in_pick_order():
     f = np.zeros(10)
     f[unl] = [3.0, 1.0, 1.0, 1.0, 2.0]
     picks = np.array([7, 5, 4], dtype=np.int64)  # equal f at their turns
-    scores = pr._jlp_scores(unl, picks, np.array([1.0, 1.0, 1.0]), f)
+    scores = _jlp_scores(unl, picks, np.array([1.0, 1.0, 1.0]), f)
     order = np.argsort(-scores.astype(np.float64), kind="stable")
     assert unl[order[:3]].tolist() == [7, 5, 4]
     assert scores.dtype == np.float32 and len(set(scores.tolist())) == 5
@@ -365,8 +411,8 @@ def test_threaded_row_slices_give_the_same_products():
     wn, y = _graph(900, seed=14)
     rhs = np.zeros((y.size, 20), dtype=np.float32)
     rhs[np.arange(20) * 11, np.arange(20)] = 1.0
-    one, its1 = pr._Operator(wn, 0.99, workers=1).solve(rhs, 1e-6, 20)
-    three, its3 = pr._Operator(wn, 0.99, workers=3).solve(rhs, 1e-6, 20)
+    one, its1 = Diffusion(wn, 0.99, workers=1).solve(rhs, 1e-6, 20)
+    three, its3 = Diffusion(wn, 0.99, workers=3).solve(rhs, 1e-6, 20)
     assert its1 == its3 and np.allclose(one, three, atol=1e-7)
     assert np.abs(one - scipy_columns(wn, rhs, 0.99, 1e-6, 20)).max() <= 1e-5
 

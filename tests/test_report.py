@@ -8,11 +8,11 @@ import socket
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from rich.console import Console
 from typer.testing import CliRunner
 
 from alctl import manifest as mf
-from alctl import pipeline
+from alctl.console import silent
+from alctl.engine import commands
 from alctl.cli import app
 from alctl.report import task_statuses
 
@@ -22,14 +22,14 @@ runner = CliRunner()
 def test_report_lists_unfinished_tasks_and_reports_the_finished_ones(write_manifest, workdir: Path) -> None:
     path = write_manifest({"repetitions": 2, "train": {"epochs": 2, "rampdown_epochs": 3}, "active": {"cycles": 2},
                            "sweep": {"active.strategy": ["random", "uncertainty"]}})
-    ui = pipeline.Ui(console=Console(quiet=True), quiet=True)
-    pipeline.cycle_command(path, 0, None, ui)  # finished
-    pipeline.cycle_command(path, 1, None, ui)  # finished
-    pipeline.cycle_command(path, 2, 1, ui)  # stopped after one cycle (failed / preempted)
+    ui = silent()
+    commands.cycle_command(path, 0, None, ui)  # finished
+    commands.cycle_command(path, 1, None, ui)  # finished
+    commands.cycle_command(path, 2, 1, ui)  # stopped after one cycle (failed / preempted)
     m = mf.load(path)
     tasks = mf.tasks(m)
     running = mf.run_dir(m) / "tasks" / tasks[3].key
-    pipeline.cycle_command(path, 3, 1, ui)
+    commands.cycle_command(path, 3, 1, ui)
     (running / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
 
     states = {s.index: s.state for s in task_statuses(mf.run_dir(m))}

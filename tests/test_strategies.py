@@ -1,19 +1,36 @@
-"""Acquisition functions: known answers on hand-made pools, and coreset against the authors' O(N^2) greedy."""
+"""Acquisition functions: known answers on hand-made pools, coreset against the authors' O(N^2) greedy (both
+the numpy and the torch path), the registry."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
 import pytest
+import torch
 from scipy.spatial import distance_matrix
 
-from alctl import strategies as st
-from alctl.errors import UserError
-from alctl.strategies import PoolView, Selection, entropy, get_strategy, kcenter_greedy, select
+from alctl.propagate import GraphSpec
+from alctl.strategies import (
+    NAMES,
+    PoolView,
+    Selection,
+    StrategyParams,
+    entropy,
+    get_strategy,
+    kcenter_greedy,
+    needs,
+    select,
+)
+from alctl.strategies import geometry as geo
+
+# The manifest's defaults, written out: the strategies have none of their own.
+GRAPH = GraphSpec(k=50, gamma=3.0, alpha=0.99, tol=1e-6, max_iter=20, knn="exact")
+PARAMS = StrategyParams(ceal_threshold=0.1, ceal_decay=0.00033, graph=GRAPH)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -84,7 +101,7 @@ def test_uncertainty_picks_most_uncertain_rows_in_order():
     unlabeled = np.array([10, 3, 7, 0, 5], dtype=np.int64)
     view = PoolView(probs, _normalise(np.ones((11, 2))), np.array([1, 2], dtype=np.int64), unlabeled,
                     np.array([0, 1], dtype=np.int64), 3, 0)
-    sel = select("uncertainty", view, 3, np.random.default_rng(0))
+    sel = select("uncertainty", view, 3, np.random.default_rng(0), PARAMS)
     assert sel.chosen.tolist() == [3, 5, 7]
     assert sel.scores.dtype == np.float32 and sel.scores.shape == (5,)
     assert sel.scores[1] == pytest.approx(math.log(3), rel=1e-6)
@@ -95,7 +112,7 @@ def test_uncertainty_ties_broken_by_position():
     probs = np.full((4, 2), 0.5, dtype=np.float32)
     view = PoolView(probs, np.zeros((10, 2), np.float32), np.zeros(0, np.int64),
                     np.array([9, 4, 6, 2], dtype=np.int64), np.zeros(0, np.int64), 2, 0)
-    assert select("uncertainty", view, 3, np.random.default_rng(0)).chosen.tolist() == [2, 4, 6]
+    assert select("uncertainty", view, 3, np.random.default_rng(0), PARAMS).chosen.tolist() == [2, 4, 6]
 
 
 # --------------------------------------------------------------------------- random
@@ -103,9 +120,9 @@ def test_uncertainty_ties_broken_by_position():
 
 def test_random_is_seeded_and_consistent_with_scores():
     view = make_view(n=200, n_labeled=50)
-    a = select("random", view, 20, np.random.default_rng(7))
-    b = select("random", view, 20, np.random.default_rng(7))
-    c = select("random", view, 20, np.random.default_rng(8))
+    a = select("random", view, 20, np.random.default_rng(7), PARAMS)
+    b = select("random", view, 20, np.random.default_rng(7), PARAMS)
+    c = select("random", view, 20, np.random.default_rng(8), PARAMS)
     assert np.array_equal(a.chosen, b.chosen) and np.array_equal(a.scores, b.scores)
     assert not np.array_equal(a.chosen, c.chosen)
     assert not np.isin(a.chosen, view.labeled).any()
@@ -120,7 +137,7 @@ def test_random_is_uniform_over_unlabeled():
     rng = np.random.default_rng(123)
     trials = 4000
     for _ in range(trials):
-        counts[st.STRATEGIES["random"](view, 5, rng, {}).chosen] += 1
+        counts[get_strategy("random")(view, 5, rng, PARAMS).chosen] += 1
     assert counts[view.labeled].sum() == 0
     expected = trials * 5 / 20
     u = counts[view.unlabeled]
@@ -135,7 +152,7 @@ def test_random_is_uniform_over_unlabeled():
 def test_coreset_matches_naive_greedy_kcenter(seed, n_labeled):
     view = make_view(n=300, n_labeled=n_labeled, dim=16, seed=seed)
     budget = 40
-    sel = select("coreset", view, budget, np.random.default_rng(0))
+    sel = select("coreset", view, budget, np.random.default_rng(0), PARAMS)
     assert sel.chosen.tolist() == naive_kcenter(view.features, view.labeled, view.unlabeled, budget)
 
 
@@ -143,13 +160,13 @@ def test_coreset_matches_naive_greedy_kcenter(seed, n_labeled):
 @pytest.mark.parametrize("dim", [2, 16])
 def test_coreset_lazy_and_full_updates_match_naive(monkeypatch, max_pops, dim):
     # max_pops=0 switches to one full update per pick at once, 2 part-way, None (default rule) stays lazy
-    monkeypatch.setattr(st, "_LAZY_MAX_POPS", max_pops)
+    monkeypatch.setattr(geo, "_LAZY_MAX_POPS", max_pops)
     for n_labeled in (0, 15):
         view = make_view(n=300, n_labeled=n_labeled, dim=dim, seed=dim + n_labeled)
         if dim == 2:  # normalised 2-D points all sit on the circle, as far from their mean: use the plane
             feats = np.random.default_rng(dim).normal(size=(300, 2)).astype(np.float32)
             view = dataclasses.replace(view, features=feats)
-        sel = select("coreset", view, 60, np.random.default_rng(0))
+        sel = select("coreset", view, 60, np.random.default_rng(0), PARAMS)
         assert sel.chosen.tolist() == naive_kcenter(view.features, view.labeled, view.unlabeled, 60)
         order = np.argsort(-sel.scores.astype(np.float64), kind="stable")
         assert view.unlabeled[order[:60]].tolist() == sel.chosen.tolist()
@@ -157,21 +174,21 @@ def test_coreset_lazy_and_full_updates_match_naive(monkeypatch, max_pops, dim):
 
 def test_coreset_matches_naive_without_labeled_set():
     view = make_view(n=200, n_labeled=0, dim=16, seed=3)
-    sel = select("coreset", view, 25, np.random.default_rng(0))
+    sel = select("coreset", view, 25, np.random.default_rng(0), PARAMS)
     assert sel.chosen.tolist() == naive_kcenter(view.features, view.labeled, view.unlabeled, 25)
     x = view.features[view.unlabeled].astype(np.float64)
     assert sel.chosen[0] == view.unlabeled[np.argmax(np.linalg.norm(x - x.mean(0), axis=1))]
     assert sel.scores[np.searchsorted(view.unlabeled, sel.chosen[0])] == np.inf
     assert np.isfinite(np.delete(sel.scores, np.searchsorted(view.unlabeled, sel.chosen[0]))).all()
     # budget 0: every score is the distance to the mean
-    zero = select("coreset", view, 0, np.random.default_rng(0))
+    zero = select("coreset", view, 0, np.random.default_rng(0), PARAMS)
     assert zero.chosen.size == 0
     assert zero.scores == pytest.approx(np.linalg.norm(x - x.mean(0), axis=1), rel=1e-6)
 
 
 def test_coreset_scores_replay_the_picks():
     view = make_view(n=300, n_labeled=30, dim=16, seed=4)
-    sel = select("coreset", view, 25, np.random.default_rng(0))
+    sel = select("coreset", view, 25, np.random.default_rng(0), PARAMS)
     order = np.argsort(-sel.scores.astype(np.float64), kind="stable")
     assert view.unlabeled[order[:25]].tolist() == sel.chosen.tolist()
     # a leftover's score is its distance to the nearest labeled-or-picked image
@@ -192,7 +209,7 @@ def test_coreset_prefers_unlabeled_clusters():
     unlabeled = np.setdiff1d(np.arange(n_clusters * per), labeled).astype(np.int64)
     view = PoolView(np.full((unlabeled.size, 3), 1 / 3, np.float32), feats, labeled, unlabeled,
                     np.zeros(labeled.size, np.int64), 3, 1)
-    sel = select("coreset", view, 3, np.random.default_rng(0))
+    sel = select("coreset", view, 3, np.random.default_rng(0), PARAMS)
     assert sorted(cluster[sel.chosen].tolist()) == [3, 4, 5]
 
 
@@ -216,8 +233,8 @@ def test_kcenter_memory_is_linear_in_the_pool():
 def test_kcenter_blocks_do_not_change_the_answer(monkeypatch):
     view = make_view(n=400, n_labeled=70, dim=16, seed=9)
     ref = kcenter_greedy(view.features, view.labeled, view.unlabeled, 30)
-    monkeypatch.setattr(st, "_BLOCK_ROWS", 16)
-    monkeypatch.setattr(st, "_BLOCK_COLS", 7)
+    monkeypatch.setattr(geo, "_BLOCK_ROWS", 16)
+    monkeypatch.setattr(geo, "_BLOCK_COLS", 7)
     small = kcenter_greedy(view.features, view.labeled, view.unlabeled, 30)
     assert np.array_equal(ref[0], small[0])
     assert np.allclose(ref[1], small[1], atol=1e-5)
@@ -228,6 +245,29 @@ def test_kcenter_exact_duplicates_are_picked_once():
     feats = np.concatenate([base, base])  # every point twice
     picks, _ = kcenter_greedy(feats, np.array([0], np.int64), np.arange(1, 40, dtype=np.int64), 39)
     assert np.unique(picks).size == 39
+
+
+@pytest.mark.parametrize("n_labeled,dim,duplicates", [(20, 16, False), (0, 8, False), (0, 16, True), (1, 2, False),
+                                                      (40, 4, True)])
+def test_kcenter_torch_path_picks_equal_numpy_path(n_labeled, dim, duplicates):
+    # the CUDA path (one full update per pick, float64 re-measurement of near-ties), run here on a CPU tensor
+    rng = np.random.default_rng(dim + n_labeled)
+    n = 400
+    feats = _normalise(rng.normal(size=(n, dim)))
+    if duplicates:  # exact ties: the float64 re-measurement decides, first in candidates order
+        feats[n // 2 :] = feats[: n - n // 2]
+    perm = rng.permutation(n).astype(np.int64)
+    labeled, unlabeled = np.sort(perm[:n_labeled]), np.sort(perm[n_labeled:])
+    for budget in (0, 1, 150):
+        ref_picks, ref_scores = kcenter_greedy(feats, labeled, unlabeled, budget)
+        picks, scores = geo._kcenter_torch(torch.from_numpy(feats), labeled, unlabeled, budget)
+        assert np.array_equal(picks, ref_picks)
+        assert scores.dtype == np.float32 and scores.shape == ref_scores.shape
+        assert np.array_equal(np.isinf(scores), np.isinf(ref_scores))
+        finite = np.isfinite(ref_scores)
+        assert np.allclose(scores[finite], ref_scores[finite], rtol=1e-5, atol=1e-3 if duplicates else 1e-5)
+        order = np.argsort(-scores.astype(np.float64), kind="stable")
+        assert unlabeled[order[:budget]].tolist() == picks.tolist()
 
 
 # --------------------------------------------------------------------------- ceal
@@ -250,7 +290,7 @@ def _ceal_view(cycle: int) -> PoolView:
 
 
 def test_ceal_pseudo_labels_only_confident_rows():
-    sel = select("ceal", _ceal_view(0), 1, np.random.default_rng(0))
+    sel = select("ceal", _ceal_view(0), 1, np.random.default_rng(0), PARAMS)
     assert sel.chosen.tolist() == [4]
     assert sel.pseudo_positions.tolist() == [0, 2, 8]
     assert sel.pseudo_labels.tolist() == [1, 2, 0]
@@ -260,62 +300,78 @@ def test_ceal_pseudo_labels_only_confident_rows():
 
 def test_ceal_threshold_decays_with_cycle():
     # 0.1 - 0.00033 * 200 = 0.034 < 0.0432: the row at position 2 drops out
-    sel = select("ceal", _ceal_view(200), 1, np.random.default_rng(0))
+    sel = select("ceal", _ceal_view(200), 1, np.random.default_rng(0), PARAMS)
     assert sel.pseudo_positions.tolist() == [0, 8]
     # threshold floored at 0: nothing is pseudo-labelled
-    assert select("ceal", _ceal_view(1000), 1, np.random.default_rng(0)).pseudo_positions.size == 0
-    # params override the defaults
-    sel = select("ceal", _ceal_view(1), 1, np.random.default_rng(0), {"threshold": 0.01, "decay": 0.001})
+    assert select("ceal", _ceal_view(1000), 1, np.random.default_rng(0), PARAMS).pseudo_positions.size == 0
+    # other parameters
+    params = dataclasses.replace(PARAMS, ceal_threshold=0.01, ceal_decay=0.001)
+    sel = select("ceal", _ceal_view(1), 1, np.random.default_rng(0), params)
     assert sel.pseudo_positions.tolist() == [0]
 
 
 def test_ceal_never_pseudo_labels_a_chosen_row():
-    sel = select("ceal", _ceal_view(0), 5, np.random.default_rng(0))  # every row chosen
+    sel = select("ceal", _ceal_view(0), 5, np.random.default_rng(0), PARAMS)  # every row chosen
     assert sorted(sel.chosen.tolist()) == [0, 2, 4, 6, 8] and sel.pseudo_positions.size == 0
 
 
-def test_ceal_rejects_bad_params():
-    with pytest.raises(UserError, match="active.ceal.threshold"):
-        select("ceal", _ceal_view(0), 1, np.random.default_rng(0), {"threshold": 2.0})
+def test_strategy_params_reject_bad_values():
+    # the manifest schema bounds these for users; the pure constructor still refuses them (ValueError)
+    with pytest.raises(ValueError, match="ceal_threshold"):
+        StrategyParams(ceal_threshold=2.0, ceal_decay=0.0, graph=GRAPH)
+    with pytest.raises(ValueError, match="ceal_decay"):
+        StrategyParams(ceal_threshold=0.1, ceal_decay=-1.0, graph=GRAPH)
+    with pytest.raises(TypeError, match="GraphSpec"):
+        StrategyParams(ceal_threshold=0.1, ceal_decay=0.0, graph={"k": 50})
+    with pytest.raises(TypeError, match="StrategyParams"):
+        select("ceal", _ceal_view(0), 1, np.random.default_rng(0), {"threshold": 0.1})
 
 
 # --------------------------------------------------------------------------- registry and contract
 
 
+def test_registry_lists_every_strategy_once_with_its_needs():
+    assert NAMES == ("random", "uncertainty", "coreset", "ceal", "jlp")
+    expected = {"random": set(), "uncertainty": {"probs"}, "coreset": {"features"}, "ceal": {"probs"},
+                "jlp": {"features", "graph"}}
+    for name in NAMES:
+        assert callable(get_strategy(name))
+        assert needs(name) == frozenset(expected[name])
+
+
 def test_unknown_strategy_lists_valid_names():
-    with pytest.raises(UserError) as err:
-        get_strategy("badge")
-    assert str(err.value) == "active.strategy: unknown strategy 'badge'; valid: ceal, coreset, jlp, random, uncertainty"
-    assert err.value.exit_code == 2
-    assert set(st.STRATEGIES) == {"random", "uncertainty", "coreset", "ceal", "jlp"}
+    for call in (get_strategy, needs):
+        with pytest.raises(ValueError) as err:
+            call("badge")
+        assert str(err.value) == "unknown strategy 'badge'; valid: random, uncertainty, coreset, ceal, jlp"
+    with pytest.raises(ValueError, match="unknown strategy"):
+        select("badge", make_view(), 1, np.random.default_rng(0), PARAMS)
 
 
-def _available() -> list[str]:
-    names = ["random", "uncertainty", "coreset", "ceal"]
-    try:
-        if hasattr(importlib.import_module("alctl.propagate"), "jlp_select"):
-            names.append("jlp")
-    except ImportError:
-        pass
-    return names
+def test_no_import_cycle_and_no_manifest_import():
+    code = (
+        "import sys; import alctl.propagate; "
+        "assert not any(m.startswith('alctl.strategies') for m in sys.modules), 'propagate imports strategies'; "
+        "import alctl.strategies.registry; "
+        "assert 'alctl.manifest' not in sys.modules and 'alctl.errors' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("name", ["random", "uncertainty", "coreset", "ceal", "jlp"])
-def test_budget_larger_than_pool_is_a_user_error(name):
+@pytest.mark.parametrize("name", NAMES)
+def test_budget_larger_than_pool_is_a_value_error(name):
     view = make_view(n=30, n_labeled=10)
-    with pytest.raises(UserError, match="active.budget"):
-        select(name, view, 21, np.random.default_rng(0))
-    with pytest.raises(UserError, match="active.budget"):
-        get_strategy(name)(view, 21, np.random.default_rng(0), {})
+    with pytest.raises(ValueError, match="budget"):
+        select(name, view, 21, np.random.default_rng(0), PARAMS)
+    with pytest.raises(ValueError, match="budget"):
+        get_strategy(name)(view, 21, np.random.default_rng(0), PARAMS)
 
 
-@pytest.mark.parametrize("name", ["random", "uncertainty", "coreset", "ceal", "jlp"])
+@pytest.mark.parametrize("name", NAMES)
 def test_selection_contract(name):
-    if name not in _available():
-        pytest.skip("alctl.propagate.jlp_select is not available")
     view = make_view(n=120, n_labeled=20, seed=11)
     for budget in (0, 1, 17, 100):
-        sel = select(name, view, budget, np.random.default_rng(1))
+        sel = select(name, view, budget, np.random.default_rng(1), PARAMS)
         assert isinstance(sel, Selection)
         assert sel.chosen.dtype == np.int64 and sel.chosen.shape == (budget,)
         assert np.unique(sel.chosen).size == budget
@@ -326,24 +382,53 @@ def test_selection_contract(name):
         assert np.isin(sel.pseudo_positions, view.unlabeled).all()
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_fields_a_strategy_does_not_need_may_be_none(name):
+    view = make_view(n=120, n_labeled=20, seed=12)
+    full = select(name, view, 10, np.random.default_rng(2), PARAMS)
+    slim = dataclasses.replace(view, probs=view.probs if "probs" in needs(name) else None,
+                               features=view.features if "features" in needs(name) else None)
+    got = select(name, slim, 10, np.random.default_rng(2), PARAMS)
+    for field in ("chosen", "scores", "pseudo_positions", "pseudo_labels"):
+        assert np.array_equal(getattr(got, field), getattr(full, field))
+    if needs(name):
+        with pytest.raises(ValueError, match="got None"):
+            select(name, dataclasses.replace(view, probs=None, features=None), 10, np.random.default_rng(2), PARAMS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_cpu_inputs_give_bit_identical_selections(name):
+    view = make_view(n=300, n_labeled=30, dim=16, seed=13, cycle=2)
+    ref = select(name, view, 25, np.random.default_rng(3), PARAMS)
+    tview = dataclasses.replace(view, probs=torch.from_numpy(view.probs), features=torch.from_numpy(view.features))
+    got = select(name, tview, 25, np.random.default_rng(3), PARAMS)
+    for field in ("chosen", "scores", "pseudo_positions", "pseudo_labels"):
+        assert np.array_equal(getattr(got, field), getattr(ref, field))
+        assert getattr(got, field).dtype == getattr(ref, field).dtype
+
+
 def test_exact_refinement_matches_scipy_distances():
     rng = np.random.default_rng(12)
     rows, centers = _normalise(rng.normal(size=(7, 32))), _normalise(rng.normal(size=(50, 32)))
     c_sq = (centers.astype(np.float64) ** 2).sum(1).astype(np.float32)
-    got = st._exact_min_dist(rows, centers, c_sq, 1e-4)
+    got = geo._exact_min_dist(rows, centers, c_sq, 1e-4)
     assert np.array_equal(got, distance_matrix(rows, centers).min(axis=1))
+    on_torch = geo._exact_min_dist_t(torch.from_numpy(rows), torch.from_numpy(centers), torch.from_numpy(c_sq), 1e-4)
+    assert np.allclose(on_torch.numpy(), got, rtol=1e-15, atol=0)
 
 
 def test_non_finite_inputs_are_reported():
-    from alctl.errors import AlctlError
-
     view = make_view(n=40, n_labeled=5)
     bad = PoolView(np.full_like(view.probs, np.nan), view.features, view.labeled, view.unlabeled,
                    view.labels, view.num_classes, 0)
-    with pytest.raises(AlctlError, match="NaN"):
-        select("uncertainty", bad, 3, np.random.default_rng(0))
+    for name in ("uncertainty", "ceal"):
+        with pytest.raises(FloatingPointError, match="NaN or inf .did training diverge"):
+            select(name, bad, 3, np.random.default_rng(0), PARAMS)
     feats = view.features.copy()
     feats[view.unlabeled[0], 0] = np.inf
     bad = PoolView(view.probs, feats, view.labeled, view.unlabeled, view.labels, view.num_classes, 0)
-    with pytest.raises(AlctlError, match="NaN"):
-        select("coreset", bad, 3, np.random.default_rng(0))
+    for name in ("coreset", "jlp"):
+        with pytest.raises(FloatingPointError, match="NaN or inf .did training diverge"):
+            select(name, bad, 3, np.random.default_rng(0), PARAMS)
+    with pytest.raises(FloatingPointError, match="NaN"):
+        geo._kcenter_torch(torch.from_numpy(feats), view.labeled, view.unlabeled, 3)

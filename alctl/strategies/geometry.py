@@ -1,31 +1,38 @@
-"""Acquisition functions (random, uncertainty, coreset, ceal, jlp): a pool view in, the chosen pool positions and scores out.
+"""Geometric strategies: CoreSet (Sener & Savarese 2018), i.e. greedy k-center on the features.
 
-Array contract: probs `[n_u, C]` float32 softmax rows following `unlabeled`; features `[n, D]` float32
-L2-normalised, one row per pool position; positions and labels int64; scores `[n_u]` float32 following
-`unlabeled`, higher = picked first; `chosen` `[b]` int64 pool positions in pick order. Pure: no file I/O.
+Array contract: features `[n, D]` float32 (cast if not), one row per pool position, as a numpy array or a
+torch tensor (a CPU tensor takes the numpy path; a CUDA tensor is used on its device and only the scores
+`[n_c]` come back); centers / candidates int64 pool positions; picks `[b]` int64 pool positions in pick
+order; scores `[n_c]` float32 following the candidates. Non-finite features: FloatingPointError. Pure: no
+file I/O. Measured timings behind the tuning constants: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from alctl.errors import AlctlError, UserError
+from alctl.strategies.base import (
+    EMPTY,
+    NON_FINITE_FEATURES,
+    PoolView,
+    Selection,
+    StrategyParams,
+    check_budget,
+    check_view,
+    is_tensor,
+    make_selection,
+)
 
-__all__ = [
-    "PoolView",
-    "Selection",
-    "StrategyFn",
-    "STRATEGIES",
-    "get_strategy",
-    "select",
-    "entropy",
-    "kcenter_greedy",
-]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["kcenter_greedy", "coreset_select"]
 
 # Block shape of the initial candidates x centers distance computation: one float32 block is
 # _BLOCK_ROWS * _BLOCK_COLS * 4 bytes (32 MiB), whatever the pool size.
@@ -33,141 +40,11 @@ _BLOCK_ROWS = 2048
 _BLOCK_COLS = 4096
 # At most this many near-tied candidates are re-checked in float64 per greedy step (see kcenter_greedy).
 _MAX_REFINE = 4096
-# Lazy greedy k-center brings stale candidates up to date one at a time (~15 us each); a full update
-# costs about n_candidates * (D + 24) / 50,000 of those. When the lazy updates done so far exceed that
-# per pick (plus a slack of 8 picks' worth), the rest of the run does one full update per pick.
+# Lazy greedy k-center brings stale candidates up to date one at a time; a full update costs about
+# n_candidates * (D + 24) / 50,000 of those (measured ratio). When the lazy updates done so far exceed
+# that per pick (plus a slack of 8 picks' worth), the rest of the run does one full update per pick.
 # None = that rule; an int fixes the per-pick allowance (tests).
 _LAZY_MAX_POPS: int | None = None
-
-
-@dataclass(frozen=True)
-class PoolView:
-    """What a strategy may read about the pool at one cycle."""
-
-    probs: np.ndarray  # [n_u, C] float32 softmax of the current model on U (rows follow `unlabeled`)
-    features: np.ndarray  # [n, D] float32 L2-normalised features of EVERY pool image (rows = pool positions)
-    labeled: np.ndarray  # [n_l] int64 pool positions that are labeled
-    unlabeled: np.ndarray  # [n_u] int64 pool positions that are unlabeled
-    labels: np.ndarray  # [n_l] int64 labels of `labeled`
-    num_classes: int
-    cycle: int
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A strategy's answer."""
-
-    chosen: np.ndarray  # [b] int64 pool positions (subset of unlabeled), in pick order
-    scores: np.ndarray  # [n_u] float32 score of each unlabeled row; higher = picked first
-    pseudo_positions: np.ndarray  # [m] int64 pool positions given pseudo-labels for the next training (CEAL), else empty
-    pseudo_labels: np.ndarray  # [m] int64
-
-
-StrategyFn = Callable[[PoolView, int, np.random.Generator, Mapping[str, float]], Selection]
-
-_EMPTY = np.zeros(0, dtype=np.int64)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """Natural-log entropy of each row of `probs` `[n, C]` → `[n]` float64; 0·log 0 counts as 0."""
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 2:
-        raise ValueError(f"entropy: probs must be [n, C], got shape {p.shape}")
-    logp = np.log(np.where(p > 0, p, 1.0))
-    return -np.einsum("ij,ij->i", p, logp)
-
-
-def check_budget(view: PoolView, budget: int) -> int:
-    """The budget as an int; a UserError when it is negative or larger than what U still holds."""
-    n_u = int(np.asarray(view.unlabeled).shape[0])
-    b = int(budget)
-    if b != budget or b < 0:
-        raise UserError(f"active.budget: must be a whole number >= 0, got {budget!r}")
-    if b > n_u:
-        raise UserError(
-            f"active.budget: {b} images asked at cycle {view.cycle} but only {n_u} unlabeled images are left; "
-            "lower active.budget or active.cycles"
-        )
-    return b
-
-
-def check_view(view: PoolView, *, need_probs: bool = False, need_features: bool = False) -> None:
-    """Shape / dtype / disjointness checks of a pool view (a failure is a caller bug: ValueError)."""
-    unl = np.asarray(view.unlabeled)
-    lab = np.asarray(view.labeled)
-    problems = []
-    for name, arr in (("unlabeled", unl), ("labeled", lab)):
-        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-            problems.append(f"PoolView.{name}: expected a 1-D int64 array, got {arr.dtype} {arr.shape}")
-    if np.asarray(view.labels).shape != lab.shape:
-        problems.append(f"PoolView.labels: shape {np.asarray(view.labels).shape} != labeled {lab.shape}")
-    if need_probs:
-        probs = np.asarray(view.probs)
-        if probs.ndim != 2 or probs.shape[0] != unl.shape[0]:
-            problems.append(f"PoolView.probs: expected [{unl.shape[0]}, C], got {probs.shape}")
-        elif probs.shape[1] != view.num_classes or view.num_classes < 2:
-            problems.append(f"PoolView.probs: {probs.shape[1]} columns for num_classes={view.num_classes} (needs >= 2)")
-        elif not np.isfinite(probs).all():
-            raise AlctlError("selection: the model's probabilities hold NaN or inf (did training diverge?)")
-    if need_features:
-        feats = np.asarray(view.features)
-        top = max(int(unl.max(initial=-1)), int(lab.max(initial=-1)))
-        if feats.ndim != 2 or feats.shape[0] <= top:
-            problems.append(f"PoolView.features: expected [n > {top}, D], got {feats.shape}")
-    if not problems and (unl.size or lab.size):
-        if min(int(unl.min(initial=0)), int(lab.min(initial=0))) < 0:
-            problems.append("PoolView: negative pool position")
-        else:
-            n = max(int(unl.max(initial=-1)), int(lab.max(initial=-1))) + 1
-            counts = np.bincount(np.concatenate([unl, lab]).astype(np.int64), minlength=n)
-            if counts.max(initial=0) > 1:
-                problems.append("PoolView: a pool position is repeated or both labeled and unlabeled")
-    if problems:
-        raise ValueError("; ".join(problems))
-
-
-def _top_b(scores: np.ndarray, positions: np.ndarray, budget: int) -> np.ndarray:
-    """Positions of the `budget` highest scores, highest first; equal scores: lower pool position first."""
-    if budget == 0:
-        return _EMPTY.copy()
-    order = np.lexsort((positions, -scores.astype(np.float64)))
-    return positions[order[:budget]].astype(np.int64)
-
-
-def make_selection(
-    chosen: np.ndarray, scores: np.ndarray, pseudo_pos: np.ndarray | None = None, pseudo_lab: np.ndarray | None = None
-) -> Selection:
-    """A Selection with the contract's dtypes: chosen [b] int64, scores [n_u] float32, pseudo [m] int64."""
-    return Selection(
-        chosen=np.ascontiguousarray(chosen, dtype=np.int64),
-        scores=np.ascontiguousarray(scores, dtype=np.float32),
-        pseudo_positions=_EMPTY.copy() if pseudo_pos is None else np.ascontiguousarray(pseudo_pos, dtype=np.int64),
-        pseudo_labels=_EMPTY.copy() if pseudo_lab is None else np.ascontiguousarray(pseudo_lab, dtype=np.int64),
-    )
-
-
-# Manifest field of each strategy parameter, for messages.
-PARAM_FIELDS = {"threshold": "active.ceal.threshold", "decay": "active.ceal.decay", "k": "semi.k",
-                "alpha": "semi.alpha", "gamma": "semi.gamma", "tol": "semi.tol", "max_iter": "semi.max_iter"}
-
-
-def number_param(params: Mapping[str, float], key: str, default: float, lo: float, hi: float) -> float:
-    """params[key] (default when absent) as a float in [lo, hi]; a UserError naming the manifest field otherwise."""
-    field = PARAM_FIELDS.get(key, key)
-    value = params.get(key, default)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{field}: expected a number, got {value!r}") from None
-    if not (lo <= value <= hi) or math.isnan(value):
-        raise UserError(f"{field}: must be in [{lo}, {hi}], got {value}")
-    return value
-
-
-# --------------------------------------------------------------------------- greedy k-center
 
 
 def _sq_norms(x: np.ndarray) -> np.ndarray:
@@ -205,12 +82,13 @@ def _exact_min_dist(rows: np.ndarray, centers: np.ndarray, c_sq: np.ndarray, win
 
 
 def kcenter_greedy(
-    features: np.ndarray, centers: np.ndarray, candidates: np.ndarray, budget: int
+    features: np.ndarray | torch.Tensor, centers: np.ndarray, candidates: np.ndarray, budget: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy k-center (Sener & Savarese 2018): `budget` times, pick the candidate farthest (Euclidean)
     from its nearest center, then make it a center.
 
-    features `[n, D]` (cast to float32), centers / candidates: int pool positions (rows of `features`).
+    features `[n, D]` (cast to float32; a numpy array or a torch tensor), centers / candidates: int pool
+    positions (rows of `features`).
     Returns (picked positions `[budget]` int64 in pick order, score `[len(candidates)]` float32 following
     `candidates`). A picked candidate's score is its distance to the nearest center when it was picked;
     any other candidate's score is its distance to the nearest center after all picks, so sorting by
@@ -235,25 +113,43 @@ def kcenter_greedy(
     taken, as `np.argmax` on exact distances would. (With more than `_MAX_REFINE` such near-ties at
     one step, the float32 maximum is taken instead.) Scores of candidates that are not picked carry the
     float32 error of the formula, about 1e-7 * max ||a||^2 on squared distances.
+
+    A CPU torch tensor takes this numpy path (bit-identical to passing its `.numpy()`). A CUDA tensor
+    runs `_kcenter_torch` on its device: the same greedy with one full update per pick (a matrix-vector
+    product, a min, an argmax) and the same float64 re-measurement of near-ties, so the same picks (up
+    to float64 rounding between exactly equidistant candidates); its scores carry float32 rounding of
+    the same size as this path's.
     """
-    feats = np.asarray(features)
-    if feats.ndim != 2:
-        raise ValueError(f"kcenter_greedy: features must be [n, D], got shape {feats.shape}")
+    if is_tensor(features):
+        shape = tuple(features.shape)
+    else:
+        features = np.asarray(features)
+        shape = features.shape
+    if len(shape) != 2:
+        raise ValueError(f"kcenter_greedy: features must be [n, D], got shape {shape}")
     cand = np.asarray(candidates, dtype=np.int64).ravel()
     cent = np.asarray(centers, dtype=np.int64).ravel()
     b = int(budget)
     if b < 0 or b > cand.shape[0]:
         raise ValueError(f"kcenter_greedy: budget {budget} outside [0, {cand.shape[0]}]")
-    n_c = cand.shape[0]
-    if n_c == 0:
-        return _EMPTY.copy(), np.zeros(0, dtype=np.float32)
+    if cand.shape[0] == 0:
+        return EMPTY.copy(), np.zeros(0, dtype=np.float32)
+    if is_tensor(features):
+        if features.device.type != "cpu":
+            return _kcenter_torch(features, cent, cand, b)
+        features = features.detach().numpy()
+    return _kcenter_numpy(features, cent, cand, b)
 
+
+def _kcenter_numpy(feats: np.ndarray, cent: np.ndarray, cand: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """`kcenter_greedy` on host arrays (checked arguments, at least one candidate): lazy greedy, see there."""
+    n_c = cand.shape[0]
     x = np.ascontiguousarray(feats[cand], dtype=np.float32)  # [n_c, D] candidate rows
     dim = x.shape[1]
     center_rows = np.empty((cent.shape[0] + b, dim), dtype=np.float32)  # [n_l + b, D] centers, then picks
     center_rows[: cent.shape[0]] = feats[cent]
     if not (np.isfinite(x).all() and np.isfinite(center_rows[: cent.shape[0]]).all()):
-        raise AlctlError("selection: the features hold NaN or inf (did training diverge?)")
+        raise FloatingPointError(NON_FINITE_FEATURES)
     x_sq = _sq_norms(x)
     n_centers = cent.shape[0]
     c_sq = np.empty(cent.shape[0] + b, dtype=np.float32)
@@ -296,8 +192,7 @@ def kcenter_greedy(
     # Lazy greedy: min_sq[i] is an upper bound, exact (in float32) for the centers before last[i];
     # distances only shrink, so only candidates whose bound reaches the top need bringing up to date.
     # The per-pick products are small or memory-bound: one BLAS thread does them as well, and avoids
-    # spinning threads on a busy machine (measured 1.5 ms vs 8 ms per 49,000 x 128 matrix-vector
-    # product on 2 shared cores).
+    # spinning threads on a busy machine (benchmarks/README.md).
     from threadpoolctl import threadpool_limits
 
     lazy_from = n_centers  # centers from here on are not yet in every min_sq
@@ -401,102 +296,169 @@ def _update(min_sq: np.ndarray, x: np.ndarray, x_sq: np.ndarray, i: int) -> None
     np.minimum(min_sq, d, out=min_sq)
 
 
-# --------------------------------------------------------------------------- strategies
 
 
-def _random(view: PoolView, budget: int, rng: np.random.Generator, params: Mapping[str, float]) -> Selection:
-    """b uniformly random images of U: a uniform score per row, the b highest chosen."""
-    b = check_budget(view, budget)
-    check_view(view)
-    unl = np.asarray(view.unlabeled, dtype=np.int64)
-    scores = rng.random(unl.shape[0], dtype=np.float32)
-    return make_selection(_top_b(scores, unl, b), scores)
+# --------------------------------------------------------------------------- greedy k-center on a device
 
 
-def _uncertainty(view: PoolView, budget: int, rng: np.random.Generator, params: Mapping[str, float]) -> Selection:
-    """The b images of U with the highest softmax entropy."""
-    b = check_budget(view, budget)
-    check_view(view, need_probs=True)
-    unl = np.asarray(view.unlabeled, dtype=np.int64)
-    scores = entropy(view.probs).astype(np.float32)
-    return make_selection(_top_b(scores, unl, b), scores)
+@contextmanager
+def _ieee_float32_matmul() -> Iterator[None]:
+    """CUDA float32 matrix products in full float32 precision (no TF32) inside the block, as the float32
+    rounding bound of `kcenter_greedy` assumes; the process's setting is restored after."""
+    import torch
+
+    mm = torch.backends.cuda.matmul
+    if hasattr(mm, "fp32_precision"):  # torch >= 2.9; reading allow_tf32 after the new API was used raises
+        old = mm.fp32_precision
+        mm.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            mm.fp32_precision = old
+    else:
+        old_flag = mm.allow_tf32
+        mm.allow_tf32 = False
+        try:
+            yield
+        finally:
+            mm.allow_tf32 = old_flag
 
 
-def _coreset(view: PoolView, budget: int, rng: np.random.Generator, params: Mapping[str, float]) -> Selection:
-    """Greedy k-center on the features from the labeled set (Sener & Savarese 2018)."""
+def _sq_norms_t(x: torch.Tensor) -> torch.Tensor:
+    """Squared row norms of float32 `x` `[m, D]`, summed in float64, returned as float32 (on x's device)."""
+    import torch
+
+    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    for s in range(0, x.shape[0], _BLOCK_ROWS * 4):
+        blk = x[s : s + _BLOCK_ROWS * 4].double()
+        out[s : s + blk.shape[0]] = (blk * blk).sum(dim=1)
+    return out
+
+
+def _min_sq_into_t(min_sq: torch.Tensor, x: torch.Tensor, x_sq: torch.Tensor, centers: torch.Tensor,
+                   c_sq: torch.Tensor) -> None:
+    """`_min_sq_into` on torch tensors: min_sq <- min(min_sq, ||x - nearest center||^2) in float32 blocks."""
+    import torch
+
+    for cs in range(0, centers.shape[0], _BLOCK_COLS):
+        cblk = centers[cs : cs + _BLOCK_COLS]
+        csq = c_sq[cs : cs + _BLOCK_COLS]
+        for rs in range(0, x.shape[0], _BLOCK_ROWS):
+            g = x[rs : rs + _BLOCK_ROWS] @ cblk.T  # [rows, cols] float32
+            g *= -2.0
+            g += csq[None, :]
+            part = g.amin(dim=1)
+            part += x_sq[rs : rs + _BLOCK_ROWS]
+            torch.minimum(min_sq[rs : rs + _BLOCK_ROWS], part, out=min_sq[rs : rs + _BLOCK_ROWS])
+
+
+def _exact_min_dist_t(rows: torch.Tensor, centers: torch.Tensor, c_sq: torch.Tensor, window: float) -> torch.Tensor:
+    """`_exact_min_dist` on torch tensors: float64 distance `[m]` of each row to its nearest center, measured
+    as sqrt(sum((c - r)^2)) only for the centers within `window` of the row's float32 minimum."""
+    import torch
+
+    r_sq = _sq_norms_t(rows)
+    best = torch.empty(rows.shape[0], dtype=torch.float64, device=rows.device)
+    chunk = max(1, (1 << 22) // max(1, centers.shape[0]))
+    pair_chunk = max(1, (1 << 22) // max(1, rows.shape[1]))  # (row, center) pairs differenced at once
+    for rs in range(0, rows.shape[0], chunk):
+        r = rows[rs : rs + chunk]
+        d = r @ centers.T  # [rows, centers] float32
+        d *= -2.0
+        d += c_sq[None, :]
+        d += r_sq[rs : rs + chunk, None]
+        limit = d.amin(dim=1) + window
+        ri, ci = torch.nonzero(d <= limit[:, None], as_tuple=True)
+        out = torch.full((r.shape[0],), math.inf, dtype=torch.float64, device=rows.device)
+        for ps in range(0, ri.shape[0], pair_chunk):
+            pr, pc = ri[ps : ps + pair_chunk], ci[ps : ps + pair_chunk]
+            diff = centers[pc].double() - r[pr].double()
+            out.scatter_reduce_(0, pr, (diff * diff).sum(dim=1), reduce="amin")
+        best[rs : rs + r.shape[0]] = out
+    return best.sqrt()
+
+
+def _kcenter_torch(features: torch.Tensor, cent: np.ndarray, cand: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """`kcenter_greedy` on `features`' device (checked arguments, at least one candidate): every pick updates
+    every candidate's squared distance with one matrix-vector product, then takes the argmax; near-ties
+    within the float32 rounding window are re-measured in float64 there. Runs on any device (tests use
+    the CPU); only the picks and the final scores come to the host."""
+    import torch
+
+    dev = features.device
+    with torch.no_grad(), _ieee_float32_matmul():
+        feats = features.detach()
+        n_c, n_centers = cand.shape[0], cent.shape[0]
+        x = feats[torch.from_numpy(cand).to(dev)].to(torch.float32).contiguous()  # [n_c, D] candidate rows
+        dim = x.shape[1]
+        center_rows = torch.empty((n_centers + b, dim), dtype=torch.float32, device=dev)  # centers, then picks
+        center_rows[:n_centers] = feats[torch.from_numpy(cent).to(dev)]
+        if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(center_rows[:n_centers]).all())):
+            raise FloatingPointError(NON_FINITE_FEATURES)
+        x_sq = _sq_norms_t(x)
+        c_sq = torch.empty(n_centers + b, dtype=torch.float32, device=dev)
+        c_sq[:n_centers] = _sq_norms_t(center_rows[:n_centers])
+        max_sq = float(torch.cat([x_sq, c_sq[:n_centers]]).max())
+        window = 2.0 * (dim + 4) * 2.0**-24 * 4.0 * max(max_sq, np.finfo(np.float32).tiny)
+
+        picked: list[int] = []
+        pick_score: list[float] = []
+        if n_centers:
+            min_sq = torch.full((n_c,), math.inf, dtype=torch.float32, device=dev)
+            _min_sq_into_t(min_sq, x, x_sq, center_rows[:n_centers], c_sq[:n_centers])
+        else:
+            # No center: start from the candidate farthest from the candidates' mean (exact, float64).
+            step = _BLOCK_ROWS * 4
+            mean = torch.zeros(dim, dtype=torch.float64, device=dev)
+            for rs in range(0, n_c, step):
+                mean += x[rs : rs + step].double().sum(dim=0)
+            mean /= n_c
+            d_mean = torch.empty(n_c, dtype=torch.float64, device=dev)
+            for rs in range(0, n_c, step):
+                d_mean[rs : rs + step] = ((x[rs : rs + step].double() - mean) ** 2).sum(dim=1)
+            min_sq = d_mean.float()  # the scores when nothing is picked
+            if b:
+                first = int(torch.argmax(d_mean))
+                picked.append(first)
+                pick_score.append(math.inf)
+                min_sq.fill_(math.inf)
+                center_rows[0], c_sq[0] = x[first], x_sq[first]
+                n_centers = 1
+                _min_sq_into_t(min_sq, x, x_sq, center_rows[:1], c_sq[:1])
+                min_sq[first] = -math.inf
+
+        for _ in range(len(picked), b):
+            i = int(torch.argmax(min_sq))  # the first of equal maxima
+            top = float(min_sq[i])
+            near_mask = min_sq >= top - window
+            count = int(near_mask.sum())
+            if count == 1 or count > _MAX_REFINE:
+                score = math.sqrt(max(top, 0.0))
+            else:
+                near = torch.nonzero(near_mask).flatten()  # ascending: candidates order
+                exact = _exact_min_dist_t(x[near], center_rows[:n_centers], c_sq[:n_centers], window)
+                k = int(torch.argmax(exact))
+                i, score = int(near[k]), float(exact[k])
+            picked.append(i)
+            pick_score.append(score)
+            center_rows[n_centers], c_sq[n_centers] = x[i], x_sq[i]
+            n_centers += 1
+            d = torch.mv(x, x[i])
+            d *= -2.0
+            d += x_sq
+            d += x_sq[i]
+            torch.minimum(min_sq, d, out=min_sq)
+            min_sq[i] = -math.inf  # a picked candidate is never picked again
+        min_host = min_sq.cpu().numpy()
+    return _finish(cand, np.asarray(picked, dtype=np.int64), np.asarray(pick_score, dtype=np.float64), min_host)
+
+
+# --------------------------------------------------------------------------- strategy
+
+
+def coreset_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
+    """CoreSet: greedy k-center on the features from the labeled set (`kcenter_greedy`); scores as it returns them."""
     b = check_budget(view, budget)
     check_view(view, need_features=True)
     chosen, scores = kcenter_greedy(view.features, view.labeled, view.unlabeled, b)
     return make_selection(chosen, scores)
-
-
-def _ceal(view: PoolView, budget: int, rng: np.random.Generator, params: Mapping[str, float]) -> Selection:
-    """CEAL (Wang et al. 2017): uncertainty selection, plus pseudo-labels (argmax) on the remaining
-    images of U whose normalised entropy H / log C is below max(0, threshold - decay * cycle)."""
-    b = check_budget(view, budget)
-    check_view(view, need_probs=True)
-    threshold = number_param(params, "threshold", 0.1, 0.0, 1.0)
-    decay = number_param(params, "decay", 0.00033, 0.0, 1.0)
-    unl = np.asarray(view.unlabeled, dtype=np.int64)
-    h = entropy(view.probs)
-    scores = h.astype(np.float32)
-    chosen = _top_b(scores, unl, b)
-    limit = max(0.0, threshold - decay * view.cycle)
-    confident = h / math.log(view.num_classes) < limit
-    confident &= ~np.isin(unl, chosen)
-    order = np.argsort(unl[confident], kind="stable")
-    pseudo_pos = unl[confident][order]
-    pseudo_lab = np.asarray(view.probs)[confident].argmax(axis=1)[order]
-    return make_selection(chosen, scores, pseudo_pos, pseudo_lab)
-
-
-def _jlp(view: PoolView, budget: int, rng: np.random.Generator, params: Mapping[str, float]) -> Selection:
-    """jLP (Siméoni et al.): diffusion-based selection, implemented in `alctl.propagate.jlp_select`."""
-    b = check_budget(view, budget)
-    from alctl.propagate import jlp_select
-
-    return jlp_select(view, b, rng, params)
-
-
-STRATEGIES: dict[str, StrategyFn] = {
-    "random": _random,
-    "uncertainty": _uncertainty,
-    "coreset": _coreset,
-    "ceal": _ceal,
-    "jlp": _jlp,
-}
-
-
-def get_strategy(name: str) -> StrategyFn:
-    """The acquisition function registered under `name`; a UserError listing the valid names otherwise."""
-    try:
-        return STRATEGIES[name]
-    except (KeyError, TypeError):
-        raise UserError(f"active.strategy: unknown strategy '{name}'; valid: {', '.join(sorted(STRATEGIES))}") from None
-
-
-def select(
-    name: str,
-    view: PoolView,
-    budget: int,
-    rng: np.random.Generator,
-    params: Mapping[str, float] | None = None,
-) -> Selection:
-    """Run strategy `name` on `view` for `budget` images and check its answer against the contract."""
-    fn = get_strategy(name)
-    b = check_budget(view, budget)
-    sel = fn(view, b, rng, {} if params is None else params)
-    unl = np.asarray(view.unlabeled, dtype=np.int64)
-    chosen = np.asarray(sel.chosen)
-    problems = []
-    if chosen.shape != (b,):
-        problems.append(f"chosen has shape {chosen.shape}, expected ({b},)")
-    elif np.unique(chosen).shape[0] != b or not np.isin(chosen, unl).all():
-        problems.append("chosen repeats a position or holds one that is not unlabeled")
-    if np.asarray(sel.scores).shape != unl.shape:
-        problems.append(f"scores has shape {np.asarray(sel.scores).shape}, expected {unl.shape}")
-    if np.asarray(sel.pseudo_positions).shape != np.asarray(sel.pseudo_labels).shape:
-        problems.append("pseudo_positions and pseudo_labels differ in shape")
-    if problems:
-        raise RuntimeError(f"strategy '{name}' broke the Selection contract: " + "; ".join(problems))
-    return sel

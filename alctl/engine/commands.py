@@ -1,0 +1,238 @@
+"""One function per CLI command: plan the tasks, call the engine, say what was done."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alctl import manifest as mf
+from alctl import runtime, store
+from alctl.console import Ui
+from alctl.data import DatasetSplits
+from alctl.engine import checkpoint
+from alctl.engine.cycle import new_model, run_task
+from alctl.engine.pretraining import ensure_pretrained, pretrain_key, pretrain_paths
+from alctl.engine.steps import PropagationOutcome, acquire, propagate_pool
+from alctl.engine.tables import TaskTables
+from alctl.engine.workspace import (
+    check_oracle, dataset_for, one_task, plan, select_task, task_config_hash, task_dir, task_lock, write_run_manifest,
+)
+from alctl.errors import UserError
+from alctl.labels import filled_ids, read_labels
+from alctl.models import ConvLarge
+from alctl.sheet import contact_sheet
+from alctl.train import predict
+
+
+def cycle_command(manifest_path: str | Path, task: int | None, cycles: int | None, ui: Ui) -> int:
+    """`alctl cycle`: run or resume the chosen tasks; returns the number of cycles run."""
+    m, all_tasks = plan(manifest_path)
+    chosen = select_task(all_tasks, task)
+    for t in chosen:  # fail early (exit 2) on missing data, before anything is written
+        check_oracle(t.config, dataset_for(t.config))
+    write_run_manifest(m)
+    ran = 0
+    with runtime.Preemption() as stop:
+        for t in chosen:
+            ran += run_task(t, ui, manifest_path, cycles, stop)
+    if ran == 0 and len(chosen) > 1:
+        ui.line(f"run {mf.run_dir(m)}: no cycle left to run for its {len(chosen)} tasks, nothing to do")
+    return ran
+
+
+def pretrain_command(manifest_path: str | Path, ui: Ui) -> int:
+    """`alctl pretrain`: train every distinct encoder the manifest's +PRE tasks need; returns how many were trained."""
+    m, all_tasks = plan(manifest_path)
+    seen: set[str] = set()
+    trained = 0
+    with runtime.Preemption() as stop:
+        for t in all_tasks:
+            if t.config.pretrain.method == "none" or t.config.pretrain.weights is not None:
+                continue
+            ds = dataset_for(t.config)
+            key = pretrain_key(t.config, ds)
+            if key in seen:
+                continue
+            seen.add(key)
+            write_run_manifest(m)
+            path = pretrain_paths(t.config, key)["weights"]
+            if path.is_file():
+                ui.line(f"pre-training {key}: already done ({path})")
+                continue
+            device = runtime.choose_device(t.config.train.device)
+            _, seconds = ensure_pretrained(t.config, ds, device, ui, stop)
+            trained += 1
+            ui.line(f"pre-training {key}: wrote {path} in {seconds:.1f}s")
+    if not seen:
+        raise UserError("pretrain.method: no task of this manifest uses deepcluster (set pretrain.method or sweep it)")
+    return trained
+
+
+def _require_model(task: mf.Task, tables: TaskTables, manifest_path: str | Path) -> Path:
+    """The path of the task's trained model; UserError (exit 2) when there is none yet."""
+    path = tables.checkpoints / "model.pt"
+    if not path.is_file():
+        raise UserError(f"{path}: no trained model yet; run `alctl cycle {manifest_path} --task {task.index}` first")
+    return path
+
+
+def load_task_model(task: mf.Task, ds: DatasetSplits, tables: TaskTables, device: torch.device,
+                    manifest_path: str | Path) -> tuple[ConvLarge, int]:
+    """The task's current model (latest finished cycle) and that cycle; exit 2 when none is trained yet."""
+    path = _require_model(task, tables, manifest_path)
+    ckpt = checkpoint.load(path, "an alctl model checkpoint", device)
+    if ckpt.get("task_hash") != task_config_hash(task.config):
+        raise UserError(f"{path}: trained with another configuration (hash {ckpt.get('task_hash')}); rerun `alctl cycle`")
+    model = new_model(task.config, ds, task.rep, int(ckpt["cycle"]), device)
+    model.load_state_dict(ckpt["model"])
+    return model, int(ckpt["cycle"])
+
+
+def select_command(manifest_path: str | Path, task_index: int | None, export: Path | None, ui: Ui) -> np.ndarray:
+    """`alctl select`: the images to label next (the pending selection of a human-oracle task, else one acquisition
+    on the current model), printed and with --export written as to_label.csv + contact_sheet.png; positions [b]."""
+    task = one_task(manifest_path, task_index)
+    if export is not None:
+        _check_export_dir(export)
+    config = task.config
+    ds = dataset_for(config)
+    device = runtime.choose_device(config.train.device)
+    tables = TaskTables(task_dir(task), ds)
+    pool = tables.read_pool()
+    images = ds.train_images.to(device)
+    pending = np.zeros(0, np.int64) if pool is None else pool.pending()
+    model: ConvLarge | None = None
+    if len(pending) and not (tables.checkpoints / "model.pt").is_file():  # the initial set, before any training
+        chosen, score_of = pending, {}
+        what = "the initial set, waiting for labels"
+    elif len(pending):
+        model, cycle = load_task_model(task, ds, tables, device, manifest_path)
+        chosen, score_of = pending, tables.scores_of(cycle)
+        what = f"selected at cycle {cycle}, waiting for labels"
+    else:
+        model, cycle = load_task_model(task, ds, tables, device, manifest_path)
+        assert pool is not None  # a model implies a pool
+        sel = acquire(config, task.rep, ds, pool, model, images, cycle)
+        chosen = sel.chosen
+        score_of = dict(zip(tables.ids[pool.unlabeled].tolist(), sel.scores.tolist()))
+        what = f"next acquisition ({config.active.strategy}) on the cycle-{cycle} model"
+    ids = tables.ids[chosen]
+    ui.line(f"[task {task.index} {task.key}] {len(chosen)} images to label, {what}:")
+    ui.line(" ".join(str(int(i)) for i in ids))
+    if export is not None:
+        import_cmd = f"alctl label {manifest_path} --task {task.index} --labels {export / 'to_label.csv'}"
+        _check_export_dir(export, ids, import_cmd)
+        export_selection(export, ds, model, images, chosen, score_of)
+        then = ("this task's oracle is simulated (active.oracle), so `alctl cycle` labels these itself: nothing to"
+                " import" if config.active.oracle == "simulated" else f"fill the label column and run `{import_cmd}`")
+        ui.line(f"wrote {export / 'to_label.csv'} and {export / 'contact_sheet.png'}; {then}")
+    return chosen
+
+
+def _check_export_dir(export: Path, ids: np.ndarray | None = None, import_hint: str = "") -> None:
+    """--export must be a directory or not exist yet; given the sample ids about to be exported [b], its
+    to_label.csv, if any, must hold no filled-in label for any of them (a person's work not imported yet is never
+    overwritten; UserError naming the import command otherwise)."""
+    if export.exists() and not export.is_dir():
+        raise UserError(f"--export: {export} is a file; give a directory (to_label.csv and contact_sheet.png go there)")
+    sheet = export / "to_label.csv"
+    if ids is None or not sheet.is_file():
+        return
+    try:
+        filled = filled_ids(sheet) & set(ids.tolist())
+    except UserError as exc:
+        raise UserError(f"--export: {sheet} exists but is not a labels sheet ({exc.problems[0]}); move it away"
+                        " first") from None
+    if filled:
+        raise UserError(f"--export: {sheet} already holds {len(filled)} filled-in label(s) of these images; import"
+                        f" them with `{import_hint}` or move the file away, then export again")
+
+
+def export_selection(
+    export: Path, ds: DatasetSplits, model: ConvLarge | None, images: torch.Tensor, chosen: np.ndarray,
+    score_of: dict[int, float],
+) -> None:
+    """to_label.csv (sample_id, path, score, the model's top-3 predictions, empty label column) and a contact
+    sheet of the chosen pool positions [b]; without a model yet (the initial set) the prediction columns are empty."""
+    ids = ds.train_ids.numpy()[chosen]
+    sub = images[torch.from_numpy(chosen).to(images.device)]
+    k = min(3, ds.num_classes)
+    if model is not None:
+        probs, _ = predict(model, sub, ds.mean, ds.std)
+        top_p, top_c = (a.cpu().numpy() for a in probs.topk(k, dim=1))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["sample_id", "path", "score"] + [f"{h}{j}" for j in range(1, k + 1) for h in ("top", "p")]
+                    + ["label"])
+    paths = ds.train_paths
+    captions = []
+    for row, (sid, pos) in enumerate(zip(ids.tolist(), chosen.tolist())):
+        if model is None:
+            preds, guess = [""] * (2 * k), ""
+        else:
+            preds = [v for j in range(k) for v in (ds.classes[int(top_c[row, j])], f"{float(top_p[row, j]):.4f}")]
+            guess = f"\n{preds[0]} {float(top_p[row, 0]):.2f}"
+        score = score_of.get(int(sid))
+        writer.writerow([sid, "" if paths is None else paths[pos], "" if score is None else f"{score:.6g}"] + preds
+                        + [""])
+        captions.append(f"{sid}{guess}")
+    store.atomic_write_bytes(export / "to_label.csv", buf.getvalue().encode())
+    contact_sheet(sub.cpu(), captions, export / "contact_sheet.png")
+
+
+def label_command(manifest_path: str | Path, task_index: int | None, labels_file: Path, ui: Ui) -> int:
+    """`alctl label`: import a person's labels for the pending selection; all-or-nothing; returns rows imported."""
+    task = one_task(manifest_path, task_index)
+    ds = dataset_for(task.config)
+    tables = TaskTables(task_dir(task), ds)
+    with task_lock(task):
+        pool = tables.read_pool()
+        if pool is None:
+            raise UserError(f"--task: task {task.index} has not started; run `alctl cycle {manifest_path}` first")
+        sample_ids, labels = read_labels(labels_file, tables.ids, tables.ids[pool.pending()], ds.classes)
+        pos = tables.positions(sample_ids)
+        pool.apply_labels(pos, labels, "human")
+        tables.write_pool(pool)
+    left = len(pool.pending())
+    ui.line(f"[task {task.index} {task.key}] imported {len(pos)} labels from {labels_file};"
+            + (f" {left} selected images still wait for labels" if left else
+               f" the selection is complete: run `alctl cycle {manifest_path}` to continue"))
+    return len(pos)
+
+
+def propagate_command(manifest_path: str | Path, task_index: int | None, ui: Ui) -> PropagationOutcome:
+    """`alctl propagate`: label propagation with the task's current model; writes pseudo rows and pseudo accuracy."""
+    task = one_task(manifest_path, task_index)
+    config = task.config
+    ds = dataset_for(config)
+    device = runtime.choose_device(config.train.device)
+    tables = TaskTables(task_dir(task), ds)
+    _require_model(task, tables, manifest_path)  # refused before the lock: a refusal writes nothing
+    with task_lock(task):
+        model, cycle = load_task_model(task, ds, tables, device, manifest_path)  # the latest, under the lock
+        pool = tables.read_pool()
+        assert pool is not None
+        labeled = pool.labeled_at(cycle)
+        t0 = time.perf_counter()
+        prop = propagate_pool(config, ds, model, ds.train_images.to(device), labeled, pool.label[labeled],
+                              mf.cycle_epochs(config))
+        seconds = time.perf_counter() - t0
+        u = prop.unlabeled
+        tables.replace_propagation(cycle, prop.epoch, u, prop.labels[u], prop.weights[u])
+        kept = ""
+        if prop.accuracy is not None:
+            # fill the cycle's pseudo-label accuracy where its training recorded none (a plain task); a +SEMI
+            # task's own value, measured on the propagation its training used, is kept
+            if tables.fill_pseudo_accuracy(cycle, prop.accuracy, prop.accuracy_top_half) is False:
+                kept = "; metrics keep the accuracy already recorded for that cycle"
+    acc = "" if prop.accuracy is None else (
+        f"; pseudo-labels {100 * prop.accuracy:.2f}% correct, {100 * (prop.accuracy_top_half or 0):.2f}% among the"
+        f" most certain half{kept}")
+    ui.line(f"[task {task.index} {task.key}] cycle-{cycle} model: propagated {len(labeled)} labels to {len(u)} images"
+            f" in {seconds:.1f}s{acc}; wrote {tables.path('pseudo')}")
+    return prop

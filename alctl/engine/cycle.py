@@ -1,0 +1,330 @@
+"""One task's loop, resumable: train on L (+ pseudo-labels), evaluate, select b images, label them, repeat.
+
+A cycle is finished when its metrics row exists; an interrupted cycle is rolled back and redone, resuming its
+training from checkpoints/train.pt (model, optimizer, generators, targets, seconds, last propagation).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alctl import manifest as mf
+from alctl import runtime
+from alctl.console import Ui
+from alctl.data import DatasetSplits
+from alctl.engine import checkpoint, settings
+from alctl.engine.pretraining import ensure_pretrained
+from alctl.engine.steps import PropagationOutcome, acquire, propagate_pool
+from alctl.engine.tables import PoolState, TaskTables, new_pool
+from alctl.engine.workspace import check_task_dir, dataset_for, task_config_hash, task_dir, task_lock
+from alctl.errors import Preempted, UserError
+from alctl.models import ConvLarge, build_model
+from alctl.pretrain import load_encoder
+from alctl.propagate import class_weights, sample_by_certainty
+from alctl.store import Lock
+from alctl.strategies import Selection
+from alctl.train import FitState, Targets, evaluate, fit, make_optimizer
+
+TARGET_ARRAYS = ("labeled_pos", "labeled_y", "pseudo_pos", "pseudo_y", "pseudo_w", "class_w")
+
+
+def new_model(config: mf.Manifest, ds: DatasetSplits, rep: int, cycle: int, device: torch.device,
+              encoder: dict[str, torch.Tensor] | None = None) -> ConvLarge:
+    """A freshly initialised network for one cycle (seeded from seed, repetition, cycle), from `encoder` when +PRE."""
+    runtime.seed_torch(config.seed, rep, cycle, "init")
+    model = build_model(ds.train_images.shape[1], ds.num_classes, config.model.width, config.model.dropout)
+    if encoder is not None:
+        try:
+            load_encoder(model, encoder)
+        except ValueError as exc:
+            raise UserError(f"pretrain.weights: {exc}") from None
+    return model.to(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process (CUDA: allocated on the device; CPU: max resident set)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class TaskContext:
+    """Everything one task's cycles share."""
+
+    task: mf.Task
+    ds: DatasetSplits
+    tables: TaskTables
+    device: torch.device
+    encoder: dict[str, torch.Tensor] | None
+    stop: Callable[[], bool]
+    lock: Lock | None = None
+    on_epoch: Callable[[], None] = lambda: None
+    images: torch.Tensor = field(init=False)  # [N, C, H, W] uint8 pool images on the device
+    test_images: torch.Tensor = field(init=False)  # [n_test, C, H, W] uint8 on the device
+    test_labels: torch.Tensor = field(init=False)  # [n_test] int64 on the device
+    hash: str = field(init=False)  # the task's configuration hash, recorded in checkpoints and metrics
+
+    def __post_init__(self) -> None:
+        """Pool and test images on the training device; the configuration hash."""
+        self.images = self.ds.train_images.to(self.device)
+        self.test_images, self.test_labels = self.ds.test_images.to(self.device), self.ds.test_labels.to(self.device)
+        self.hash = task_config_hash(self.config)
+
+    @property
+    def config(self) -> mf.Manifest:
+        """The task's resolved configuration."""
+        return self.task.config
+
+
+@dataclass
+class CycleResult:
+    """What one cycle produced."""
+
+    accuracy: float
+    loss: float
+    n_labeled: int
+    n_pseudo: int
+    seconds: dict[str, float]
+    selection: Selection | None
+    propagation: PropagationOutcome | None = None
+
+
+class CycleTraining:
+    """The training of one cycle: model, generator, targets, the last propagation and the time spent, which a
+    checkpoint carries over to the process that resumes it."""
+
+    def __init__(self, ctx: TaskContext, pool: PoolState, cycle: int) -> None:
+        """A fresh (or encoder-initialised) model for `cycle` on the pool's labels at that cycle."""
+        self.ctx, self.pool, self.cycle = ctx, pool, cycle
+        config = ctx.config
+        self.labeled = pool.labeled_at(cycle)
+        self.targets = Targets(labeled_pos=self.labeled, labeled_y=pool.label[self.labeled])
+        if config.active.strategy == "ceal":
+            pos, ys = ctx.tables.ceal_pseudo(cycle)
+            if len(pos):
+                self.targets.pseudo_pos, self.targets.pseudo_y = pos, ys
+                self.targets.pseudo_w = np.ones(len(pos), np.float32)
+        self.n_pseudo = len(self.targets.pseudo_pos)
+        self.model = new_model(config, ctx.ds, ctx.task.rep, cycle, ctx.device, ctx.encoder)
+        self.generator = runtime.torch_generator(config.seed, ctx.task.rep, cycle, "train", device="cpu")
+        self.spec = settings.train_spec(config.train)
+        self.path = ctx.tables.checkpoints / "train.pt"
+        self.seconds: dict[str, float] = {}  # train and propagate, including earlier processes' share
+        self.carried = 0.0  # seconds spent on this cycle by earlier processes (resumed from a checkpoint)
+        self.propagation: PropagationOutcome | None = None
+        self._started = 0.0
+
+    def _resume(self) -> FitState | None:
+        """The state of an interrupted training of this cycle and configuration, restored; else None."""
+        if not self.path.is_file():
+            return None
+        ckpt = checkpoint.load(self.path, "an alctl training checkpoint", self.ctx.device)
+        if ckpt.get("cycle") != self.cycle or ckpt.get("task_hash") != self.ctx.hash:
+            return None
+        self.model.load_state_dict(ckpt["model"])
+        optimizer = make_optimizer(self.model, self.spec)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        self.generator.set_state(ckpt["generator"].cpu())
+        checkpoint.set_rng_states(ckpt["rng"], self.ctx.device)
+        targets = Targets(**checkpoint.tensors_to_arrays(ckpt["targets"]))
+        self.seconds.update(ckpt["seconds"])
+        if ckpt.get("propagation") is not None:
+            self.propagation = PropagationOutcome.from_plain(ckpt["propagation"])
+        batches = ckpt["batches"]
+        return FitState(epoch=int(ckpt["epoch"]), model=self.model, optimizer=optimizer, targets=targets,
+                        step=int(ckpt["step"]), batches=None if batches is None else [b.cpu() for b in batches])
+
+    def _refresh(self, epoch: int) -> Targets:
+        """+SEMI: label propagation on the current model's features; the pseudo-labeled targets of the next epochs."""
+        config, s, labels = self.ctx.config, self.ctx.config.semi, self.pool.label[self.labeled]
+        t0 = time.perf_counter()
+        prop = propagate_pool(config, self.ctx.ds, self.model, self.ctx.images, self.labeled, labels, epoch)
+        self.propagation = prop
+        u = prop.unlabeled
+        if s.selection == "prob":
+            rng = runtime.rng(config.seed, self.ctx.task.rep, self.cycle, f"pseudo-subset-{epoch}")
+            u = u[sample_by_certainty(prop.weights[u], s.fraction, rng)]
+        cw = class_weights(np.concatenate([labels, prop.labels[u]]), self.ctx.ds.num_classes)
+        self.seconds["propagate"] = self.seconds.get("propagate", 0.0) + time.perf_counter() - t0
+        return Targets(labeled_pos=self.labeled, labeled_y=labels, pseudo_pos=u, pseudo_y=prop.labels[u],
+                       pseudo_w=prop.weights[u], class_w=cw)
+
+    def _account(self) -> None:
+        """seconds["train"] = time spent so far (this process and earlier ones) less propagation."""
+        elapsed = self.carried + time.perf_counter() - self._started
+        self.seconds["train"] = elapsed - self.seconds.get("propagate", 0.0)
+
+    def _checkpoint(self, state: FitState) -> None:
+        """Save everything needed to resume after this step (tensors, numbers, strings only)."""
+        self._account()
+        checkpoint.save(self.path, {
+            "cycle": self.cycle, "task_hash": self.ctx.hash, "epoch": state.epoch, "step": state.step,
+            "batches": state.batches, "model": self.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+            "generator": self.generator.get_state(), "rng": checkpoint.rng_states(self.ctx.device),
+            "targets": checkpoint.arrays_to_tensors({k: getattr(state.targets, k) for k in TARGET_ARRAYS}),
+            "seconds": dict(self.seconds),
+            "propagation": None if self.propagation is None else self.propagation.to_plain(),
+        })
+        if self.ctx.lock is not None:
+            self.ctx.lock.beat()
+
+    def run(self) -> ConvLarge:
+        """Train (or resume) to the end of the cycle's epochs; Preempted after a checkpoint when stopped."""
+        ctx = self.ctx
+        resume = self._resume()
+        semi = None
+        if ctx.config.semi.method == "label-propagation":
+            semi = settings.semi_spec(ctx.config.semi, self._refresh)
+        self._started = time.perf_counter()
+        self.carried = self.seconds.get("train", 0.0) + self.seconds.get("propagate", 0.0)
+
+        def on_epoch(state: FitState) -> None:
+            self._checkpoint(state)
+            ctx.on_epoch()
+
+        state = fit(self.model, ctx.images, self.targets, self.spec, ctx.ds.mean, ctx.ds.std, self.generator,
+                    semi=semi, resume=resume, on_epoch=on_epoch, should_stop=ctx.stop)
+        if state.stopped:
+            self._checkpoint(state)
+            where = f"epoch {state.epoch}" + (f" step {state.step}" if state.step else "")
+            raise Preempted(f"task {ctx.task.index} ({ctx.task.key}) stopped at cycle {self.cycle} {where};"
+                            " checkpoint saved, rerun the same command to resume")
+        self._account()
+        if semi is not None:
+            self.n_pseudo = len(state.targets.pseudo_pos)  # pseudo-labeled images used since the last propagation
+        return self.model
+
+
+def run_cycle(ctx: TaskContext, pool: PoolState, cycle: int, last: bool) -> CycleResult:
+    """Train from scratch (or the encoder) on the labeled set (+ pseudo-labels), evaluate, select unless last."""
+    config, ds, tables = ctx.config, ctx.ds, ctx.tables
+    training = CycleTraining(ctx, pool, cycle)
+    model = training.run()
+    seconds = dict(training.seconds)
+    seconds["carried"] = training.carried
+    t0 = time.perf_counter()
+    if len(ctx.test_labels):
+        accuracy, loss = evaluate(model, ctx.test_images, ctx.test_labels, ds.mean, ds.std,
+                                  config.train.eval_batch_size)
+    else:  # an image folder without a test tree
+        accuracy, loss = float("nan"), float("nan")
+    seconds["eval"] = time.perf_counter() - t0
+    checkpoint.save(tables.checkpoints / "model.pt", {"model": model.state_dict(), "cycle": cycle,
+                                                      "task_hash": ctx.hash})
+    prop = training.propagation
+    if prop is not None:
+        u = prop.unlabeled
+        tables.replace_propagation(cycle, prop.epoch, u, prop.labels[u], prop.weights[u])
+    selection = None
+    if not last:
+        t0 = time.perf_counter()
+        selection = acquire(config, ctx.task.rep, ds, pool, model, ctx.images, cycle)
+        tables.append_selection(cycle, config.active.strategy, pool.unlabeled, selection.chosen, selection.scores,
+                                selection.pseudo_positions, selection.pseudo_labels)
+        seconds["select"] = time.perf_counter() - t0
+    return CycleResult(accuracy, loss, len(pool.labeled_at(cycle)), training.n_pseudo, seconds, selection, prop)
+
+
+def _metrics_row(ctx: TaskContext, cycle: int, res: CycleResult, seconds_pretrain: float) -> dict[str, object]:
+    """The cycle's metrics row."""
+    task, prop, s = ctx.task, res.propagation, res.seconds
+    return {
+        "task": task.index, "task_key": task.key, "strategy": ctx.config.active.strategy, "variant": task.variant,
+        "rep": task.rep, "cycle": cycle, "n_labeled": res.n_labeled, "n_pseudo": res.n_pseudo,
+        "accuracy": res.accuracy, "loss": res.loss,
+        "pseudo_accuracy": None if prop is None else prop.accuracy,
+        "pseudo_accuracy_top_half": None if prop is None else prop.accuracy_top_half,
+        "seconds_pretrain": seconds_pretrain, "seconds_train": s.get("train", 0.0), "seconds_eval": s.get("eval", 0.0),
+        "seconds_propagate": s.get("propagate", 0.0), "seconds_select": s.get("select", 0.0),
+        "seconds_total": s["total"], "peak_memory_mb": _peak_memory_mb(ctx.device), "device": str(ctx.device),
+        "manifest_hash": ctx.hash,
+    }
+
+
+def _cycle_line(tag: str, cycle: int, res: CycleResult) -> str:
+    """The log line of a finished cycle."""
+    s = res.seconds
+    acc = "n/a (no test images)" if np.isnan(res.accuracy) else f"{100 * res.accuracy:.2f}%"
+    pl = "" if res.propagation is None or res.propagation.accuracy is None else (
+        f", pseudo-labels {100 * res.propagation.accuracy:.1f}% correct")
+    return (f"{tag} cycle {cycle}: {res.n_labeled} labels, accuracy {acc}{pl} | train {s.get('train', 0):.1f}s"
+            f" propagate {s.get('propagate', 0):.1f}s eval {s.get('eval', 0):.1f}s select {s.get('select', 0):.1f}s"
+            f" total {s['total']:.1f}s")
+
+
+def waiting_message(task: mf.Task, manifest_path: str | Path, n: int, cycle: int) -> str:
+    """What a person must do for a task that waits for labels."""
+    return (
+        f"[task {task.index} {task.key}] waiting for labels: {n} images selected for cycle {cycle} are not labeled yet."
+        f" Export them with `alctl select {manifest_path} --task {task.index} --export DIR`, fill the label column"
+        f" of DIR/to_label.csv, import it with `alctl label {manifest_path} --task {task.index} --labels"
+        f" DIR/to_label.csv`, then rerun `alctl cycle {manifest_path}`"
+    )
+
+
+def run_task(task: mf.Task, ui: Ui, manifest_path: str | Path, max_cycles: int | None = None,
+             stop: Callable[[], bool] = lambda: False) -> int:
+    """Run (or resume) one task's cycles under its lock; returns the number of cycles run now."""
+    config = task.config
+    ds = dataset_for(config)
+    device = runtime.choose_device(config.train.device)
+    check_task_dir(task)
+    tables = TaskTables(task_dir(task), ds)
+    total = config.active.cycles if max_cycles is None else min(max_cycles, config.active.cycles)
+    tag = f"[task {task.index} {task.key}]"
+    with task_lock(task) as lock:
+        done = tables.finished_cycles()
+        if done >= total:
+            ui.line(f"{tag} finished: {done}/{config.active.cycles} cycles already done, nothing to do")
+            return 0
+        for line in ds.skipped:
+            ui.warn(f"skipped unreadable image {line}")
+        truth = ds.train_labels.numpy()
+        pool = tables.read_pool()
+        if pool is None:
+            pool = new_pool(config, task.rep, ds)
+        else:  # an interrupted cycle may have written its selection before its metrics row: undo and redo it
+            pool.rollback(done)
+            tables.rollback(done)
+        tables.write_pool(pool)
+        encoder, seconds_pretrain = None, 0.0
+        if config.pretrain.method != "none":
+            encoder, seconds_pretrain = ensure_pretrained(config, ds, device, ui, stop)
+        ctx = TaskContext(task, ds, tables, device, encoder, stop, lock)
+        ran = 0
+        with ui.progress() as prog:
+            bar = prog.add_task(f"task {task.index}", total=total * mf.cycle_epochs(config),
+                                completed=done * mf.cycle_epochs(config))
+            ctx.on_epoch = lambda: prog.advance(bar)
+            for cycle in range(done, total):
+                if len(pool.pending(cycle)):
+                    break  # a person has not labeled this cycle's images yet
+                started = time.perf_counter()
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                res = run_cycle(ctx, pool, cycle, last=cycle == config.active.cycles - 1)
+                if res.selection is not None:
+                    chosen = res.selection.chosen
+                    pool.mark_selected(chosen, cycle + 1)
+                    if config.active.oracle == "simulated":
+                        pool.apply_labels(chosen, truth[chosen], "oracle")  # the simulated oracle answers
+                    tables.write_pool(pool)
+                res.seconds["total"] = time.perf_counter() - started + res.seconds["carried"]
+                tables.append_metrics(_metrics_row(ctx, cycle, res, seconds_pretrain if cycle == done else 0.0))
+                (tables.checkpoints / "train.pt").unlink(missing_ok=True)
+                ran += 1
+                ui.line(_cycle_line(tag, cycle, res))
+                if stop():
+                    raise Preempted(f"task {task.index} ({task.key}) stopped after cycle {cycle}; rerun to resume")
+        waiting = pool.pending()
+        if len(waiting):
+            ui.line(waiting_message(task, manifest_path, len(waiting), int(pool.labeled_cycle[waiting].max())))
+    return ran

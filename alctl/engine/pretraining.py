@@ -1,0 +1,163 @@
+"""+PRE orchestration: one DeepCluster encoder per key under runs/<name>/pretrain/, trained once under a lock,
+resumed after an interruption, checked against the task when loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from alctl import manifest as mf
+from alctl import runtime, store
+from alctl.console import Ui
+from alctl.data import DatasetSplits
+from alctl.engine import checkpoint, settings
+from alctl.errors import Preempted, UserError
+from alctl.models import ConvLarge, build_model
+from alctl.pretrain import EpochStats, PretrainState, deepcluster, encoder_state
+
+ENCODER_FILE = "an alctl encoder file"
+
+
+def pretrain_key(config: mf.Manifest, ds: DatasetSplits) -> str:
+    """Hash of what determines the encoder: dataset, input shape, model, augmentation, pretrain settings, seed."""
+    payload = {
+        "dataset": config.dataset.model_dump(mode="json"), "input": list(ds.train_images.shape[1:]),
+        "model": config.model.model_dump(mode="json"),
+        "augment": {"translate": config.train.translate, "flip": config.train.flip},
+        "pretrain": config.pretrain.model_dump(mode="json", exclude={"method", "weights"}), "seed": config.seed,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _encoder_settings(config: mf.Manifest, ds: DatasetSplits, key: str) -> dict[str, Any]:
+    """What an encoder file records about itself, compared when it is loaded."""
+    return {"key": key, "dataset": config.dataset.name, "input": list(ds.train_images.shape[1:]),
+            "width": config.model.width, "pretrain": config.pretrain.model_dump(mode="json", exclude={"weights"}),
+            "seed": config.seed}
+
+
+def pretrain_paths(config: mf.Manifest, key: str) -> dict[str, Path]:
+    """Files of one pre-training under runs/<name>/pretrain/."""
+    base = mf.run_dir(config) / "pretrain"
+    return {"weights": base / f"{key}.pt", "settings": base / f"{key}.yaml", "metrics": base / f"{key}.parquet",
+            "checkpoint": base / f"{key}.ckpt.pt", "lock": base / f"{key}.lock"}
+
+
+def load_encoder_file(path: Path, config: mf.Manifest, ds: DatasetSplits) -> dict[str, torch.Tensor]:
+    """Encoder weights from a file written by `alctl pretrain` (weights_only), checked against the task's
+    dataset and model."""
+    if not path.is_file():
+        raise UserError(f"pretrain.weights: {path} not found; run `alctl pretrain MANIFEST` or fix the path")
+    payload = checkpoint.load(path, ENCODER_FILE, field="pretrain.weights")
+    if not isinstance(payload.get("encoder"), dict):
+        raise UserError(f"pretrain.weights: {path} is not {ENCODER_FILE} (no 'encoder' entry)")
+    saved = payload.get("settings", {})
+    saved = saved if isinstance(saved, dict) else {}
+    want = {"dataset": config.dataset.name, "input": list(ds.train_images.shape[1:]), "width": config.model.width}
+    for name, value in want.items():
+        if saved.get(name) != value:
+            raise UserError(
+                f"pretrain.weights: {path} was pre-trained with {name} {saved.get(name)!r}, this task has {value!r};"
+                " pre-train for this configuration (`alctl pretrain MANIFEST`) or use matching weights"
+            )
+    return payload["encoder"]
+
+
+def ensure_pretrained(
+    config: mf.Manifest, ds: DatasetSplits, device: torch.device, ui: Ui, stop: Callable[[], bool]
+) -> tuple[dict[str, torch.Tensor], float]:
+    """The encoder weights of a +PRE task, training (or resuming) DeepCluster once under a lock if missing.
+
+    Returns (weights, seconds spent pre-training in this call). Concurrent tasks wait for the one that trains.
+    """
+    if config.pretrain.weights is not None:
+        return load_encoder_file(Path(config.pretrain.weights), config, ds), 0.0
+    key = pretrain_key(config, ds)
+    paths = pretrain_paths(config, key)
+    if paths["weights"].is_file():
+        return load_encoder_file(paths["weights"], config, ds), 0.0
+    lock = store.Lock(paths["lock"], f"pre-training {key}")
+    lock.wait(on_wait=lambda owner: ui.line(
+        f"pre-training {key} is running in process {owner.get('pid')} on {owner.get('host')}; waiting for it"))
+    try:
+        if paths["weights"].is_file():  # finished by the process we waited for
+            return load_encoder_file(paths["weights"], config, ds), 0.0
+        started = time.perf_counter()
+        _run_pretrain(config, ds, device, key, paths, ui, stop, lock)
+        return load_encoder_file(paths["weights"], config, ds), time.perf_counter() - started
+    finally:
+        lock.release()
+
+
+def _state_to_plain(state: PretrainState) -> dict[str, Any]:
+    """A PretrainState as tensors, numbers and strings (weights_only checkpoint)."""
+    prev = state.previous_assign
+    return {"epoch": state.epoch, "body_optimizer": state.body_optimizer,
+            "previous_assign": None if prev is None else torch.from_numpy(prev),
+            "history": [dataclasses.asdict(e) for e in state.history]}
+
+
+def _state_from_plain(d: dict[str, Any]) -> PretrainState:
+    """Inverse of `_state_to_plain`."""
+    prev = d["previous_assign"]
+    return PretrainState(epoch=int(d["epoch"]), body_optimizer=d["body_optimizer"],
+                         previous_assign=None if prev is None else prev.cpu().numpy(),
+                         history=[EpochStats(**e) for e in d["history"]])
+
+
+def _run_pretrain(
+    config: mf.Manifest, ds: DatasetSplits, device: torch.device, key: str, paths: dict[str, Path], ui: Ui,
+    stop: Callable[[], bool], lock: store.Lock,
+) -> None:
+    """DeepCluster from scratch or from its last finished epoch; writes weights, settings and per-epoch metrics."""
+    spec = settings.pretrain_spec(config, ds.num_classes)
+    if not 1 <= spec.clusters <= len(ds.train_labels):
+        raise UserError(f"pretrain.clusters_per_class: {config.pretrain.clusters_per_class} x {ds.num_classes}"
+                        f" classes = {spec.clusters} clusters, more than the {len(ds.train_labels)} pool images")
+    runtime.seed_torch(config.seed, 0, 0, "pretrain-init")
+    model = build_model(ds.train_images.shape[1], ds.num_classes, config.model.width, config.model.dropout).to(device)
+    state = None
+    if paths["checkpoint"].is_file():
+        ckpt = checkpoint.load(paths["checkpoint"], "an alctl pre-training checkpoint", device)
+        model.reset_classifier(spec.clusters)
+        model.load_state_dict(ckpt["model"])
+        state = _state_from_plain(ckpt["state"])
+        ui.line(f"pre-training {key}: resuming after epoch {state.epoch}/{spec.epochs}")
+    truth = ds.train_labels.numpy()
+    labels = truth if (truth >= 0).all() else None
+    encoder_settings = _encoder_settings(config, ds, key)
+    store.atomic_write_bytes(paths["settings"], json.dumps(encoder_settings, indent=2).encode())
+
+    def on_epoch(st: PretrainState, m: ConvLarge) -> None:
+        checkpoint.save(paths["checkpoint"], {"model": m.state_dict(), "state": _state_to_plain(st)})
+        e = st.history[-1]
+        store.append_table(paths["metrics"], "pretrain", store.to_table("pretrain", {
+            "epoch": [e.epoch], "kmeans_loss": [e.kmeans_loss], "nmi_previous": [e.nmi_previous],
+            "nmi_labels": [e.nmi_labels], "reseeded": [e.reseeded], "train_loss": [e.train_loss],
+            "seconds": [e.seconds], "seconds_kmeans": [e.seconds_kmeans]}))
+        lock.beat()
+        nmi = "" if e.nmi_labels is None else f", NMI to labels {e.nmi_labels:.3f}"
+        ui.line(f"pre-training {key} epoch {e.epoch + 1}/{spec.epochs}: k-means loss {e.kmeans_loss:.4g}{nmi},"
+                f" {e.seconds:.1f}s")
+
+    if state is not None and paths["metrics"].is_file():  # drop rows of an epoch that was not checkpointed
+        rows = store.read_table(paths["metrics"], "pretrain")
+        keep = rows["epoch"].to_numpy() < state.epoch
+        store.write_table(paths["metrics"], "pretrain", rows.filter(pa.array(keep)))
+    elif state is None:
+        paths["metrics"].unlink(missing_ok=True)
+    images = ds.train_images.to(device)
+    final = deepcluster(model, images, ds.mean, ds.std, spec, config.seed, labels=labels, state=state,
+                        on_epoch=on_epoch, should_stop=stop)
+    if final.epoch < spec.epochs:
+        raise Preempted(f"pre-training {key} stopped after epoch {final.epoch}/{spec.epochs}; rerun to resume")
+    checkpoint.save(paths["weights"], {"encoder": encoder_state(model), "settings": encoder_settings})
+    paths["checkpoint"].unlink(missing_ok=True)

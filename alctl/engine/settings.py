@@ -1,0 +1,45 @@
+"""Runtime settings of the pure modules, built from the manifest's sections (the only home of their defaults)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from alctl import manifest as mf
+from alctl.pretrain import PretrainSpec
+from alctl.propagate import GraphSpec
+from alctl.strategies import StrategyParams
+from alctl.train import Semi, Targets, TrainSpec
+
+
+def train_spec(t: mf.TrainConfig) -> TrainSpec:
+    """TrainSpec from the manifest's train section (every field but the device)."""
+    return TrainSpec(**t.model_dump(exclude={"device"}))
+
+
+def graph_spec(s: mf.SemiConfig) -> GraphSpec:
+    """The kNN graph and propagation settings of the manifest's semi section."""
+    return GraphSpec(k=s.k, gamma=s.gamma, alpha=s.alpha, tol=s.tol, max_iter=s.max_iter, knn=s.knn)
+
+
+def strategy_params(config: mf.Manifest) -> StrategyParams:
+    """What the acquisition functions read from the manifest: CEAL's threshold and the graph of jLP."""
+    c = config.active.ceal
+    return StrategyParams(ceal_threshold=c.threshold, ceal_decay=c.decay, graph=graph_spec(config.semi))
+
+
+def pretrain_spec(config: mf.Manifest, num_classes: int) -> PretrainSpec:
+    """DeepCluster settings: the pretrain section, K = clusters_per_class x classes, the train section's
+    augmentation and evaluation batch."""
+    p, t = config.pretrain, config.train
+    return PretrainSpec(
+        epochs=p.epochs, clusters=p.clusters_per_class * num_classes, kmeans_iters=p.kmeans_iters, lr=p.lr,
+        batch_size=p.batch_size, momentum=p.momentum, weight_decay=p.weight_decay, pca=p.pca,
+        translate=t.translate, flip=t.flip, eval_batch_size=t.eval_batch_size,
+    )
+
+
+def semi_spec(s: mf.SemiConfig, refresh: Callable[[int], Targets]) -> Semi:
+    """How label propagation's pseudo-labels enter training (semi section), `refresh(epoch)` computing them."""
+    return Semi(refresh=refresh, every=s.every, warmup=s.warmup, batch_size=s.batch_size,
+                labeled_per_batch=s.labeled_per_batch, unlabeled_per_epoch=s.unlabeled_per_epoch,
+                phase2_epochs=s.phase2_epochs, phase2_lr=s.phase2_lr)

@@ -1,0 +1,102 @@
+"""The model-dependent steps of a cycle: label propagation over the pool (+SEMI) and acquisition.
+
+Features `[N, D]` float32 L2-normalised and probabilities `[n_u, C]` stay on the model's device; positions are
+int64 numpy arrays of pool positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from alctl import manifest as mf
+from alctl import runtime
+from alctl.data import DatasetSplits
+from alctl.engine import settings
+from alctl.engine.tables import PoolState
+from alctl.errors import AlctlError, UserError
+from alctl.models import ConvLarge
+from alctl.propagate import label_propagation
+from alctl.strategies import PoolView, Selection, needs, select
+from alctl.train import predict
+
+
+@dataclass
+class PropagationOutcome:
+    """A propagation over the pool, with its pseudo-label accuracy when the truth is known."""
+
+    epoch: int
+    labels: np.ndarray  # [N] int64 per pool position
+    weights: np.ndarray  # [N] float32
+    class_weights: np.ndarray  # [C] float32
+    unlabeled: np.ndarray  # [n_u] positions that received pseudo-labels
+    accuracy: float | None = None
+    accuracy_top_half: float | None = None
+
+    ARRAYS = ("labels", "weights", "class_weights", "unlabeled")
+
+    def to_plain(self) -> dict[str, object]:
+        """The outcome as tensors and numbers (for a weights_only checkpoint)."""
+        out: dict[str, object] = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name)))
+                                  for name in self.ARRAYS}
+        out.update(epoch=self.epoch, accuracy=self.accuracy, accuracy_top_half=self.accuracy_top_half)
+        return out
+
+    @classmethod
+    def from_plain(cls, d: dict[str, object]) -> "PropagationOutcome":
+        """Inverse of `to_plain`."""
+        arrays = {name: d[name].cpu().numpy() for name in cls.ARRAYS}  # type: ignore[union-attr]
+        return cls(epoch=int(d["epoch"]), accuracy=d["accuracy"], accuracy_top_half=d["accuracy_top_half"],  # type: ignore[arg-type]
+                   **arrays)
+
+
+def propagate_pool(
+    config: mf.Manifest, ds: DatasetSplits, model: ConvLarge, images: torch.Tensor, labeled: np.ndarray,
+    labels: np.ndarray, epoch: int,
+) -> PropagationOutcome:
+    """Features of every pool image [N] from `model`, label propagation from `labeled` [n_l] with `labels` [n_l],
+    and the pseudo-labels' accuracy where the truth is known."""
+    _, feats = predict(model, images, ds.mean, ds.std, config.train.eval_batch_size)
+    features = feats if feats.is_cuda else np.ascontiguousarray(feats.numpy(), dtype=np.float32)
+    prop = label_propagation(features, labeled, labels, ds.num_classes, settings.graph_spec(config.semi),
+                             config.semi.weight_scale)
+    unlabeled = np.setdiff1d(np.arange(len(prop.labels)), labeled)
+    out = PropagationOutcome(epoch, prop.labels, prop.weights, prop.class_weights, unlabeled)
+    truth = ds.train_labels.numpy()[unlabeled]
+    known = truth >= 0
+    if known.any():
+        u, w = unlabeled[known], prop.weights[unlabeled[known]]
+        correct = prop.labels[u] == truth[known]
+        out.accuracy = float(correct.mean())
+        top = np.argsort(-w, kind="stable")[: max(1, len(u) // 2)]
+        out.accuracy_top_half = float(correct[top].mean())
+    return out
+
+
+def acquire(
+    config: mf.Manifest, rep: int, ds: DatasetSplits, pool: PoolState, model: ConvLarge, images: torch.Tensor,
+    cycle: int,
+) -> Selection:
+    """Run the task's acquisition function on the current model: b pool positions out of the never-selected ones.
+    Only what the strategy needs is computed, and it stays on the model's device."""
+    name, budget = config.active.strategy, config.active.budget
+    labeled, unlabeled = pool.labeled_at(cycle), pool.unlabeled
+    if budget > len(unlabeled):
+        raise UserError(f"active.budget: {budget} images asked at cycle {cycle} but only {len(unlabeled)} unlabeled"
+                        " images are left; lower active.budget or active.cycles")
+    wanted = needs(name)
+    probs_u = feats = None
+    if wanted:
+        probs, f = predict(model, images, ds.mean, ds.std, config.train.eval_batch_size)
+        probs_u = probs[torch.from_numpy(unlabeled).to(probs.device)] if "probs" in wanted else None
+        feats = f if wanted & {"features", "graph"} else None
+    view = PoolView(probs=probs_u, features=feats, labeled=labeled.astype(np.int64),
+                    unlabeled=unlabeled.astype(np.int64), labels=pool.label[labeled].astype(np.int64),
+                    num_classes=ds.num_classes, cycle=cycle)
+    rng = runtime.rng(config.seed, rep, cycle, "select")
+    try:
+        return select(name, view, budget, rng, settings.strategy_params(config))
+    except FloatingPointError as exc:
+        raise AlctlError(str(exc)) from None

@@ -1,0 +1,243 @@
+"""A task's pool and its tables: every read, write, append and rollback rule of pool/scores/pseudo/metrics.
+
+Arrays follow the dataset's pool positions: label `[N]` int64 (-1 unknown), labeled_cycle `[N]` int32 (-1 never
+selected), source `[N]` object str. Tables are keyed by sample_id, never by position. In pseudo.parquet a row with
+epoch < 0 (`CEAL_EPOCH`) holds a CEAL pseudo-label chosen at the previous selection for this cycle's training;
+epoch >= 0 rows are label propagation's at that epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from alctl import manifest as mf
+from alctl import runtime, store
+from alctl.data import DatasetSplits
+from alctl.errors import UserError
+
+PENDING = "pending"  # label_source of images selected for a human annotator and not answered yet
+CEAL_EPOCH = -1  # pseudo.parquet epoch of CEAL's pseudo-labels (label propagation uses epochs >= 0)
+
+
+def initial_labeled(labels: np.ndarray, n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Balanced random initial set: n // C per class, the remainder to randomly chosen classes; positions [n]."""
+    per_class = np.full(num_classes, n // num_classes)
+    per_class[rng.choice(num_classes, n % num_classes, replace=False)] += 1
+    chosen = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        if per_class[c] > len(members):
+            raise UserError(f"active.initial: {n} needs {per_class[c]} images of class {c}, the pool has {len(members)}")
+        chosen.append(rng.choice(members, per_class[c], replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+@dataclass
+class PoolState:
+    """Current pool as arrays aligned with the dataset's train positions."""
+
+    label: np.ndarray  # [N] int64, -1 while unknown
+    labeled_cycle: np.ndarray  # [N] int32: cycle whose training first uses the label; -1 = not selected
+    source: np.ndarray  # [N] object str: initial | oracle | human | pending | ""
+
+    @classmethod
+    def empty(cls, n: int) -> "PoolState":
+        """A pool of n images, none selected."""
+        return cls(np.full(n, -1, np.int64), np.full(n, -1, np.int32), np.full(n, "", dtype=object))
+
+    def labeled_at(self, cycle: int) -> np.ndarray:
+        """Positions whose label is known and used by the training of `cycle` [n_l]."""
+        return np.flatnonzero((self.labeled_cycle >= 0) & (self.labeled_cycle <= cycle) & (self.label >= 0))
+
+    @property
+    def unlabeled(self) -> np.ndarray:
+        """Positions never selected: the candidates of an acquisition [n_u]."""
+        return np.flatnonzero(self.labeled_cycle < 0)
+
+    def pending(self, cycle: int | None = None) -> np.ndarray:
+        """Positions selected for a person and not labeled yet (for `cycle` when given) [m]."""
+        mask = self.source == PENDING
+        if cycle is not None:
+            mask &= self.labeled_cycle == cycle
+        return np.flatnonzero(mask)
+
+    def mark_selected(self, positions: np.ndarray, cycle: int) -> None:
+        """Record a selection whose labels the next `cycle` will use; labels come with `apply_labels`."""
+        self.labeled_cycle[positions] = cycle
+        self.label[positions] = -1
+        self.source[positions] = PENDING
+
+    def apply_labels(self, positions: np.ndarray, labels: np.ndarray, source: str) -> None:
+        """An annotator's answers (simulated oracle, person, or the initial set) for selected positions."""
+        self.label[positions] = labels
+        self.source[positions] = source
+
+    def rollback(self, cycle: int) -> None:
+        """Forget selections made for cycles after `cycle` (work of an unfinished cycle)."""
+        later = self.labeled_cycle > cycle
+        self.label[later] = -1
+        self.labeled_cycle[later] = -1
+        self.source[later] = ""
+
+
+def new_pool(config: mf.Manifest, rep: int, ds: DatasetSplits) -> PoolState:
+    """The cycle-0 pool: the dataset's labeled tree, else a balanced random set (simulated oracle), else a random
+    set left pending for a person to label."""
+    truth = ds.train_labels.numpy()
+    pool = PoolState.empty(len(truth))
+    if ds.initial_positions is not None and len(ds.initial_positions):
+        init = np.asarray(ds.initial_positions, dtype=np.int64)
+        pool.mark_selected(init, 0)
+        pool.apply_labels(init, truth[init], "initial")
+        return pool
+    rng = runtime.rng(config.seed, rep, 0, "initial")
+    if config.active.oracle == "human" and (truth < 0).any():
+        init = np.sort(rng.choice(len(truth), config.active.initial, replace=False)).astype(np.int64)
+        pool.mark_selected(init, 0)
+        return pool
+    init = initial_labeled(truth, config.active.initial, ds.num_classes, rng)
+    pool.mark_selected(init, 0)
+    pool.apply_labels(init, truth[init], "initial")
+    return pool
+
+
+class TaskTables:
+    """The Parquet tables of one task directory, mapped onto the dataset's pool positions."""
+
+    def __init__(self, root: Path, ds: DatasetSplits) -> None:
+        """Bind to a task directory and the dataset whose sample ids its tables hold."""
+        self.store = store.TaskStore(root)
+        self.ds = ds
+        self.ids = ds.train_ids.numpy()  # [N] int64 sample id of each pool position
+
+    @property
+    def checkpoints(self) -> Path:
+        """Directory of the task's checkpoints."""
+        return self.store.checkpoints
+
+    def path(self, name: str) -> Path:
+        """Path of a table file."""
+        return self.store.path(name)
+
+    def positions(self, sample_ids: np.ndarray) -> np.ndarray:
+        """Pool positions of sample ids (every id must exist) [m]."""
+        order = np.argsort(self.ids)
+        return order[np.searchsorted(self.ids, sample_ids, sorter=order)]
+
+    # ------------------------------------------------------------------ pool
+
+    def read_pool(self) -> PoolState | None:
+        """The pool table mapped onto dataset positions (None when absent)."""
+        if not self.store.exists("pool"):
+            return None
+        t = self.store.read("pool")
+        pos = self.positions(t["sample_id"].to_numpy())
+        state = PoolState.empty(len(self.ids))
+        state.label[pos] = t["label"].to_numpy()
+        state.labeled_cycle[pos] = t["labeled_cycle"].to_numpy()
+        state.source[pos] = np.asarray(t["label_source"].to_pylist(), dtype=object)
+        return state
+
+    def write_pool(self, state: PoolState) -> None:
+        """Write the pool table (all pool images, dataset order)."""
+        self.store.write("pool", store.to_table("pool", {
+            "sample_id": self.ids, "label": state.label, "labeled_cycle": state.labeled_cycle,
+            "label_source": state.source.tolist()}))
+
+    # ------------------------------------------------------------------ progress and rollback
+
+    def finished_cycles(self) -> int:
+        """Number of cycles whose metrics row exists (cycles are finished in order)."""
+        cycles = self.store.read("metrics")["cycle"].to_numpy()
+        return int(cycles.max()) + 1 if len(cycles) else 0
+
+    def rollback(self, done: int) -> None:
+        """Drop score and pseudo rows of cycles >= done (an unfinished cycle), keeping the CEAL pseudo-labels that
+        cycle done-1's selection wrote for cycle done."""
+        for name in ("scores", "pseudo"):
+            if not self.store.exists(name):
+                continue
+            t = self.store.read(name)
+            cyc = t["cycle"].to_numpy()
+            keep = cyc < done
+            if name == "pseudo":
+                keep |= (cyc == done) & (t["epoch"].to_numpy() == CEAL_EPOCH)
+            if not keep.all():
+                self.store.write(name, t.filter(pa.array(keep)))
+
+    # ------------------------------------------------------------------ scores and pseudo-labels
+
+    def append_selection(self, cycle: int, strategy: str, unlabeled: np.ndarray, chosen: np.ndarray,
+                         scores: np.ndarray, pseudo_positions: np.ndarray, pseudo_labels: np.ndarray) -> None:
+        """Append the cycle's scores (every candidate [n_u], selected flag) and CEAL's pseudo-labels [m] for the
+        next cycle."""
+        n = len(unlabeled)
+        self.store.append("scores", store.to_table("scores", {
+            "cycle": np.full(n, cycle, np.int32), "sample_id": self.ids[unlabeled], "strategy": [strategy] * n,
+            "score": scores.astype(np.float32), "selected": np.isin(unlabeled, chosen)}))
+        if len(pseudo_positions):
+            self.store.append("pseudo", self._pseudo_rows(cycle + 1, CEAL_EPOCH, pseudo_positions, pseudo_labels,
+                                                          np.ones(len(pseudo_positions), np.float32)))
+
+    def scores_of(self, cycle: int) -> dict[int, float]:
+        """sample_id -> score of the selection made at `cycle`."""
+        scores = self.store.read("scores")
+        last = scores.filter(pa.array(scores["cycle"].to_numpy() == cycle))
+        return dict(zip(last["sample_id"].to_pylist(), last["score"].to_pylist()))
+
+    def ceal_pseudo(self, cycle: int) -> tuple[np.ndarray, np.ndarray]:
+        """CEAL's pseudo-labels for the training of `cycle`: positions [m] int64 and labels [m] int64."""
+        if not self.store.exists("pseudo"):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        t = self.store.read("pseudo")
+        mask = (t["cycle"].to_numpy() == cycle) & (t["epoch"].to_numpy() == CEAL_EPOCH)
+        pos = self.positions(t["sample_id"].to_numpy()[mask]).astype(np.int64)
+        return pos, t["pseudo_label"].to_numpy()[mask].astype(np.int64)
+
+    def _pseudo_rows(self, cycle: int, epoch: int, positions: np.ndarray, labels: np.ndarray,
+                     weights: np.ndarray) -> pa.Table:
+        """Rows of pseudo.parquet for pool positions [m]."""
+        n = len(positions)
+        return store.to_table("pseudo", {
+            "cycle": np.full(n, cycle, np.int32), "epoch": np.full(n, epoch, np.int32),
+            "sample_id": self.ids[positions], "pseudo_label": labels, "weight": weights.astype(np.float32)})
+
+    def replace_propagation(self, cycle: int, epoch: int, positions: np.ndarray, labels: np.ndarray,
+                            weights: np.ndarray) -> None:
+        """Write label propagation's pseudo-labels of (cycle, epoch) for positions [m], replacing earlier rows of
+        the same pair."""
+        old = self.store.read("pseudo")
+        keep = ~((old["cycle"].to_numpy() == cycle) & (old["epoch"].to_numpy() == epoch))
+        rows = self._pseudo_rows(cycle, epoch, positions, labels, weights)
+        self.store.write("pseudo", pa.concat_tables([old.filter(pa.array(keep)), rows]))
+
+    # ------------------------------------------------------------------ metrics
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """Append a cycle's metrics row (plain values per column; the mark that the cycle is finished)."""
+        row = {**row, "finished_at": datetime.now(timezone.utc)}
+        self.store.append("metrics", store.to_table("metrics", {k: [v] for k, v in row.items()}))
+
+    def fill_pseudo_accuracy(self, cycle: int, accuracy: float, top_half: float | None) -> bool | None:
+        """Fill the cycle's pseudo-label accuracy where its training recorded none (a plain task). Returns True
+        when filled, False when the cycle keeps a value its training recorded, None when the cycle has no row."""
+        if not self.store.exists("metrics"):
+            return None
+        metrics = self.store.read("metrics")
+        new = {"pseudo_accuracy": accuracy, "pseudo_accuracy_top_half": top_half}
+        old = {name: metrics[name].to_numpy(zero_copy_only=False).astype(np.float64) for name in new}
+        this = metrics["cycle"].to_numpy() == cycle
+        rows = this & np.isnan(old["pseudo_accuracy"])
+        if not rows.any():
+            return False if this.any() else None
+        for name, value in new.items():
+            metrics = metrics.set_column(metrics.schema.get_field_index(name), name,
+                                         pa.array(np.where(rows, value, old[name]), pa.float64(), from_pandas=True))
+        self.store.write("metrics", metrics)
+        return True

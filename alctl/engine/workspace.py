@@ -1,0 +1,129 @@
+"""A run's workspace: the task plan, task directories, configuration hashes, locks and the datasets they read."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from alctl import manifest as mf
+from alctl import runtime, store
+from alctl.data import DatasetSplits, load_dataset
+from alctl.errors import UserError
+
+
+def plan(manifest_path: str | Path) -> tuple[mf.Manifest, list[mf.Task]]:
+    """Load and validate a manifest and expand its tasks."""
+    m = mf.load(manifest_path)
+    return m, mf.tasks(m)
+
+
+def select_task(tasks: list[mf.Task], index: int | None) -> list[mf.Task]:
+    """The tasks to run: one by --task / scheduler index, else all."""
+    source = "--task"
+    if index is None:
+        index, source = runtime.scheduler_task_index()
+    if index is None:
+        return tasks
+    if not 0 <= index < len(tasks):
+        raise UserError(f"{source}: index {index} is outside the plan (0..{len(tasks) - 1}, {len(tasks)} tasks)")
+    return [tasks[index]]
+
+
+def one_task(manifest_path: str | Path, task: int | None) -> mf.Task:
+    """Exactly one task, from --task or the scheduler's index."""
+    _, all_tasks = plan(manifest_path)
+    chosen = select_task(all_tasks, task)
+    if len(chosen) > 1:  # no index given, and several tasks
+        raise UserError(f"--task: required, the manifest has {len(all_tasks)} tasks (0..{len(all_tasks) - 1})")
+    return chosen[0]
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(key: str, where: str) -> DatasetSplits:
+    """Load (once per process) a dataset from its config's canonical JSON; `where` (the root as an absolute
+    path) only keys the cache, so that a relative root read from another working directory is loaded anew."""
+    d = mf.DatasetConfig.model_validate_json(key)
+    return load_dataset(
+        d.name, root=d.root, download=d.download, image_size=d.image_size, channels=d.channels,
+        pool=d.pool, labeled=d.labeled, test=d.test, truth=d.truth, classes=d.classes,
+    )
+
+
+def dataset_for(config: mf.Manifest) -> DatasetSplits:
+    """The dataset of a task configuration (imagefolder: checks the pool is large enough)."""
+    ds = _dataset(config.dataset.model_dump_json(), os.path.abspath(config.dataset.root))
+    a = config.active
+    if config.dataset.name == "imagefolder":
+        n = int(ds.train_labels.shape[0])
+        start = len(ds.initial_positions) if ds.initial_positions is not None and len(ds.initial_positions) else a.initial
+        need = start + a.budget * (a.cycles - 1)
+        if need > n:
+            raise UserError(
+                f"active.budget: {start} initial + budget {a.budget} x {a.cycles - 1} selections = {need} exceeds"
+                f" the {n} images found under dataset.pool"
+            )
+    return ds
+
+
+def check_oracle(config: mf.Manifest, ds: DatasetSplits) -> None:
+    """A simulated oracle answers from the true labels: every pool image needs one (UserError naming the first
+    image without one otherwise), else it would record -1 as an oracle's answer."""
+    if config.active.oracle != "simulated":
+        return
+    missing = np.flatnonzero(ds.train_labels.numpy() < 0)
+    if len(missing):
+        first = ds.train_paths[int(missing[0])] if ds.train_paths is not None else f"sample {int(ds.train_ids[missing[0]])}"
+        raise UserError(
+            f"dataset.truth: {len(missing)} of {len(ds.train_labels)} pool images have no true label (first: {first});"
+            " active.oracle: simulated needs one for every pool image: complete the file or use active.oracle: human"
+        )
+
+
+def task_config_hash(config: mf.Manifest) -> str:
+    """Hash of what determines a task's results (the resolved config without name/output/sweep/repetitions/scheduler)."""
+    neutral = {"name": "", "output": "", "sweep": {}, "repetitions": 1, "scheduler": mf.SchedulerConfig()}
+    return mf.manifest_hash(config.model_copy(update=neutral))
+
+
+def task_dir(task: mf.Task) -> Path:
+    """runs/<name>/tasks/<task-key>."""
+    return mf.run_dir(task.config) / "tasks" / task.key
+
+
+def check_task_dir(task: mf.Task, write: bool = True) -> str:
+    """Compare the task's resolved config with the one recorded in its directory, or (write) record it there when
+    none is; a different config in the same directory is a user error. Returns the config hash."""
+    tdir = task_dir(task)
+    h = task_config_hash(task.config)
+    marker = tdir / "task.sha256"
+    if marker.is_file():
+        old = marker.read_text().strip()
+        if old != h:
+            raise UserError(
+                f"{tdir}: holds results of another configuration (task hash {old}, manifest now gives {h});"
+                " use another `name:`/`output:` or remove that directory"
+            )
+    elif write:
+        store.atomic_write_bytes(tdir / "task.yaml", mf.to_yaml(task.config).encode())
+        store.atomic_write_bytes(marker, (h + "\n").encode())
+    return h
+
+
+def write_run_manifest(m: mf.Manifest) -> Path:
+    """Write runs/<name>/manifest.yaml (resolved) and manifest.sha256 atomically; returns the run directory.
+    First, a task directory of the run holding another configuration of its task is a user error, raised before
+    anything is written (the run's manifest is what `report` reads the finished tasks back with)."""
+    for task in mf.tasks(m):
+        check_task_dir(task, write=False)
+    run = mf.run_dir(m)
+    store.atomic_write_bytes(run / "manifest.yaml", mf.to_yaml(m).encode())
+    store.atomic_write_bytes(run / "manifest.sha256", (mf.manifest_hash(m) + "\n").encode())
+    return run
+
+
+def task_lock(task: mf.Task) -> store.Lock:
+    """The exclusive lock of one task directory."""
+    return store.Lock(task_dir(task) / ".lock", f"task {task.index} ({task.key})")

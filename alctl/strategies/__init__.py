@@ -1,0 +1,28 @@
+"""Acquisition functions (random, uncertainty, coreset, ceal, jlp): a pool view in, the chosen pool positions
+and scores out.
+
+Modules: `base` (PoolView, Selection, StrategyParams, the shared checks), `scores` (random, uncertainty,
+CEAL), `geometry` (CoreSet: greedy k-center), `graph` (jLP over the kNN graph, on
+`alctl.propagate.diffusion`), `registry` (the one list of strategies, `select`). Array contracts: see
+`base`. Import order is base → families → registry; nothing here imports alctl.manifest.
+"""
+
+from __future__ import annotations
+
+from alctl.strategies.base import PoolView, Selection, StrategyFn, StrategyParams
+from alctl.strategies.geometry import kcenter_greedy
+from alctl.strategies.registry import NAMES, get_strategy, needs, select
+from alctl.strategies.scores import entropy
+
+__all__ = [
+    "NAMES",
+    "PoolView",
+    "Selection",
+    "StrategyFn",
+    "StrategyParams",
+    "entropy",
+    "get_strategy",
+    "kcenter_greedy",
+    "needs",
+    "select",
+]

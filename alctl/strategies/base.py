@@ -1,0 +1,162 @@
+"""What every acquisition function shares: the pool view in, the selection out, the strategy parameters
+and the checks of a call.
+
+Array contract: probs `[n_u, C]` float32 softmax rows following `unlabeled` (a numpy array or a torch
+tensor on any device; None when the strategy does not read them); features `[n, D]` float32
+L2-normalised, one row per pool position (a numpy array or a torch tensor on any device; None when not
+read); positions and labels int64 numpy; scores `[n_u]` float32 following `unlabeled`, higher = picked
+first; `chosen` `[b]` int64 pool positions in pick order. Caller mistakes raise ValueError / TypeError;
+NaN or inf in the model's outputs raise FloatingPointError. Pure: no file I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from alctl.propagate import GraphSpec
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "PoolView", "Selection", "StrategyParams", "StrategyFn", "check_budget", "check_view", "host_probs",
+    "is_tensor", "make_selection", "EMPTY",
+]
+
+EMPTY = np.zeros(0, dtype=np.int64)
+NON_FINITE_PROBS = "selection: the model's probabilities hold NaN or inf (did training diverge?)"
+NON_FINITE_FEATURES = "selection: the features hold NaN or inf (did training diverge?)"
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """What a strategy may read about the pool at one cycle."""
+
+    # [n_u, C] float32 softmax of the current model on U (rows follow `unlabeled`); None if not needed
+    probs: np.ndarray | torch.Tensor | None
+    # [n, D] float32 L2-normalised features of EVERY pool image (rows = pool positions); None if not needed
+    features: np.ndarray | torch.Tensor | None
+    labeled: np.ndarray  # [n_l] int64 pool positions that are labeled
+    unlabeled: np.ndarray  # [n_u] int64 pool positions that are unlabeled
+    labels: np.ndarray  # [n_l] int64 labels of `labeled`
+    num_classes: int
+    cycle: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A strategy's answer."""
+
+    chosen: np.ndarray  # [b] int64 pool positions (subset of unlabeled), in pick order
+    scores: np.ndarray  # [n_u] float32 score of each unlabeled row; higher = picked first
+    pseudo_positions: np.ndarray  # [m] int64 pool positions given pseudo-labels for the next training (CEAL), else empty
+    pseudo_labels: np.ndarray  # [m] int64
+
+
+@dataclass(frozen=True)
+class StrategyParams:
+    """Parameters of the acquisition functions (from the manifest; no defaults here), checked at construction.
+
+    ceal_threshold: normalised entropy in [0, 1] below which CEAL pseudo-labels; ceal_decay: its decrease
+    per cycle, >= 0; graph: the kNN graph and solver of jLP.
+    """
+
+    ceal_threshold: float
+    ceal_decay: float
+    graph: GraphSpec
+
+    def __post_init__(self) -> None:
+        """Range and type checks of every field (ValueError / TypeError)."""
+        if not 0.0 <= float(self.ceal_threshold) <= 1.0:
+            raise ValueError(f"StrategyParams.ceal_threshold must be in [0, 1], got {self.ceal_threshold!r}")
+        if not (float(self.ceal_decay) >= 0.0 and math.isfinite(float(self.ceal_decay))):
+            raise ValueError(f"StrategyParams.ceal_decay must be a finite number >= 0, got {self.ceal_decay!r}")
+        if not isinstance(self.graph, GraphSpec):
+            raise TypeError(f"StrategyParams.graph must be a GraphSpec, got {type(self.graph).__name__}")
+
+
+StrategyFn = Callable[[PoolView, int, np.random.Generator, StrategyParams], Selection]
+
+
+def is_tensor(obj: Any) -> bool:
+    """True for a torch.Tensor (without importing torch when it is not one)."""
+    return type(obj).__module__.split(".")[0] == "torch" and hasattr(obj, "device")
+
+
+def host_probs(view: PoolView) -> PoolView:
+    """The view with torch probs brought to the host as a float32 numpy array (numpy probs are left as they are)."""
+    if not is_tensor(view.probs):
+        return view
+    return replace(view, probs=view.probs.detach().cpu().numpy().astype(np.float32))
+
+
+def check_budget(view: PoolView, budget: int) -> int:
+    """The budget as an int; a ValueError when it is not a whole number >= 0 or exceeds what U still holds."""
+    n_u = int(np.asarray(view.unlabeled).shape[0])
+    b = int(budget)
+    if b != budget or b < 0:
+        raise ValueError(f"budget: must be a whole number >= 0, got {budget!r}")
+    if b > n_u:
+        raise ValueError(f"budget: {b} images asked at cycle {view.cycle} but only {n_u} unlabeled images are left")
+    return b
+
+
+def _shape(arr: Any) -> tuple[int, ...]:
+    """Shape of a numpy array, array-like or torch tensor (a tensor stays on its device)."""
+    return tuple(arr.shape) if is_tensor(arr) else np.asarray(arr).shape
+
+
+def check_view(view: PoolView, *, need_probs: bool = False, need_features: bool = False) -> None:
+    """Shape / dtype / disjointness checks of a pool view (a failure is a caller bug: ValueError); non-finite
+    probs: FloatingPointError. need_probs expects host probs (see `host_probs`); features may be a tensor."""
+    unl = np.asarray(view.unlabeled)
+    lab = np.asarray(view.labeled)
+    problems = []
+    for name, arr in (("unlabeled", unl), ("labeled", lab)):
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            problems.append(f"PoolView.{name}: expected a 1-D int64 array, got {arr.dtype} {arr.shape}")
+    if np.asarray(view.labels).shape != lab.shape:
+        problems.append(f"PoolView.labels: shape {np.asarray(view.labels).shape} != labeled {lab.shape}")
+    if need_probs:
+        probs = np.asarray(view.probs)
+        if view.probs is None:
+            problems.append("PoolView.probs: this strategy reads the probabilities, got None")
+        elif probs.ndim != 2 or probs.shape[0] != unl.shape[0]:
+            problems.append(f"PoolView.probs: expected [{unl.shape[0]}, C], got {probs.shape}")
+        elif probs.shape[1] != view.num_classes or view.num_classes < 2:
+            problems.append(f"PoolView.probs: {probs.shape[1]} columns for num_classes={view.num_classes} (needs >= 2)")
+        elif not np.isfinite(probs).all():
+            raise FloatingPointError(NON_FINITE_PROBS)
+    if need_features:
+        top = max(int(unl.max(initial=-1)), int(lab.max(initial=-1)))
+        if view.features is None:
+            problems.append("PoolView.features: this strategy reads the features, got None")
+        elif len(shape := _shape(view.features)) != 2 or shape[0] <= top:
+            problems.append(f"PoolView.features: expected [n > {top}, D], got {shape}")
+    if not problems and (unl.size or lab.size):
+        if min(int(unl.min(initial=0)), int(lab.min(initial=0))) < 0:
+            problems.append("PoolView: negative pool position")
+        else:
+            n = max(int(unl.max(initial=-1)), int(lab.max(initial=-1))) + 1
+            counts = np.bincount(np.concatenate([unl, lab]).astype(np.int64), minlength=n)
+            if counts.max(initial=0) > 1:
+                problems.append("PoolView: a pool position is repeated or both labeled and unlabeled")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def make_selection(
+    chosen: np.ndarray, scores: np.ndarray, pseudo_pos: np.ndarray | None = None, pseudo_lab: np.ndarray | None = None
+) -> Selection:
+    """A Selection with the contract's dtypes: chosen [b] int64, scores [n_u] float32, pseudo [m] int64."""
+    return Selection(
+        chosen=np.ascontiguousarray(chosen, dtype=np.int64),
+        scores=np.ascontiguousarray(scores, dtype=np.float32),
+        pseudo_positions=EMPTY.copy() if pseudo_pos is None else np.ascontiguousarray(pseudo_pos, dtype=np.int64),
+        pseudo_labels=EMPTY.copy() if pseudo_lab is None else np.ascontiguousarray(pseudo_lab, dtype=np.int64),
+    )

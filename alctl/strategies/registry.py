@@ -1,0 +1,84 @@
+"""The one list of acquisition functions: name, function, and what each reads from the model; `select` runs one.
+
+`needs` holds names from {"probs", "features", "graph"}: probs = the softmax `[n_u, C]` of the model on U,
+features = the feature rows `[n, D]` of the whole pool, graph = builds the kNN graph on those features (so
+also needs them). A PoolView's fields that a strategy does not need may be None. This module never
+imports alctl.manifest (the manifest imports NAMES from here). Unknown names raise ValueError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from alctl.strategies.base import PoolView, Selection, StrategyFn, StrategyParams, check_budget
+from alctl.strategies.geometry import coreset_select
+from alctl.strategies.graph import jlp_select
+from alctl.strategies.scores import ceal_select, random_select, uncertainty_select
+
+__all__ = ["Strategy", "STRATEGIES", "NAMES", "NEED_KINDS", "needs", "get_strategy", "select"]
+
+NEED_KINDS = frozenset({"probs", "features", "graph"})
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One acquisition function: its manifest name, the function, what it reads."""
+
+    name: str
+    fn: StrategyFn
+    needs: frozenset[str]
+
+
+STRATEGIES: tuple[Strategy, ...] = (
+    Strategy("random", random_select, frozenset()),
+    Strategy("uncertainty", uncertainty_select, frozenset({"probs"})),
+    Strategy("coreset", coreset_select, frozenset({"features"})),
+    Strategy("ceal", ceal_select, frozenset({"probs"})),
+    Strategy("jlp", jlp_select, frozenset({"features", "graph"})),
+)
+NAMES: tuple[str, ...] = tuple(s.name for s in STRATEGIES)
+_BY_NAME = {s.name: s for s in STRATEGIES}
+
+
+def _entry(name: str) -> Strategy:
+    """The registry entry of `name`; a ValueError listing the valid names otherwise."""
+    entry = _BY_NAME.get(name) if isinstance(name, str) else None
+    if entry is None:
+        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(NAMES)}")
+    return entry
+
+
+def needs(name: str) -> frozenset[str]:
+    """What strategy `name` reads: a subset of {"probs", "features", "graph"} ("graph" implies "features")."""
+    return _entry(name).needs
+
+
+def get_strategy(name: str) -> StrategyFn:
+    """The acquisition function registered under `name`: fn(view, budget, rng, params) -> Selection."""
+    return _entry(name).fn
+
+
+def select(name: str, view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
+    """Run strategy `name` on `view` for `budget` images and check its answer against the Selection contract
+    (a broken contract is a RuntimeError: a bug of the strategy)."""
+    fn = get_strategy(name)
+    if not isinstance(params, StrategyParams):
+        raise TypeError(f"select: params must be a StrategyParams, got {type(params).__name__}")
+    b = check_budget(view, budget)
+    sel = fn(view, b, rng, params)
+    unl = np.asarray(view.unlabeled, dtype=np.int64)
+    chosen = np.asarray(sel.chosen)
+    problems = []
+    if chosen.shape != (b,):
+        problems.append(f"chosen has shape {chosen.shape}, expected ({b},)")
+    elif np.unique(chosen).shape[0] != b or not np.isin(chosen, unl).all():
+        problems.append("chosen repeats a position or holds one that is not unlabeled")
+    if np.asarray(sel.scores).shape != unl.shape:
+        problems.append(f"scores has shape {np.asarray(sel.scores).shape}, expected {unl.shape}")
+    if np.asarray(sel.pseudo_positions).shape != np.asarray(sel.pseudo_labels).shape:
+        problems.append("pseudo_positions and pseudo_labels differ in shape")
+    if problems:
+        raise RuntimeError(f"strategy '{name}' broke the Selection contract: " + "; ".join(problems))
+    return sel
