@@ -296,8 +296,6 @@ def _update(min_sq: np.ndarray, x: np.ndarray, x_sq: np.ndarray, i: int) -> None
     np.minimum(min_sq, d, out=min_sq)
 
 
-
-
 # --------------------------------------------------------------------------- greedy k-center on a device
 
 
