@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METHODS", "knn_search"]
+__all__ = ["METHODS", "knn_search", "knn_vote"]
 
 METHODS = ("exact", "ivf", "hnsw")
 
@@ -213,3 +213,34 @@ def _torch_exact(x: Any, k: int, block_rows: int | None = None) -> tuple[np.ndar
             sims[start : start + rows] = top.values
             ids[start : start + rows] = top.indices
     return _drop_self(sims.cpu().numpy(), ids.cpu().numpy())
+
+
+# --------------------------------------------------------------------------- kNN classifier (diagnostics)
+
+
+def knn_vote(train: np.ndarray, train_labels: np.ndarray, queries: np.ndarray, k: int, num_classes: int) -> np.ndarray:
+    """Class of each query row by a vote of its k nearest train rows, each weighted by its similarity.
+
+    train `[n, D]` and queries `[m, D]` float32 L2-normalised rows, train_labels `[n]` int64 in [0, num_classes);
+    returns `[m]` int64. Exact search (faiss IndexFlatIP); k is capped at n; a vote's weight is
+    max(similarity, 0) + 1e-6, so equal similarities fall back to counts and ties to the lower class.
+    """
+    import faiss
+
+    x = np.ascontiguousarray(train, dtype=np.float32)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    y = np.asarray(train_labels, dtype=np.int64)
+    if x.ndim != 2 or q.ndim != 2 or x.shape[1] != q.shape[1] or y.shape != (x.shape[0],):
+        raise ValueError(f"knn_vote: train [n, D], labels [n], queries [m, D] expected, got {x.shape}, {y.shape},"
+                         f" {q.shape}")
+    if x.shape[0] == 0 or k < 1:
+        raise ValueError(f"knn_vote: needs train rows and k >= 1, got n = {x.shape[0]}, k = {k}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"knn_vote: train_labels must lie in [0, {num_classes - 1}]")
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    sims, ids = index.search(q, min(int(k), x.shape[0]))
+    votes = np.zeros((q.shape[0], num_classes), dtype=np.float64)
+    rows = np.repeat(np.arange(q.shape[0]), ids.shape[1])
+    np.add.at(votes, (rows, y[ids.ravel()]), np.maximum(sims.ravel(), 0.0) + 1e-6)
+    return votes.argmax(axis=1).astype(np.int64)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from sklearn.metrics import normalized_mutual_info_score
 
 from alctl.augment import augment, normalize
+from alctl.knn import knn_vote
 from alctl.models import ConvLarge
 
 CLASSIFIER_PREFIX = "classifier."
@@ -72,6 +73,30 @@ class EpochStats:
     train_loss: float  # mean cross-entropy on cluster ids over the epoch
     seconds: float  # wall-clock of the whole epoch
     seconds_kmeans: float  # wall-clock of k-means and re-seeding alone
+    knn_accuracy: float | None = None  # the probe's accuracy after this epoch (see `Probe`), when one is given
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A diagnostic of the encoder for simulations: test images classified by a `PROBE_K`-nearest-neighbour vote
+    over the pool's features and true labels. Never used for training."""
+
+    images: torch.Tensor  # [m, C, H, W] uint8 on the training device
+    labels: np.ndarray  # [m] int64 true classes
+    pool_labels: np.ndarray  # [N] int64 true classes of the pool images
+    num_classes: int
+
+
+PROBE_K = 10  # neighbours of the probe's vote
+
+
+def probe_accuracy(model: ConvLarge, pool: torch.Tensor, mean: Sequence[float], std: Sequence[float], probe: Probe,
+                   batch_size: int) -> float:
+    """Accuracy in [0, 1] of the probe's kNN vote on the model's L2-normalised features (eval mode, no RNG used)."""
+    train = cluster_features(model, pool, mean, std, batch_size)
+    test = cluster_features(model, probe.images, mean, std, batch_size)
+    predicted = knn_vote(train, probe.pool_labels, test, PROBE_K, probe.num_classes)
+    return float((predicted == probe.labels).mean())
 
 
 @dataclass
@@ -293,12 +318,14 @@ def deepcluster(
     state: PretrainState | None = None,
     on_epoch: Callable[[PretrainState, ConvLarge], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    probe: Probe | None = None,
 ) -> PretrainState:
     """Run (or resume from `state`) DeepCluster on uint8 images [N, C, H, W]; on_epoch is called after every finished epoch (the pipeline checkpoints there).
 
     The model must be on the images' device; its classifier is replaced by a fresh K-way head every epoch (so it ends
     with spec.clusters outputs). should_stop is checked before each epoch; the returned state is that of the last
-    finished epoch. Labels int64 [N] are only used to report NMI, never for training.
+    finished epoch. Labels int64 [N] are only used to report NMI, and `probe` only to measure the encoder after
+    every epoch (EpochStats.knn_accuracy); neither is used for training.
     """
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
@@ -369,6 +396,8 @@ def deepcluster(
             train_loss=total / max(count, 1),
             seconds=time.perf_counter() - t0,
             seconds_kmeans=seconds_kmeans,
+            knn_accuracy=None if probe is None else probe_accuracy(model, images, mean, std, probe,
+                                                                   spec.eval_batch_size),
         )
         state = PretrainState(
             epoch=epoch + 1,

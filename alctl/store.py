@@ -77,6 +77,7 @@ PRETRAIN = pa.schema(
         ("train_loss", pa.float64()),
         ("seconds", pa.float64()),
         ("seconds_kmeans", pa.float64()),
+        ("knn_accuracy", pa.float64()),  # test accuracy of a kNN vote on the encoder's features (null when unknown)
     ]
 )
 TABLES: dict[str, pa.Schema] = {

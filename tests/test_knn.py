@@ -171,3 +171,21 @@ def test_exact_equals_brute_force_for_large_n():
         got = np.take_along_axis(s, ids[lo : lo + 4_096], axis=1)
         assert np.abs(got - ref).max() <= 1e-6
         assert (np.diff(np.sort(ids[lo : lo + 4_096], axis=1), axis=1) > 0).all()  # no id twice in a row
+
+
+def test_knn_vote_equals_a_brute_force_weighted_vote() -> None:
+    from alctl.knn import knn_vote
+
+    train, queries = clustered(300, 8, 4, 0.8, seed=1), clustered(50, 8, 4, 0.8, seed=2)
+    labels = np.random.default_rng(3).integers(0, 3, 300)
+    for k in (1, 7):
+        s = queries.astype(np.float64) @ train.astype(np.float64).T
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        votes = np.zeros((50, 3))
+        for q in range(50):
+            for j in top[q]:
+                votes[q, labels[j]] += max(s[q, j], 0.0) + 1e-6
+        assert (knn_vote(train, labels, queries, k, 3) == votes.argmax(1)).mean() >= 0.98  # float32 near-ties aside
+    assert knn_vote(train[:2], labels[:2], queries, 5, 3).shape == (50,)  # k capped at n
+    with pytest.raises(ValueError):
+        knn_vote(train, labels + 5, queries, 1, 3)

@@ -17,12 +17,14 @@ from alctl.models import ConvLarge
 from alctl.pretrain import (
     PretrainSpec,
     PretrainState,
+    Probe,
     cluster_features,
     deepcluster,
     encoder_state,
     kmeans,
     load_encoder,
     pca_whiten,
+    probe_accuracy,
     reseed_empty,
     uniform_cluster_sampler,
 )
@@ -302,3 +304,19 @@ def test_deepcluster_rejects_bad_settings(digits) -> None:
         deepcluster(model, images, digits.mean, digits.std, _pspec(epochs=1, clusters=4, pca=1000), seed=0)
     with pytest.raises(ValueError, match="uint8"):
         deepcluster(model, images.float(), digits.mean, digits.std, _pspec(epochs=1, clusters=4), seed=0)
+
+
+def test_probe_measures_the_encoder_without_changing_its_training(digits) -> None:
+    images, labels = digits.train_images[:256], digits.train_labels[:256].numpy()
+    probe = Probe(digits.test_images[:100], digits.test_labels[:100].numpy(), labels, digits.num_classes)
+    spec = _pspec(epochs=2, clusters=20, kmeans_iters=5, batch_size=32, translate=1)
+    models = []
+    for p in (None, probe):
+        torch.manual_seed(0)
+        models.append(ConvLarge(1, 10, width=0.125))
+        state = deepcluster(models[-1], images, digits.mean, digits.std, spec, seed=3, labels=labels, probe=p)
+    for k, v in encoder_state(models[0]).items():
+        assert torch.equal(encoder_state(models[1])[k], v), k
+    accs = [e.knn_accuracy for e in state.history]
+    assert all(0.1 < a <= 1.0 for a in accs)  # far above chance (0.1) on digits
+    assert accs[-1] == probe_accuracy(models[1], images, digits.mean, digits.std, probe, 64)

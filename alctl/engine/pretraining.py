@@ -21,7 +21,7 @@ from alctl.data import DatasetSplits
 from alctl.engine import checkpoint, settings
 from alctl.errors import Preempted, UserError
 from alctl.models import ConvLarge, build_model
-from alctl.pretrain import EpochStats, PretrainState, deepcluster, encoder_state
+from alctl.pretrain import PROBE_K, EpochStats, PretrainState, Probe, deepcluster, encoder_state
 
 ENCODER_FILE = "an alctl encoder file"
 
@@ -133,6 +133,9 @@ def _run_pretrain(
         ui.line(f"pre-training {key}: resuming after epoch {state.epoch}/{spec.epochs}")
     truth = ds.train_labels.numpy()
     labels = truth if (truth >= 0).all() else None
+    probe = None
+    if labels is not None and len(ds.test_labels):  # a simulation: measure the encoder (never used to train)
+        probe = Probe(ds.test_images.to(device), ds.test_labels.numpy(), labels, ds.num_classes)
     encoder_settings = _encoder_settings(config, ds, key)
     store.atomic_write_bytes(paths["settings"], json.dumps(encoder_settings, indent=2).encode())
 
@@ -142,10 +145,11 @@ def _run_pretrain(
         store.append_table(paths["metrics"], "pretrain", store.to_table("pretrain", {
             "epoch": [e.epoch], "kmeans_loss": [e.kmeans_loss], "nmi_previous": [e.nmi_previous],
             "nmi_labels": [e.nmi_labels], "reseeded": [e.reseeded], "train_loss": [e.train_loss],
-            "seconds": [e.seconds], "seconds_kmeans": [e.seconds_kmeans]}))
+            "seconds": [e.seconds], "seconds_kmeans": [e.seconds_kmeans], "knn_accuracy": [e.knn_accuracy]}))
         lock.beat()
         nmi = "" if e.nmi_labels is None else f", NMI to labels {e.nmi_labels:.3f}"
-        ui.line(f"pre-training {key} epoch {e.epoch + 1}/{spec.epochs}: k-means loss {e.kmeans_loss:.4g}{nmi},"
+        knn = "" if e.knn_accuracy is None else f", {PROBE_K}-NN test accuracy {100 * e.knn_accuracy:.2f}%"
+        ui.line(f"pre-training {key} epoch {e.epoch + 1}/{spec.epochs}: k-means loss {e.kmeans_loss:.4g}{nmi}{knn},"
                 f" {e.seconds:.1f}s")
 
     if state is not None and paths["metrics"].is_file():  # drop rows of an epoch that was not checkpointed
@@ -156,7 +160,7 @@ def _run_pretrain(
         paths["metrics"].unlink(missing_ok=True)
     images = ds.train_images.to(device)
     final = deepcluster(model, images, ds.mean, ds.std, spec, config.seed, labels=labels, state=state,
-                        on_epoch=on_epoch, should_stop=stop)
+                        on_epoch=on_epoch, should_stop=stop, probe=probe)
     if final.epoch < spec.epochs:
         raise Preempted(f"pre-training {key} stopped after epoch {final.epoch}/{spec.epochs}; rerun to resume")
     checkpoint.save(paths["weights"], {"encoder": encoder_state(model), "settings": encoder_settings})
