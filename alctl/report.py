@@ -135,7 +135,45 @@ def render_markdown(rows: list[Row]) -> str:
         extra = _extra(r)
         acc = "n/a (no test set)" if np.isnan(r.accuracy_mean) else f"{r.accuracy_mean:.2f} ± {r.accuracy_std:.2f}"
         out.append(f"| {r.run} | {r.strategy}{extra} | {r.variant} | {r.cycle} | {r.n_labeled} | {acc} | {r.repetitions} |")
+    best = winners(rows)
+    if best:
+        out += ["", "Best variant at each number of labels (highest mean accuracy):", "",
+                "| run | strategy | cycle | labels | best variant | accuracy (%) | ahead of | by (points) |",
+                "|---|---|---:|---:|---|---:|---|---:|"]
+        out += [f"| {w.run} | {w.strategy} | {w.cycle} | {w.n_labeled} | {w.variant} | {w.accuracy_mean:.2f} |"
+                f" {w.runner_up} | {w.margin:.2f} |" for w in best]
     return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Winner:
+    """The variant with the highest mean accuracy among those of one strategy at one cycle."""
+
+    run: str
+    strategy: str  # with the other swept parameters, as in the table
+    cycle: int
+    n_labeled: int
+    variant: str
+    accuracy_mean: float  # percent
+    margin: float  # points above the next best variant
+    runner_up: str
+
+
+def winners(rows: list[Row]) -> list[Winner]:
+    """For every run, strategy (and other swept parameters) and cycle that has more than one variant, the variant
+    with the highest mean accuracy and its margin over the next one."""
+    groups: dict[tuple[str, str, int], list[Row]] = {}
+    for r in rows:
+        if not np.isnan(r.accuracy_mean):
+            groups.setdefault((r.run, f"{r.strategy}{_extra(r)}", r.cycle), []).append(r)
+    out = []
+    for (run, strategy, cycle), group in groups.items():
+        if len({r.variant for r in group}) < 2:
+            continue
+        best, second = sorted(group, key=lambda r: (-r.accuracy_mean, _VARIANT_ORDER.get(r.variant, 9)))[:2]
+        out.append(Winner(run, strategy, cycle, best.n_labeled, best.variant, best.accuracy_mean,
+                          best.accuracy_mean - second.accuracy_mean, second.variant))
+    return out
 
 
 def _extra(r: Row) -> str:

@@ -71,3 +71,19 @@ def test_output_that_is_a_file_exits_2_before_anything_is_written(write_manifest
     res = runner.invoke(app, ["cycle", str(path)])
     assert res.exit_code == 2 and "taken: is a file, but taken/tiny/manifest.yaml needs a folder there" in res.output
     assert (workdir / "taken").read_text() == "a file"
+
+
+def test_winners_name_the_best_variant_per_strategy_and_cycle() -> None:
+    from alctl.report import Row, render_markdown, winners
+
+    def row(variant: str, cycle: int, acc: float, strategy: str = "random") -> Row:
+        return Row("r", f"strategy={strategy}/semi={variant}", strategy, variant, cycle, 10 * (cycle + 1), acc, 1.0, 3)
+
+    rows = [row("plain", 0, 50.0), row("+PRE", 0, 55.5), row("+PRE+SEMI", 0, 61.0), row("plain", 1, 70.0),
+            row("+SEMI", 1, 69.0), row("plain", 0, 40.0, "coreset")]
+    best = {(w.strategy.split(" ")[0], w.cycle): w for w in winners(rows)}
+    assert set(best) == {("random", 0), ("random", 1)}  # coreset has one variant only: no winner
+    assert best["random", 0].variant == "+PRE+SEMI" and best["random", 0].runner_up == "+PRE"
+    assert abs(best["random", 0].margin - 5.5) < 1e-9
+    assert best["random", 1].variant == "plain" and best["random", 1].margin == 1.0
+    assert "| +PRE+SEMI | 61.00 | +PRE | 5.50 |" in render_markdown(rows)
