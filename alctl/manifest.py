@@ -186,6 +186,12 @@ class SemiConfig(_Section):
     phase2_lr: float | None = Field(
         None, gt=0, description="phase 2's initial learning rate (cosine ramp-down to 0); null = train.lr"
     )
+    features: Literal["model", "encoder"] = Field(
+        "model",
+        description="what the kNN graph is built on: model = the features of the network being trained (recomputed at"
+        " every propagation); encoder = with +PRE, the DeepCluster encoder's features (fixed, from before any label)"
+        " for every propagation of the cycle, and the model's without +PRE",
+    )
     weight_scale: Literal["max", "none"] = Field(
         "max",
         description="certainty weights divided by their maximum over the pool (max, the authors' code) or kept"

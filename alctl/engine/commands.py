@@ -17,7 +17,7 @@ from alctl.data import DatasetSplits
 from alctl.engine import checkpoint
 from alctl.engine.cycle import new_model, run_task
 from alctl.engine.pretraining import ensure_pretrained, pretrain_key, pretrain_paths
-from alctl.engine.steps import PropagationOutcome, acquire, propagate_pool
+from alctl.engine.steps import PropagationOutcome, acquire, pool_features, propagate_pool
 from alctl.engine.tables import TaskTables
 from alctl.engine.workspace import (
     check_oracle, dataset_for, one_task, plan, select_task, task_config_hash, task_dir, task_lock, write_run_manifest,
@@ -67,7 +67,12 @@ def pretrain_command(manifest_path: str | Path, ui: Ui) -> int:
             device = runtime.choose_device(t.config.train.device)
             _, seconds = ensure_pretrained(t.config, ds, device, ui, stop)
             trained += 1
-            ui.line(f"pre-training {key}: wrote {path} in {seconds:.1f}s")
+            last = store.read_table(pretrain_paths(t.config, key)["metrics"], "pretrain").to_pylist()[-1:]
+            quality = "".join(f", {name} {100 * last[0][col]:.2f}%" if col == "knn_accuracy" else
+                              f", {name} {last[0][col]:.3f}" for col, name in
+                              (("nmi_labels", "final NMI to labels"), ("knn_accuracy", "kNN test accuracy"))
+                              if last and last[0][col] is not None)
+            ui.line(f"pre-training {key}: wrote {path} in {seconds:.1f}s{quality}")
     if not seen:
         raise UserError("pretrain.method: no task of this manifest uses deepcluster (set pretrain.method or sweep it)")
     return trained
@@ -219,8 +224,8 @@ def propagate_command(manifest_path: str | Path, task_index: int | None, ui: Ui)
         assert pool is not None
         labeled = pool.labeled_at(cycle)
         t0 = time.perf_counter()
-        prop = propagate_pool(config, ds, model, ds.train_images.to(device), labeled, pool.label[labeled],
-                              mf.cycle_epochs(config))
+        feats = pool_features(config, ds, model, ds.train_images.to(device))
+        prop = propagate_pool(config, ds, feats, labeled, pool.label[labeled], mf.cycle_epochs(config))
         seconds = time.perf_counter() - t0
         u = prop.unlabeled
         tables.replace_propagation(cycle, prop.epoch, u, prop.labels[u], prop.weights[u])

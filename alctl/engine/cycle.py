@@ -6,6 +6,7 @@ training from checkpoints/train.pt (model, optimizer, generators, targets, secon
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from alctl.console import Ui
 from alctl.data import DatasetSplits
 from alctl.engine import checkpoint, settings
 from alctl.engine.pretraining import ensure_pretrained
-from alctl.engine.steps import PropagationOutcome, acquire, propagate_pool
+from alctl.engine.steps import PropagationOutcome, acquire, pool_features, propagate_pool
 from alctl.engine.tables import PoolState, TaskTables, new_pool
 from alctl.engine.workspace import check_task_dir, dataset_for, task_config_hash, task_dir, task_lock
 from alctl.errors import Preempted, UserError
@@ -71,12 +72,23 @@ class TaskContext:
     test_images: torch.Tensor = field(init=False)  # [n_test, C, H, W] uint8 on the device
     test_labels: torch.Tensor = field(init=False)  # [n_test] int64 on the device
     hash: str = field(init=False)  # the task's configuration hash, recorded in checkpoints and metrics
+    _encoder_features: torch.Tensor | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         """Pool and test images on the training device; the configuration hash."""
         self.images = self.ds.train_images.to(self.device)
         self.test_images, self.test_labels = self.ds.test_images.to(self.device), self.ds.test_labels.to(self.device)
         self.hash = task_config_hash(self.config)
+
+    def encoder_features(self) -> torch.Tensor:
+        """L2-normalised features [N, D] of the pool from the +PRE encoder alone (computed once per task)."""
+        if self._encoder_features is None:
+            assert self.encoder is not None
+            cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):  # the classifier's initialisation leaves no trace
+                model = new_model(self.config, self.ds, self.task.rep, 0, self.device, self.encoder)
+            self._encoder_features = pool_features(self.config, self.ds, model, self.images)
+        return self._encoder_features
 
     @property
     def config(self) -> mf.Manifest:
@@ -120,6 +132,7 @@ class CycleTraining:
         self.seconds: dict[str, float] = {}  # train and propagate, including earlier processes' share
         self.carried = 0.0  # seconds spent on this cycle by earlier processes (resumed from a checkpoint)
         self.propagation: PropagationOutcome | None = None
+        self._fixed: PropagationOutcome | None = None  # the propagation on the encoder's features (semi.features)
         self._started = 0.0
 
     def _resume(self) -> FitState | None:
@@ -146,7 +159,14 @@ class CycleTraining:
         """+SEMI: label propagation on the current model's features; the pseudo-labeled targets of the next epochs."""
         config, s, labels = self.ctx.config, self.ctx.config.semi, self.pool.label[self.labeled]
         t0 = time.perf_counter()
-        prop = propagate_pool(config, self.ctx.ds, self.model, self.ctx.images, self.labeled, labels, epoch)
+        if self.ctx.encoder is not None and s.features == "encoder":  # fixed features: one propagation a cycle
+            if self._fixed is None:
+                self._fixed = propagate_pool(config, self.ctx.ds, self.ctx.encoder_features(), self.labeled, labels,
+                                             epoch)
+            prop = dataclasses.replace(self._fixed, epoch=epoch)
+        else:
+            feats = pool_features(config, self.ctx.ds, self.model, self.ctx.images)
+            prop = propagate_pool(config, self.ctx.ds, feats, self.labeled, labels, epoch)
         self.propagation = prop
         u = prop.unlabeled
         if s.selection == "prob":

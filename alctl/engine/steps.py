@@ -52,13 +52,17 @@ class PropagationOutcome:
                    **arrays)
 
 
-def propagate_pool(
-    config: mf.Manifest, ds: DatasetSplits, model: ConvLarge, images: torch.Tensor, labeled: np.ndarray,
-    labels: np.ndarray, epoch: int,
-) -> PropagationOutcome:
-    """Features of every pool image [N] from `model`, label propagation from `labeled` [n_l] with `labels` [n_l],
-    and the pseudo-labels' accuracy where the truth is known."""
+def pool_features(config: mf.Manifest, ds: DatasetSplits, model: ConvLarge, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised features [N, D] float32 of every pool image from `model`, on the images' device."""
     _, feats = predict(model, images, ds.mean, ds.std, config.train.eval_batch_size)
+    return feats
+
+
+def propagate_pool(
+    config: mf.Manifest, ds: DatasetSplits, feats: torch.Tensor, labeled: np.ndarray, labels: np.ndarray, epoch: int,
+) -> PropagationOutcome:
+    """Label propagation over the pool's features [N, D] from `labeled` [n_l] with `labels` [n_l], and the
+    pseudo-labels' accuracy where the truth is known."""
     features = feats if feats.is_cuda else np.ascontiguousarray(feats.numpy(), dtype=np.float32)
     prop = label_propagation(features, labeled, labels, ds.num_classes, settings.graph_spec(config.semi),
                              config.semi.weight_scale)
