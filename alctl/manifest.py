@@ -210,6 +210,10 @@ class PretrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of the network body")
     weight_decay: float = Field(1e-5, ge=0, description="L2 weight decay (DeepCluster's 1e-5)")
     batch_size: int = Field(128, ge=1, description="images per mini-batch")
+    passes: int = Field(
+        1, ge=1, description="passes over the pool between two clusterings (DeepCluster: 1 on ImageNet's 1.3M images;"
+        " a pool of a few thousand needs several, or the fresh head learns too little each epoch to teach the body)",
+    )
     pca: int | None = Field(None, ge=2, description="PCA-whiten features to this dimension before k-means; null = off")
     weights: str | None = Field(
         None, description="encoder weights written by `alctl pretrain` (a .pt file) to use instead of training them"

@@ -43,6 +43,7 @@ class PretrainSpec:
     kmeans_iters: int
     lr: float  # constant, as DeepCluster
     batch_size: int
+    passes: int  # images drawn per epoch = passes x N (one clustering each epoch)
     momentum: float
     weight_decay: float
     pca: int | None  # PCA-whiten features to this dimension before k-means; None = off
@@ -361,9 +362,9 @@ def deepcluster(
         del feats
 
         generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch, _TAG_SAMPLER))
-        order = uniform_cluster_sampler(km.assign, n, generator)
+        order = uniform_cluster_sampler(km.assign, n * spec.passes, generator)
         targets = torch.from_numpy(km.assign).to(device)
-        steps = max(1, math.ceil(n / spec.batch_size))
+        steps = max(1, math.ceil(n * spec.passes / spec.batch_size))
         batches = torch.tensor_split(order, steps)  # sizes differ by at most one: no tiny last batch
 
         with _seeded_global_rng(device, _epoch_seed(seed, epoch, _TAG_TORCH)):

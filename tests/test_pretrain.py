@@ -320,3 +320,17 @@ def test_probe_measures_the_encoder_without_changing_its_training(digits) -> Non
     accs = [e.knn_accuracy for e in state.history]
     assert all(0.1 < a <= 1.0 for a in accs)  # far above chance (0.1) on digits
     assert accs[-1] == probe_accuracy(models[1], images, digits.mean, digits.std, probe, 64)
+
+
+def test_passes_draw_that_many_pool_sizes_of_images_per_clustering(digits) -> None:
+    images = digits.train_images[:96]
+    seen: list[list[int]] = []
+    for passes in (1, 3):
+        torch.manual_seed(0)
+        model = ConvLarge(1, 10, width=0.125)
+        sizes: list[int] = []
+        model.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]) if m.training else None)
+        deepcluster(model, images, digits.mean, digits.std, _pspec(epochs=2, clusters=6, kmeans_iters=3,
+                                                                      batch_size=32, passes=passes), seed=1)
+        seen.append(sizes)
+    assert seen[0] == [32] * 6 and seen[1] == [32] * 18  # 2 epochs x passes x 96 images in batches of 32
