@@ -186,11 +186,14 @@ class SemiConfig(_Section):
     phase2_lr: float | None = Field(
         None, gt=0, description="phase 2's initial learning rate (cosine ramp-down to 0); null = train.lr"
     )
-    features: Literal["model", "encoder"] = Field(
+    features: Literal["model", "encoder", "pixels"] = Field(
         "model",
-        description="what the kNN graph is built on: model = the features of the network being trained (recomputed at"
-        " every propagation); encoder = with +PRE, the DeepCluster encoder's features (fixed, from before any label)"
-        " for every propagation of the cycle, and the model's without +PRE",
+        description="what the kNN graph of training's propagations is built on: model = the features of the network"
+        " being trained, recomputed at every propagation (the paper); encoder = with +PRE, the DeepCluster encoder's"
+        " features, learned from every pool image before any label (the model's without +PRE); pixels = the images"
+        " themselves, centred and L2-normalised (scikit-learn LabelSpreading's space: strong on small aligned images"
+        " such as digits, weak on photographs). encoder and pixels are fixed, so a cycle propagates once."
+        " `alctl propagate` always uses the task's model",
     )
     weight_scale: Literal["max", "none"] = Field(
         "max",

@@ -80,3 +80,36 @@ def test_ceal_with_label_propagation_is_rejected_naming_both_fields(write_manife
     assert res.exit_code == 2
     assert "active.strategy: ceal does not combine with semi.method: label-propagation" in res.output
     assert "(sweep point active.strategy=ceal, semi.method=label-propagation)" in res.output
+
+
+def test_pixel_features_are_the_centred_unit_images() -> None:
+    import torch
+
+    from alctl.engine.steps import pixel_features
+
+    images = torch.tensor([[[[0, 2]]], [[[4, 2]]], [[[2, 8]]]], dtype=torch.uint8)  # [3, 1, 1, 2]
+    f = pixel_features(images)
+    want = np.array([[-2.0, -2.0], [2.0, -2.0], [0.0, 4.0]]) / np.array([[8**0.5], [8**0.5], [4.0]])
+    assert f.dtype == torch.float32 and np.allclose(f.numpy(), want)
+
+
+@pytest.mark.slow
+def test_semi_on_pixels_propagates_over_the_images_themselves(write_manifest, workdir: Path) -> None:
+    from alctl.engine.steps import pixel_features, propagate_pool
+    from alctl.engine.tables import TaskTables
+    from alctl.engine.workspace import dataset_for, task_dir
+
+    path = write_manifest({**SEMI, "active": {"cycles": 1}, "sweep": {},
+                           "semi": {**SEMI["semi"], "method": "label-propagation", "features": "pixels"}})
+    res = runner.invoke(app, ["cycle", str(path)])
+    assert res.exit_code == 0, res.output
+    (task,) = mf.tasks(mf.load(path))
+    ds = dataset_for(task.config)
+    tables = TaskTables(task_dir(task), ds)
+    pool = tables.read_pool()
+    assert pool is not None
+    labeled = pool.labeled_at(0)
+    want = propagate_pool(task.config, ds, pixel_features(ds.train_images), labeled, pool.label[labeled], 0)
+    pseudo = tables.store.read("pseudo").to_pydict()
+    got = dict(zip(pseudo["sample_id"], pseudo["pseudo_label"]))
+    assert [got[int(i)] for i in ds.train_ids.numpy()[want.unlabeled]] == want.labels[want.unlabeled].tolist()

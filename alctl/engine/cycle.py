@@ -22,7 +22,7 @@ from alctl.console import Ui
 from alctl.data import DatasetSplits
 from alctl.engine import checkpoint, settings
 from alctl.engine.pretraining import ensure_pretrained
-from alctl.engine.steps import PropagationOutcome, acquire, pool_features, propagate_pool
+from alctl.engine.steps import PropagationOutcome, acquire, pixel_features, pool_features, propagate_pool
 from alctl.engine.tables import PoolState, TaskTables, new_pool
 from alctl.engine.workspace import check_task_dir, dataset_for, task_config_hash, task_dir, task_lock
 from alctl.errors import Preempted, UserError
@@ -89,6 +89,16 @@ class TaskContext:
                 model = new_model(self.config, self.ds, self.task.rep, 0, self.device, self.encoder)
             self._encoder_features = pool_features(self.config, self.ds, model, self.images)
         return self._encoder_features
+
+    def fixed_features(self) -> torch.Tensor | None:
+        """The features [N, D] that semi.features fixes for every propagation of a cycle (encoder with +PRE, or
+        pixels), or None when the graph follows the model being trained."""
+        s = self.config.semi
+        if s.features == "encoder" and self.encoder is not None:
+            return self.encoder_features()
+        if s.features == "pixels":
+            return pixel_features(self.images)
+        return None
 
     @property
     def config(self) -> mf.Manifest:
@@ -159,11 +169,11 @@ class CycleTraining:
         """+SEMI: label propagation on the current model's features; the pseudo-labeled targets of the next epochs."""
         config, s, labels = self.ctx.config, self.ctx.config.semi, self.pool.label[self.labeled]
         t0 = time.perf_counter()
-        if self.ctx.encoder is not None and s.features == "encoder":  # fixed features: one propagation a cycle
-            if self._fixed is None:
-                self._fixed = propagate_pool(config, self.ctx.ds, self.ctx.encoder_features(), self.labeled, labels,
-                                             epoch)
+        if self._fixed is not None:  # fixed features (semi.features): one propagation a cycle
             prop = dataclasses.replace(self._fixed, epoch=epoch)
+        elif (fixed := self.ctx.fixed_features()) is not None:
+            self._fixed = propagate_pool(config, self.ctx.ds, fixed, self.labeled, labels, epoch)
+            prop = self._fixed
         else:
             feats = pool_features(config, self.ctx.ds, self.model, self.ctx.images)
             prop = propagate_pool(config, self.ctx.ds, feats, self.labeled, labels, epoch)

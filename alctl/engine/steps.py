@@ -58,6 +58,14 @@ def pool_features(config: mf.Manifest, ds: DatasetSplits, model: ConvLarge, imag
     return feats
 
 
+def pixel_features(images: torch.Tensor) -> torch.Tensor:
+    """The images themselves as features: uint8 [N, C, H, W] -> float32 [N, C*H*W], centred on the pool mean and
+    L2-normalised (the space scikit-learn's LabelSpreading works in), on the images' device."""
+    x = images.reshape(images.shape[0], -1).float()
+    x = x - x.mean(dim=0, keepdim=True)
+    return torch.nn.functional.normalize(x, dim=1)
+
+
 def propagate_pool(
     config: mf.Manifest, ds: DatasetSplits, feats: torch.Tensor, labeled: np.ndarray, labels: np.ndarray, epoch: int,
 ) -> PropagationOutcome:
