@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from alctl import manifest as mf
 from alctl.cli import app
+from tests.checks import kept_and_direct_propagation
 
 runner = CliRunner()
 PRE = {
@@ -108,9 +109,7 @@ def test_encoder_of_another_width_is_an_error_naming_both(write_manifest, workdi
 def test_semi_on_encoder_features_propagates_once_a_cycle_over_the_encoder(write_manifest, workdir: Path) -> None:
     from alctl.engine.cycle import new_model
     from alctl.engine.pretraining import load_encoder_file
-    from alctl.engine.steps import pool_features, propagate_pool
-    from alctl.engine.tables import TaskTables
-    from alctl.engine.workspace import dataset_for, task_dir
+    from alctl.engine.steps import pool_features
 
     path = write_manifest({**PRE, "repetitions": 1, "active": {"cycles": 1}, "sweep": {},
                            "pretrain": {**PRE["pretrain"], "method": "deepcluster"},
@@ -118,18 +117,12 @@ def test_semi_on_encoder_features_propagates_once_a_cycle_over_the_encoder(write
                                     "phase2_epochs": 3, "batch_size": 32, "labeled_per_batch": 8}})
     res = runner.invoke(app, ["cycle", str(path)])
     assert res.exit_code == 0, res.output
-    (task,) = mf.tasks(mf.load(path))
-    ds = dataset_for(task.config)
-    tables = TaskTables(task_dir(task), ds)
-    pool = tables.read_pool()
-    assert pool is not None
-    labeled = pool.labeled_at(0)
-    encoder = load_encoder_file(next((workdir / "runs" / "tiny" / "pretrain").glob("*[!t].pt")), task.config, ds)
-    feats = pool_features(task.config, ds, new_model(task.config, ds, 0, 0, torch.device("cpu"), encoder),
-                          ds.train_images)
-    want = propagate_pool(task.config, ds, feats, labeled, pool.label[labeled], 0)
-    pseudo = tables.store.read("pseudo").to_pydict()
+
+    def encoder_features(task: mf.Task, ds: object) -> torch.Tensor:
+        encoder = load_encoder_file(next((workdir / "runs" / "tiny" / "pretrain").glob("*[!t].pt")), task.config, ds)
+        model = new_model(task.config, ds, 0, 0, torch.device("cpu"), encoder)
+        return pool_features(task.config, ds, model, ds.train_images)
+
+    kept, direct, pseudo = kept_and_direct_propagation(path, encoder_features)
     assert set(pseudo["epoch"]) == {5}  # the last refresh (phase 2's epochs 3-5) is the one kept
-    got = dict(zip(pseudo["sample_id"], pseudo["pseudo_label"]))
-    ids = ds.train_ids.numpy()[want.unlabeled]
-    assert [got[int(i)] for i in ids] == want.labels[want.unlabeled].tolist()  # the encoder's graph, not the model's
+    assert kept == direct  # the encoder's graph, not the model's

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from alctl import manifest as mf
 from alctl.cli import app
+from tests.checks import kept_and_direct_propagation
 
 runner = CliRunner()
 SEMI = {
@@ -95,21 +96,11 @@ def test_pixel_features_are_the_centred_unit_images() -> None:
 
 @pytest.mark.slow
 def test_semi_on_pixels_propagates_over_the_images_themselves(write_manifest, workdir: Path) -> None:
-    from alctl.engine.steps import pixel_features, propagate_pool
-    from alctl.engine.tables import TaskTables
-    from alctl.engine.workspace import dataset_for, task_dir
+    from alctl.engine.steps import pixel_features
 
     path = write_manifest({**SEMI, "active": {"cycles": 1}, "sweep": {},
                            "semi": {**SEMI["semi"], "method": "label-propagation", "features": "pixels"}})
     res = runner.invoke(app, ["cycle", str(path)])
     assert res.exit_code == 0, res.output
-    (task,) = mf.tasks(mf.load(path))
-    ds = dataset_for(task.config)
-    tables = TaskTables(task_dir(task), ds)
-    pool = tables.read_pool()
-    assert pool is not None
-    labeled = pool.labeled_at(0)
-    want = propagate_pool(task.config, ds, pixel_features(ds.train_images), labeled, pool.label[labeled], 0)
-    pseudo = tables.store.read("pseudo").to_pydict()
-    got = dict(zip(pseudo["sample_id"], pseudo["pseudo_label"]))
-    assert [got[int(i)] for i in ds.train_ids.numpy()[want.unlabeled]] == want.labels[want.unlabeled].tolist()
+    kept, direct, _ = kept_and_direct_propagation(path, lambda task, ds: pixel_features(ds.train_images))
+    assert kept == direct

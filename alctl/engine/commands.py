@@ -25,6 +25,7 @@ from alctl.engine.workspace import (
 from alctl.errors import UserError
 from alctl.labels import filled_ids, read_labels
 from alctl.models import ConvLarge
+from alctl.pretrain import PROBE_K
 from alctl.sheet import contact_sheet
 from alctl.train import predict
 
@@ -67,11 +68,10 @@ def pretrain_command(manifest_path: str | Path, ui: Ui) -> int:
             device = runtime.choose_device(t.config.train.device)
             _, seconds = ensure_pretrained(t.config, ds, device, ui, stop)
             trained += 1
-            last = store.read_table(pretrain_paths(t.config, key)["metrics"], "pretrain").to_pylist()[-1:]
-            quality = "".join(f", {name} {100 * last[0][col]:.2f}%" if col == "knn_accuracy" else
-                              f", {name} {last[0][col]:.3f}" for col, name in
-                              (("nmi_labels", "final NMI to labels"), ("knn_accuracy", "kNN test accuracy"))
-                              if last and last[0][col] is not None)
+            last = store.read_table(pretrain_paths(t.config, key)["metrics"], "pretrain").to_pylist()[-1]
+            quality = "" if last["nmi_labels"] is None else f", final NMI to labels {last['nmi_labels']:.3f}"
+            if last["knn_accuracy"] is not None:
+                quality += f", {PROBE_K}-NN test accuracy {100 * last['knn_accuracy']:.2f}%"
             ui.line(f"pre-training {key}: wrote {path} in {seconds:.1f}s{quality}")
     if not seen:
         raise UserError("pretrain.method: no task of this manifest uses deepcluster (set pretrain.method or sweep it)")

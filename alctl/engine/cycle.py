@@ -72,7 +72,7 @@ class TaskContext:
     test_images: torch.Tensor = field(init=False)  # [n_test, C, H, W] uint8 on the device
     test_labels: torch.Tensor = field(init=False)  # [n_test] int64 on the device
     hash: str = field(init=False)  # the task's configuration hash, recorded in checkpoints and metrics
-    _encoder_features: torch.Tensor | None = field(init=False, default=None)
+    _fixed_features: torch.Tensor | None = field(init=False, default=None)  # see fixed_features
 
     def __post_init__(self) -> None:
         """Pool and test images on the training device; the configuration hash."""
@@ -80,25 +80,18 @@ class TaskContext:
         self.test_images, self.test_labels = self.ds.test_images.to(self.device), self.ds.test_labels.to(self.device)
         self.hash = task_config_hash(self.config)
 
-    def encoder_features(self) -> torch.Tensor:
-        """L2-normalised features [N, D] of the pool from the +PRE encoder alone (computed once per task)."""
-        if self._encoder_features is None:
-            assert self.encoder is not None
+    def fixed_features(self) -> torch.Tensor | None:
+        """The features [N, D] that semi.features fixes for every propagation of the task (the +PRE encoder's, or
+        the pixels), computed once; None when the graph follows the model being trained."""
+        s = self.config.semi
+        if self._fixed_features is None and s.features == "encoder" and self.encoder is not None:
             cuda = [self.device.index or 0] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):  # the classifier's initialisation leaves no trace
                 model = new_model(self.config, self.ds, self.task.rep, 0, self.device, self.encoder)
-            self._encoder_features = pool_features(self.config, self.ds, model, self.images)
-        return self._encoder_features
-
-    def fixed_features(self) -> torch.Tensor | None:
-        """The features [N, D] that semi.features fixes for every propagation of a cycle (encoder with +PRE, or
-        pixels), or None when the graph follows the model being trained."""
-        s = self.config.semi
-        if s.features == "encoder" and self.encoder is not None:
-            return self.encoder_features()
-        if s.features == "pixels":
-            return pixel_features(self.images)
-        return None
+            self._fixed_features = pool_features(self.config, self.ds, model, self.images)
+        elif self._fixed_features is None and s.features == "pixels":
+            self._fixed_features = pixel_features(self.images)
+        return self._fixed_features
 
     @property
     def config(self) -> mf.Manifest:
@@ -142,7 +135,7 @@ class CycleTraining:
         self.seconds: dict[str, float] = {}  # train and propagate, including earlier processes' share
         self.carried = 0.0  # seconds spent on this cycle by earlier processes (resumed from a checkpoint)
         self.propagation: PropagationOutcome | None = None
-        self._fixed: PropagationOutcome | None = None  # the propagation on the encoder's features (semi.features)
+        self._fixed: PropagationOutcome | None = None  # the cycle's propagation on fixed features (semi.features)
         self._started = 0.0
 
     def _resume(self) -> FitState | None:
@@ -166,7 +159,8 @@ class CycleTraining:
                         step=int(ckpt["step"]), batches=None if batches is None else [b.cpu() for b in batches])
 
     def _refresh(self, epoch: int) -> Targets:
-        """+SEMI: label propagation on the current model's features; the pseudo-labeled targets of the next epochs."""
+        """+SEMI: label propagation on the current model's features (or, once a cycle, on the fixed features of
+        semi.features); the pseudo-labeled targets of the next epochs."""
         config, s, labels = self.ctx.config, self.ctx.config.semi, self.pool.label[self.labeled]
         t0 = time.perf_counter()
         if self._fixed is not None:  # fixed features (semi.features): one propagation a cycle
