@@ -70,21 +70,23 @@ def _ui(quiet: bool):  # noqa: ANN202 - console.Ui, imported lazily to keep `--h
 
 @app.command()
 @handled
-def validate(manifest: ManifestArg) -> None:
-    """Check a manifest (schema and cross-field rules) and print its task plan."""
-    from alctl import manifest as mf
-    from alctl.engine.workspace import plan
+def validate(
+    manifest: ManifestArg,
+    images_per_second: Annotated[
+        float | None,
+        typer.Option("--images-per-second", help="measured training throughput (images/s, e.g. from"
+                     " benchmarks/bench_train.py) for estimated hours"),
+    ] = None,
+    inference_per_second: Annotated[
+        float | None,
+        typer.Option("--inference-images-per-second", help="measured forward-only throughput (default: 3x the"
+                     " training throughput)"),
+    ] = None,
+) -> None:
+    """Check a manifest (schema and cross-field rules); print its grid, the cost of each task and of the run."""
+    from alctl.engine.validation import validate_command
 
-    m, tasks = plan(manifest)
-    console = Console(highlight=False)
-    console.print(f"{manifest}: valid; run directory {mf.run_dir(m)}; hash {mf.manifest_hash(m)}; {len(tasks)} tasks")
-    table = Table("task", "key", "strategy", "variant", "rep", "labels (initial + budget x selections)")
-    for t in tasks:
-        a, d = t.config.active, t.config.dataset
-        labels = (f"the {d.labeled}/ tree + {a.budget} x {a.cycles - 1}" if d.name == "imagefolder" and d.labeled
-                  else f"{a.initial} + {a.budget} x {a.cycles - 1} = {a.initial + a.budget * (a.cycles - 1)}")
-        table.add_row(str(t.index), t.key, a.strategy, t.variant, str(t.rep), labels)
-    console.print(table)
+    validate_command(manifest, Console(highlight=False), images_per_second, inference_per_second)
 
 
 @app.command()
@@ -183,13 +185,21 @@ def submit(
     image: Annotated[str | None, typer.Option("--image", help="container image; required for k8s (scheduler.image)")] = None,
     parallel: Annotated[int | None, typer.Option("--parallel", help="tasks at once (scheduler.max_parallel)")] = None,
     namespace: Annotated[str | None, typer.Option("--namespace", help="Kubernetes namespace (scheduler.namespace)")] = None,
+    images_per_second: Annotated[
+        float | None,
+        typer.Option("--images-per-second", help="measured training throughput per task (scheduler.images_per_second):"
+                     " warns when --time is shorter than the estimate"),
+    ] = None,
 ) -> None:
     """Write a Slurm array / Kubernetes Indexed Job (one index per task); --run submits it."""
     from alctl.jobs import submit_command
 
     overrides = {"partition": partition, "time": time, "gpus": gpus, "cpus": cpus, "memory": memory,
-                 "image": image, "max_parallel": parallel, "namespace": namespace}
+                 "image": image, "max_parallel": parallel, "namespace": namespace,
+                 "images_per_second": images_per_second}
     result = submit_command(manifest, to, run=run, out=out, overrides=overrides)
+    for line in result.warnings:
+        err.print(f"warning: {line}", markup=False)
     for line in result.lines():
         typer.echo(line)
 

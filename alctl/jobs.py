@@ -43,6 +43,7 @@ import yaml
 from pydantic import ValidationError
 
 from alctl import manifest as mf
+from alctl import plan
 from alctl.manifest import memory_parts, time_seconds
 from alctl.errors import AlctlError, UserError
 from alctl.store import atomic_write_bytes
@@ -65,6 +66,7 @@ OPTION_NAMES: dict[str, str] = {
     "image": "--image",
     "max_parallel": "--parallel",
     "namespace": "--namespace",
+    "images_per_second": "--images-per-second",
 }
 
 
@@ -78,6 +80,7 @@ class SubmitResult:
     tasks: int
     job_id: str | None = None
     applied: str | None = None
+    warnings: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         """Human-readable report lines for the CLI."""
@@ -425,6 +428,20 @@ def _run_tool(argv: list[str], workdir: Path, tool: str) -> str:
     return proc.stdout
 
 
+def time_warnings(m: mf.Manifest, sched: mf.SchedulerConfig) -> tuple[str, ...]:
+    """A warning when scheduler.time is shorter than the longest task's estimate at scheduler.images_per_second."""
+    limit = time_seconds(sched.time)
+    if sched.images_per_second is None or limit is None:
+        return ()
+    estimate = plan.estimate(m, sched.images_per_second)
+    if estimate is None or estimate[0] <= limit:
+        return ()
+    hours = estimate[0] / 3600
+    return (f"scheduler.time {sched.time} is shorter than the longest task's estimate of {hours:.1f} h at"
+            f" {sched.images_per_second:g} images/s (its DeepCluster pre-training included where it has one); a task killed at the limit"
+            " resumes from its checkpoint when resubmitted, or raise --time",)
+
+
 def submit_command(
     manifest_path: str | Path,
     to: str | None,
@@ -452,7 +469,7 @@ def submit_command(
         mode = 0o755
     else:
         manifest_file = Path(manifest_path)
-        text = render_k8s(m, workdir.as_posix(), sched, (manifest_file.name, manifest_file.read_text()))
+        text = render_k8s(m, workdir.as_posix(), sched, (manifest_file.name, mf.to_yaml(m)))  # resolved: no extends
         path = out or run_path / "jobs" / "k8s.yaml"
         mode = 0o644
     target = path if path.is_absolute() else workdir / path
@@ -461,10 +478,11 @@ def submit_command(
     atomic_write_bytes(target, text.encode())
     os.chmod(target, mode)
     n = len(mf.tasks(m))
+    warnings = time_warnings(m, sched)
     if to == "slurm":
         (workdir / run_path / "logs").mkdir(parents=True, exist_ok=True)  # Slurm does not create log directories
     if not run:
-        return SubmitResult(to, path, n)
+        return SubmitResult(to, path, n, warnings=warnings)
     if to == "slurm":
         sbatch = shutil.which("sbatch")
         if sbatch is None:
@@ -473,9 +491,9 @@ def submit_command(
         job_id = answer.split(";")[0].strip()
         if not job_id:
             raise AlctlError(f"sbatch printed no job id for {path}")
-        return SubmitResult(to, path, n, job_id=job_id)
+        return SubmitResult(to, path, n, job_id=job_id, warnings=warnings)
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         raise UserError(f"--run: kubectl not found on PATH; the spec is at {path}: run `kubectl apply -f {path}`")
     applied = _run_tool([kubectl, "apply", "-f", str(target)], workdir, "kubectl apply")
-    return SubmitResult(to, path, n, applied=applied)
+    return SubmitResult(to, path, n, applied=applied, warnings=warnings)

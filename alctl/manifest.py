@@ -102,6 +102,14 @@ class ModelConfig(_Section):
 
     width: float = Field(1.0, gt=0, le=4, description="channel multiplier; 1.0 = the paper (128/256/512 channels)")
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout probability after each pooling block")
+    l2_features: bool = Field(
+        True,
+        description="L2-normalise the pooled features before the weight-normalised classifier, a cosine classifier"
+        " with a learned scale (the authors' code, isL2, on by default there; better here on mnist5k for plain and"
+        " +SEMI, docs/options.md); false = the classifier sees the raw features, as in Laine & Aila's network and"
+        " Iscen et al.'s code. Features for kNN, CoreSet, jLP and propagation are L2-normalised either way;"
+        " DeepCluster's own head follows it only with pretrain.recipe: rethinking",
+    )
 
 
 class TrainConfig(_Section):
@@ -195,6 +203,12 @@ class SemiConfig(_Section):
         " such as digits, weak on photographs). encoder and pixels are fixed, so a cycle propagates once."
         " `alctl propagate` always uses the task's model",
     )
+    class_weights: bool = Field(
+        True,
+        description="weight each class's loss inversely to its frequency among labels and pseudo-labels (Iscen et"
+        " al.'s paper and code); false = the authors' code (Siméoni et al. compute the weights but never apply"
+        " them: loss = sum of certainty x cross-entropy / batch size)",
+    )
     weight_scale: Literal["max", "none"] = Field(
         "max",
         description="certainty weights divided by their maximum over the pool (max, the authors' code) or kept"
@@ -206,10 +220,18 @@ class PretrainConfig(_Section):
     """DeepCluster pre-training (+PRE), once per dataset/model/settings/seed."""
 
     method: Literal["none", "deepcluster"] = Field("none", description="none or deepcluster")
+    recipe: Literal["deepcluster", "rethinking"] = Field(
+        "deepcluster",
+        description="how DeepCluster trains. deepcluster = Caron et al. 2018: a fresh head each epoch, the body's"
+        " SGD at a constant lr, images drawn uniformly over the clusters, k-means on clean images' features."
+        " rethinking = the code of Siméoni et al. (ICPR 2020): one Nesterov SGD over every weight with a cosine"
+        " ramp-down of lr, the head kept between epochs, images drawn uniformly, k-means on augmented images'"
+        " features (they train 400 epochs at lr 0.02, weight decay 2e-4: set lr and weight_decay to match)",
+    )
     epochs: int = Field(400, ge=1, description="DeepCluster epochs")
     clusters_per_class: int = Field(5, ge=1, description="k-means clusters = this x number of classes")
     kmeans_iters: int = Field(10, ge=1, description="k-means iterations per epoch")
-    lr: float = Field(0.02, gt=0, description="learning rate (constant)")
+    lr: float = Field(0.02, gt=0, description="learning rate (deepcluster: constant; rethinking: cosine ramp-down to 0)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of the network body")
     weight_decay: float = Field(1e-5, ge=0, description="L2 weight decay (DeepCluster's 1e-5)")
     batch_size: int = Field(128, ge=1, description="images per mini-batch")
@@ -242,6 +264,12 @@ class SchedulerConfig(_Section):
     data_claim: str | None = Field(None, description="Kubernetes PersistentVolumeClaim holding dataset.root; null = hostPath")
     backoff_limit: int = Field(3, ge=0, description="Kubernetes retries per index (backoffLimitPerIndex)")
     signal_seconds: int = Field(120, ge=0, description="seconds of warning before a kill (Slurm --signal, k8s grace period)")
+    images_per_second: float | None = Field(
+        None, gt=0,
+        description="measured training throughput of one task on the cluster's device (images/s, e.g. from"
+        " benchmarks/bench_train.py); with it `alctl submit` warns when `time` is shorter than the longest task's"
+        " estimate (`alctl validate --images-per-second` prints the plan)",
+    )
 
     @model_validator(mode="after")
     def _formats(self) -> "SchedulerConfig":
@@ -269,7 +297,10 @@ class Manifest(_Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="unsupervised pre-training")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="cluster job settings")
     sweep: dict[str, list[Any]] = Field(
-        default_factory=dict, description="grid: dotted field path -> list of values, crossed with repetitions"
+        default_factory=dict,
+        description="grid: dotted field path -> list of values, crossed with repetitions; the reserved key"
+        " `exclude` lists partial points ({path: value, ...}) whose combinations are left out of the grid,"
+        " e.g. exclude: [{active.strategy: ceal, semi.method: label-propagation}]",
     )
 
     @field_validator("name")
@@ -335,7 +366,8 @@ def cross_field_problems(m: Manifest) -> list[str]:
     if m.active.strategy == "ceal" and m.semi.method == "label-propagation":
         problems.append(
             "active.strategy: ceal does not combine with semi.method: label-propagation"
-            " (CEAL brings its own pseudo-labels); use another strategy or semi.method: none"
+            " (CEAL brings its own pseudo-labels); use another strategy or semi.method: none, or in a sweep leave"
+            " the pair out: exclude: [{active.strategy: ceal, semi.method: label-propagation}]"
         )
     feature_dim = layer_channels(128, m.model.width)
     if m.pretrain.pca is not None and m.pretrain.pca > feature_dim:
@@ -454,7 +486,7 @@ def parse(data: Any, source: str = "manifest") -> Manifest:
     except ValidationError as err:
         raise ManifestError(*_format_validation(err)) from None
     problems: list[str] = []
-    for path, values in manifest.sweep.items():
+    for path, values in sweep_axes(manifest).items():
         if not _known_path(path):
             problems.append(f"sweep.{path}: not a manifest field (use a dotted path such as active.strategy)")
         elif path.split(".")[0] in _RUN_LEVEL:
@@ -465,11 +497,33 @@ def parse(data: Any, source: str = "manifest") -> Manifest:
             twice = [v for i, v in enumerate(values) if v in values[:i]]
             if twice:
                 problems.append(f"sweep.{path}: value {twice[0]!r} given twice (tasks would share one directory)")
+    if not problems:
+        problems = _exclude_problems(manifest)
     if problems:
         raise ManifestError(*problems)
     for point in sweep_points(manifest):
         resolve_point(manifest, point)
     return manifest
+
+
+def _exclude_problems(m: Manifest) -> list[str]:
+    """Problems of sweep.exclude: each entry a non-empty {swept path: one of its values}; the grid not emptied."""
+    axes = sweep_axes(m)
+    entries = m.sweep.get(EXCLUDE, [])
+    problems: list[str] = []
+    for i, entry in enumerate(entries):
+        where = f"sweep.exclude[{i}]"
+        if not isinstance(entry, dict) or not entry:
+            problems.append(f"{where}: expected a mapping of swept paths to values, e.g. {{active.strategy: ceal}}")
+            continue
+        for path, value in entry.items():
+            if path not in axes:
+                problems.append(f"{where}.{path}: not swept (swept: {', '.join(axes) or 'nothing'})")
+            elif value not in axes[path]:
+                problems.append(f"{where}.{path}: {value!r} is not one of the swept values {axes[path]}")
+    if not problems and entries and not sweep_points(m):
+        problems.append("sweep.exclude: leaves no task in the grid")
+    return problems
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -493,10 +547,25 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load(path: str | Path) -> Manifest:
-    """Read and validate a YAML manifest; every problem becomes a ManifestError line."""
-    p = Path(path)
+EXTENDS = "extends"  # top-level key: a base manifest (path relative to this file) whose settings this one overrides
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated by `override`: mappings merge key by key, anything else (lists included) is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_data(p: Path, chain: tuple[Path, ...] = ()) -> Any:
+    """The parsed YAML of a manifest file, with its `extends:` chain merged in (base first)."""
     if not p.is_file():
+        if chain:
+            raise ManifestError(f"{chain[-1]}: extends: {p} not found")
         raise ManifestError(f"{p}: manifest file not found")
     try:
         text = p.read_bytes().decode("utf-8")
@@ -509,16 +578,59 @@ def load(path: str | Path) -> Manifest:
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ManifestError(f"{where}: YAML syntax error: {problem}") from None
+    if not isinstance(data, dict) or EXTENDS not in data:
+        return data
+    data = dict(data)
+    base_ref = data.pop(EXTENDS)
+    if not isinstance(base_ref, str) or not base_ref.strip():
+        raise ManifestError(f"{p}: extends: expected the path of a base manifest, got {base_ref!r}")
+    base_path = (p.parent / base_ref).resolve()
+    if base_path in chain or base_path == p.resolve():
+        raise ManifestError(f"{p}: extends: {base_ref} leads back to itself")
+    base = _read_data(base_path, (*chain, p.resolve()))
+    if base is None:
+        base = {}
+    if not isinstance(base, dict):
+        raise ManifestError(f"{base_path}: the manifest must be a mapping of sections, got {type(base).__name__}")
+    # a base's name names its own run; a sweep given here is this manifest's whole grid (with its exclude list)
+    base = {key: value for key, value in base.items() if key != "name" and not (key == "sweep" and "sweep" in data)}
+    return _deep_merge(base, data)
+
+
+def load(path: str | Path) -> Manifest:
+    """Read and validate a YAML manifest (merged over its `extends:` base, if any); every problem becomes a
+    ManifestError line."""
+    p = Path(path)
+    data = _read_data(p)
     manifest = parse(data, str(p))
     if not manifest.name:
         manifest = manifest.model_copy(update={"name": p.stem})
     return manifest
 
 
+EXCLUDE = "exclude"  # the reserved key of `sweep` listing left-out combinations
+
+
+def sweep_axes(m: Manifest) -> dict[str, list[Any]]:
+    """The swept paths and their values (every key of `sweep` but `exclude`), in manifest order."""
+    return {path: values for path, values in m.sweep.items() if path != EXCLUDE}
+
+
+def excluded(m: Manifest, point: dict[str, Any]) -> bool:
+    """True when a sweep point matches an entry of sweep.exclude (every path of the entry has the entry's value)."""
+    return any(
+        isinstance(entry, dict) and all(path in point and point[path] == value for path, value in entry.items())
+        for entry in m.sweep.get(EXCLUDE, [])
+    )
+
+
 def sweep_points(m: Manifest) -> list[dict[str, Any]]:
-    """The sweep grid as a list of {path: value}, in manifest order (last path varies fastest)."""
-    paths = list(m.sweep)
-    return [dict(zip(paths, combo)) for combo in itertools.product(*(m.sweep[p] for p in paths))]
+    """The sweep grid as a list of {path: value}, in manifest order (last path varies fastest), less the points
+    that sweep.exclude leaves out."""
+    axes = sweep_axes(m)
+    paths = list(axes)
+    points = [dict(zip(paths, combo)) for combo in itertools.product(*(axes[p] for p in paths))]
+    return [point for point in points if not excluded(m, point)]
 
 
 def resolve_point(m: Manifest, point: dict[str, Any]) -> Manifest:

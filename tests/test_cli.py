@@ -150,3 +150,124 @@ def test_usage_mistakes_are_one_line_and_exit_2(args: list[str], expected: str) 
     assert res.returncode == 2 and res.stdout == "", res.stdout + res.stderr
     assert res.stderr.startswith(expected) and res.stderr.count("\n") == 1, res.stderr
     assert res.stderr.rstrip().endswith(f"(see `alctl {args[0]} --help`)")
+
+
+# ---------------------------------------------------------------- validate: grid, plan and estimates
+
+OPTIONS = "manifests/mnist5k-options.yaml"  # shipped; extends mnist5k-semi.yaml
+
+
+@pytest.fixture
+def options(workdir: Path) -> str:
+    """The shipped mnist5k-options manifest and its base, copied into the working directory; its path as typed."""
+    shipped = Path(__file__).resolve().parents[1] / "manifests"
+    (workdir / "manifests").mkdir()
+    for name in ("mnist5k-options.yaml", "mnist5k-semi.yaml"):
+        (workdir / "manifests" / name).write_text((shipped / name).read_text())
+    return OPTIONS
+
+
+def flat(text: str) -> str:
+    """Console output with rich's line wrapping undone (runs of whitespace as one space)."""
+    return " ".join(text.split())
+
+
+def per_cycle(values: list[int]) -> str:
+    """How a plan line shows per-cycle counts: one number when they are equal, else 'a / b / c'."""
+    return f"{values[0]:,}" if len(set(values)) == 1 else " / ".join(f"{v:,}" for v in values)
+
+
+def test_validate_shows_the_grid_less_its_exclusions_and_the_plan(options: str, workdir: Path) -> None:
+    res = runner.invoke(app, ["validate", options])
+    assert res.exit_code == 0, res.output
+    out = flat(res.output)
+    assert out.startswith("manifests/mnist5k-options.yaml: valid; run directory runs/mnist5k-options; hash ")
+    assert "; 18 tasks grid:" in out
+    assert ("grid: active.strategy (1) x semi.method (2) x model.l2_features (2) x semi.class_weights (2) = 8 points,"
+            " 2 left out by sweep.exclude -> 6 x 3 repetitions = 18 tasks") in out
+    assert "left out: semi.method=none, semi.class_weights=False" in out
+    # one plan line per point (3 repetitions each) with alctl.plan's counts; the plain ones never propagate
+    from alctl import manifest as mf
+    from alctl import plan
+
+    run = plan.run_cost(mf.load(options))
+    assert run is not None
+    for first in range(0, 18, 3):
+        cycles = run.tasks[first].cycles
+        steps, train = (per_cycle([getattr(c, name) for c in cycles]) for name in ("steps", "train"))
+        assert f"tasks {first}-{first + 2}: 3 cycles; per cycle {steps} steps, images: train {train}," in out
+    assert out.count("propagations 0;") + out.count("propagations 0 ") == 2
+    steps = sum(t.steps for t in run.tasks)
+    assert f"run: 18 tasks, {steps:,} optimizer steps, {run.train:,} training images" in out
+    assert "DeepCluster's share 0.0%" in out
+    assert "time: give --images-per-second" in out and "h per task" not in out
+    assert not (workdir / "runs").exists()  # validating writes nothing
+
+
+def test_validate_estimates_hours_from_a_throughput(options: str) -> None:
+    res = runner.invoke(app, ["validate", options, "--images-per-second", "100"])
+    assert res.exit_code == 0, res.output
+    out = flat(res.output)
+    assert out.count("h per task") == 6
+    assert "estimate at 100 training and 300 forward images/s: longest task" in out
+    assert "whole run" in out and "time: give" not in out
+    res = runner.invoke(app, ["validate", options, "--images-per-second", "100",
+                              "--inference-images-per-second", "1000"])
+    assert res.exit_code == 0 and "estimate at 100 training and 1,000 forward images/s" in flat(res.output)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--images-per-second", "0"], "error: --images-per-second: 0.0 must be positive\n"),
+    (["--images-per-second", "-5"], "error: --images-per-second: -5.0 must be positive\n"),
+    (["--images-per-second", "10", "--inference-images-per-second", "0"],
+     "error: --inference-images-per-second: 0.0 must be positive\n"),
+])
+def test_validate_refuses_a_throughput_that_is_not_positive(options: str, args: list[str], expected: str) -> None:
+    res = runner.invoke(app, ["validate", options, *args])
+    assert res.exit_code == 2 and res.output == expected
+
+
+def test_bad_sweep_exclude_exits_2_with_one_line(workdir: Path) -> None:
+    path = workdir / "m.yaml"
+    path.write_text("dataset: {name: digits}\nsweep:\n  active.strategy: [random, coreset]\n"
+                    "  exclude:\n    - {active.strategy: ceal}\n")
+    res = runner.invoke(app, ["validate", str(path)])
+    assert res.exit_code == 2
+    assert res.output == ("error: sweep.exclude[0].active.strategy: 'ceal' is not one of the swept values"
+                          " ['random', 'coreset']\n")
+
+
+def test_validate_a_manifest_that_extends_another_prints_its_own_run(write_manifest, workdir: Path) -> None:
+    write_manifest({"name": "base-run"}, name="base.yaml")
+    (workdir / "exp").mkdir()
+    child = workdir / "exp" / "child.yaml"
+    child.write_text("extends: ../base.yaml\nrepetitions: 1\nsweep:\n  active.strategy: [random, jlp]\n")
+    res = runner.invoke(app, ["validate", str(child)])
+    assert res.exit_code == 0, res.output
+    out = flat(res.output)
+    assert "run directory runs/child;" in out and "runs/base-run" not in out
+    assert "= 2 points -> 2 x 1 repetitions = 2 tasks" in out
+    (workdir / "exp" / "orphan.yaml").write_text("extends: missing.yaml\n")
+    res = runner.invoke(app, ["validate", str(workdir / "exp" / "orphan.yaml")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "missing.yaml not found" in res.output
+
+
+def test_validate_counts_a_shared_deepcluster_encoder_once(write_manifest) -> None:
+    path = write_manifest({"pretrain": {"method": "deepcluster", "epochs": 3},
+                           "sweep": {"active.strategy": ["random", "uncertainty"]}})
+    res = runner.invoke(app, ["validate", str(path), "--images-per-second", "1000"])
+    assert res.exit_code == 0, res.output
+    out = flat(res.output)
+    assert "DeepCluster encoder 1 of 1 (4 tasks): 3 epochs," in out and "encoder 2" not in out
+    assert "(its DeepCluster included where it has one)" in out
+
+
+def test_validate_image_folder_says_the_plan_waits_for_the_images(workdir: Path) -> None:
+    path = workdir / "folder.yaml"
+    path.write_text("dataset: {name: imagefolder, pool: pool, image_size: 32, classes: [a, b]}\n"
+                    "active: {oracle: human, initial: 2, budget: 2, cycles: 2}\nrepetitions: 1\n")
+    res = runner.invoke(app, ["validate", str(path), "--images-per-second", "100"])
+    assert res.exit_code == 0, res.output
+    out = flat(res.output)
+    assert "plan: the pool size of an image folder is known once it is read" in out
+    assert "estimate at" not in out and "h per task" not in out

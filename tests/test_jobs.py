@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 
 from alctl import jobs
 from alctl import manifest as mf
+from alctl import plan
 from alctl.cli import app
 from alctl.errors import UserError
 
@@ -174,6 +176,24 @@ def test_configmap_manifest_loads_to_the_same_run_in_the_pod(tmp_path: Path) -> 
     fallback = k8s_docs(jobs.render_k8s(m, WORKDIR))[0]["data"]["manifest.yaml"]
     assert mf.manifest_hash(mf.parse(yaml.safe_load(fallback))) == mf.manifest_hash(m)
 
+
+
+def test_submit_k8s_of_a_manifest_that_extends_another_ships_it_resolved(write_manifest, workdir: Path) -> None:
+    """The pod holds the ConfigMap's one file, not the base: the shipped manifest must stand alone."""
+    write_manifest({"name": "base-run", "scheduler": {"image": IMAGE}}, name="base.yaml")
+    (workdir / "child.yaml").write_text("extends: base.yaml\nseed: 3\nsweep:\n  active.strategy: [random, jlp]\n"
+                                        "  exclude:\n    - {active.strategy: jlp}\n")
+    res = runner.invoke(app, ["submit", "child.yaml", "--to", "k8s"])
+    assert res.exit_code == 0, res.output
+    data = k8s_docs((workdir / "runs/child/jobs/k8s.yaml").read_text())[0]["data"]
+    assert list(data) == ["child.yaml"] and "extends" not in data["child.yaml"]
+    pod_file = workdir / "pod" / "child.yaml"
+    pod_file.parent.mkdir()
+    pod_file.write_text(data["child.yaml"])
+    m, in_pod = mf.load(workdir / "child.yaml"), mf.load(pod_file)
+    assert in_pod.name == "child" and in_pod.seed == 3
+    assert mf.manifest_hash(in_pod) == mf.manifest_hash(m)
+    assert [t.key for t in mf.tasks(in_pod)] == [t.key for t in mf.tasks(m)] and len(mf.tasks(m)) == 2
 
 # ---------------------------------------------------------------- settings and options
 
@@ -414,6 +434,76 @@ def test_working_directory_with_spaces_exits_2(tmp_path: Path, monkeypatch: pyte
     monkeypatch.chdir(spaced)
     res = runner.invoke(app, ["submit", "manifests/mnist5k.yaml", "--to", "slurm"])
     assert res.exit_code == 2 and "contains whitespace" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- the time limit against the estimate
+
+WARNING = "warning: scheduler.time 0:01:00 is shorter than the longest task's estimate of "
+
+
+def test_submit_warns_when_the_time_limit_is_shorter_than_the_estimate(write_manifest, workdir: Path) -> None:
+    path = write_manifest({"scheduler": {"time": "0:01:00"}})
+    res = runner.invoke(app, ["submit", str(path), "--to", "slurm", "--images-per-second", "2"])
+    assert res.exit_code == 0, res.output
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(WARNING) and " h at 2 images/s " in line and "raise --time" in line
+    assert res.stdout == "wrote runs/tiny/jobs/slurm.sbatch: Slurm job array of 2 tasks\n"
+    assert "#SBATCH --time=0:01:00\n" in (workdir / "runs/tiny/jobs/slurm.sbatch").read_text()
+
+
+def test_submit_takes_the_throughput_from_the_scheduler_section(write_manifest) -> None:
+    path = write_manifest({"scheduler": {"time": "0:01:00", "images_per_second": 2}})
+    res = runner.invoke(app, ["submit", str(path), "--to", "slurm"])
+    assert res.exit_code == 0 and res.stderr.startswith(WARNING), res.output
+    # the option wins over the section: a fast enough device, no warning
+    res = runner.invoke(app, ["submit", str(path), "--to", "slurm", "--images-per-second", "1000000"])
+    assert res.exit_code == 0 and res.stderr == "", res.output
+    # a longer limit, or no limit, no warning
+    res = runner.invoke(app, ["submit", str(path), "--to", "slurm", "--time", "UNLIMITED"])
+    assert res.exit_code == 0 and res.stderr == "", res.output
+    res = runner.invoke(app, ["submit", str(path), "--to", "k8s", "--image", IMAGE, "--time", "100-00:00:00"])
+    assert res.exit_code == 0 and res.stderr == "", res.output
+
+
+def test_submit_without_a_throughput_does_not_warn(write_manifest) -> None:
+    res = runner.invoke(app, ["submit", str(write_manifest({"scheduler": {"time": "0:01:00"}})), "--to", "slurm"])
+    assert res.exit_code == 0 and res.stderr == "", res.output
+
+
+def test_submit_to_k8s_warns_too(write_manifest) -> None:
+    path = write_manifest({"scheduler": {"time": "0:01:00"}})
+    res = runner.invoke(app, ["submit", str(path), "--to", "k8s", "--image", IMAGE, "--images-per-second", "2"])
+    assert res.exit_code == 0 and res.stderr.startswith(WARNING), res.output
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_submit_refuses_a_throughput_that_is_not_positive(write_manifest, value: str) -> None:
+    res = runner.invoke(app, ["submit", str(write_manifest()), "--to", "slurm", "--images-per-second", value])
+    assert res.exit_code == 2
+    assert res.output.startswith("error: --images-per-second: Input should be greater than 0") and \
+        res.output.count("\n") == 1, res.output
+
+
+def test_time_warnings_compare_the_limit_with_the_longest_task() -> None:
+    m = mf.parse({"dataset": {"name": "digits"}, "train": {"epochs": 10, "batch_size": 16},
+                  "active": {"initial": 10, "budget": 10, "cycles": 3},
+                  "sweep": {"active.strategy": ["random", "coreset"]}})
+    estimate = plan.estimate(m, 10)
+    assert estimate is not None
+    longest = estimate[0]
+    assert 60 < longest < estimate[1]
+
+    def at(seconds: int) -> tuple[str, ...]:
+        time = f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        return jobs.time_warnings(m, mf.SchedulerConfig(time=time, images_per_second=10))
+
+    assert at(math.ceil(longest)) == ()  # the longest task fits, though the whole run would not
+    (warning,) = at(math.floor(longest) - 1)
+    assert f"estimate of {longest / 3600:.1f} h at 10 images/s" in warning
+    assert jobs.time_warnings(m, mf.SchedulerConfig(time="0:00:01")) == ()  # no throughput: no estimate
+    folder = mf.parse({"dataset": {"name": "imagefolder", "pool": "p", "image_size": 8, "classes": ["a", "b"]},
+                       "active": {"oracle": "human"}})
+    assert jobs.time_warnings(folder, mf.SchedulerConfig(time="0:00:01", images_per_second=1)) == ()
 
 
 # ---------------------------------------------------------------- the container

@@ -99,15 +99,30 @@ def test_name_defaults_to_file_stem(tmp_path: Path) -> None:
     assert mf.load(p).name == "exp1"
 
 
+FULL_SCALE = {  # the paper's figure: manifest -> (dataset, b)
+    "cifar10": ("cifar10", 100), "cifar10-b1000": ("cifar10", 1000), "cifar100": ("cifar100", 1000),
+    "svhn": ("svhn", 100), "mnist": ("mnist", 10), "mnist-b20": ("mnist", 20),
+}
+
+
+def test_every_full_scale_manifest_ships() -> None:
+    assert {p.stem for p in (ROOT / "manifests").glob("*.yaml")} >= set(FULL_SCALE)
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "manifests").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_manifests_validate(path: Path) -> None:
     m = mf.load(path)
     tasks = mf.tasks(m)
     assert tasks, path
-    if path.stem in {"mnist", "svhn", "cifar10", "cifar10-b1000", "cifar100"}:
-        strategies = {t.config.active.strategy for t in tasks}
-        assert {"random", "uncertainty", "coreset", "ceal"} <= strategies
-        assert m.repetitions == 5 and m.model.width == 1.0
+    if path.stem in FULL_SCALE:  # the paper's figure: 5 strategies x 4 variants, CEAL without +SEMI, 5 repetitions
+        points = {(t.config.active.strategy, t.variant) for t in tasks}
+        want = {(s, v) for s in ("random", "uncertainty", "coreset", "jlp", "ceal")
+                for v in ("plain", "+PRE", "+SEMI", "+PRE+SEMI") if not (s == "ceal" and "SEMI" in v)}
+        assert points == want and len(tasks) == 5 * len(want)
+        assert m.repetitions == 5 and m.model.width == 1.0 and m.train.epochs == 200 and m.active.cycles == 5
+        dataset, budget = FULL_SCALE[path.stem]
+        assert (m.dataset.name, m.active.initial, m.active.budget) == (dataset, budget, budget)
+        assert m.train.flip == dataset.startswith("cifar")  # no flips for digits
 
 
 def test_unknown_top_level_key_lists_the_sections() -> None:
@@ -174,3 +189,182 @@ def test_strategy_names_come_from_the_registry() -> None:
     assert mf.ActiveConfig.model_fields["strategy"].annotation.__args__ == NAMES
     for name in NAMES:
         assert mf.parse({"active": {"strategy": name}}).active.strategy == name
+
+
+# ---------------------------------------------------------------- sweep.exclude
+
+
+def test_sweep_exclude_leaves_out_matching_points_and_keeps_the_rest_in_order() -> None:
+    sweep = {"active.strategy": ["random", "coreset"], "active.budget": [10, 20], "seed": [0, 1]}
+    full = mf.parse({"repetitions": 2, "sweep": sweep})
+    m = mf.parse({"repetitions": 2, "sweep": {**sweep, "exclude": [{"active.strategy": "coreset", "active.budget": 20},
+                                                                    {"seed": 1, "active.budget": 10}]}})
+    assert mf.sweep_axes(m) == sweep
+    kept = [p for p in mf.sweep_points(full)
+            if not (p["active.strategy"] == "coreset" and p["active.budget"] == 20)
+            and not (p["seed"] == 1 and p["active.budget"] == 10)]
+    assert mf.sweep_points(m) == kept
+    assert kept == [{"active.strategy": "random", "active.budget": 10, "seed": 0},
+                    {"active.strategy": "random", "active.budget": 20, "seed": 0},
+                    {"active.strategy": "random", "active.budget": 20, "seed": 1},
+                    {"active.strategy": "coreset", "active.budget": 10, "seed": 0}]
+    assert mf.excluded(m, {"active.strategy": "coreset", "active.budget": 20, "seed": 0})
+    assert not mf.excluded(m, {"active.strategy": "coreset", "active.budget": 10, "seed": 0})
+    # tasks are renumbered, but a remaining point keeps its key (its run directory) and its configuration
+    tasks, full_tasks = mf.tasks(m), {t.key: t for t in mf.tasks(full)}
+    assert [t.index for t in tasks] == list(range(8))
+    assert [t.key for t in tasks] == [t.key for t in mf.tasks(full) if t.point in kept]
+    for t in tasks:
+        assert t.config == full_tasks[t.key].config and t.point == full_tasks[t.key].point
+
+
+def test_an_exclude_entry_of_one_path_leaves_out_every_point_with_that_value() -> None:
+    m = mf.parse({"sweep": {"active.strategy": ["random", "coreset", "jlp"], "active.budget": [10, 20],
+                            "exclude": [{"active.strategy": "coreset"}]}})
+    assert [(p["active.strategy"], p["active.budget"]) for p in mf.sweep_points(m)] == [
+        ("random", 10), ("random", 20), ("jlp", 10), ("jlp", 20)]
+
+
+def test_ceal_with_label_propagation_validates_once_excluded() -> None:
+    sweep = {"active.strategy": ["random", "ceal"], "semi.method": ["none", "label-propagation"]}
+    with pytest.raises(ManifestError, match="ceal does not combine.*sweep point"):
+        mf.parse({"sweep": sweep})
+    m = mf.parse({"sweep": {**sweep, "exclude": [{"active.strategy": "ceal", "semi.method": "label-propagation"}]}})
+    assert [t.key for t in mf.tasks(m.model_copy(update={"repetitions": 1}))] == [
+        "strategy=random/semi=none/pretrain=none/rep=0",
+        "strategy=random/semi=lp/pretrain=none/rep=0",
+        "strategy=ceal/semi=none/pretrain=none/rep=0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("exclude", "expected"),
+    [
+        ([{"active.budget": 10}], "sweep.exclude[0].active.budget: not swept (swept: active.strategy, semi.method)"),
+        ([{"active.strategy": "random"}, {"active.strategy": "jlp"}],
+         "sweep.exclude[1].active.strategy: 'jlp' is not one of the swept values ['random', 'coreset']"),
+        (["coreset"], "sweep.exclude[0]: expected a mapping of swept paths to values, e.g. {active.strategy: ceal}"),
+        ([{}], "sweep.exclude[0]: expected a mapping of swept paths to values, e.g. {active.strategy: ceal}"),
+        ([{"active.strategy": "random"}, {"active.strategy": "coreset"}], "sweep.exclude: leaves no task in the grid"),
+        ({"active.strategy": "random"}, "sweep.exclude: Input should be a valid list"),
+    ],
+)
+def test_bad_sweep_exclude_is_one_line_naming_the_entry(exclude: object, expected: str) -> None:
+    sweep = {"active.strategy": ["random", "coreset"], "semi.method": ["none", "label-propagation"], "exclude": exclude}
+    with pytest.raises(ManifestError) as e:
+        mf.parse({"sweep": sweep})
+    assert e.value.problems == [expected]
+
+
+def test_exclude_without_a_sweep_says_nothing_is_swept() -> None:
+    with pytest.raises(ManifestError) as e:
+        mf.parse({"sweep": {"exclude": [{"active.strategy": "random"}]}})
+    assert e.value.problems == ["sweep.exclude[0].active.strategy: not swept (swept: nothing)"]
+
+
+def test_resolved_yaml_of_an_excluding_manifest_loads_to_the_same_tasks(tmp_path: Path) -> None:
+    """What `submit --to k8s` ships: the resolved manifest, exclusions included."""
+    m = mf.parse({"name": "x", "sweep": {"active.strategy": ["random", "coreset"], "active.budget": [10, 20],
+                                         "exclude": [{"active.strategy": "coreset", "active.budget": 20}]}})
+    path = tmp_path / "x.yaml"
+    path.write_text(mf.to_yaml(m))
+    again = mf.load(path)
+    assert [t.key for t in mf.tasks(again)] == [t.key for t in mf.tasks(m)]
+    assert mf.manifest_hash(again) == mf.manifest_hash(m)
+
+
+# ---------------------------------------------------------------- extends
+
+
+def write(path: Path, text: str) -> Path:
+    """Write a manifest file (creating its folder) and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+BASE = """\
+name: base-run
+dataset: {name: digits}
+train: {epochs: 3, batch_size: 16, lr: 0.1}
+active: {initial: 10, budget: 10, cycles: 2}
+sweep:
+  active.strategy: [random, coreset, uncertainty]
+  active.budget: [10, 20]
+"""
+
+
+def test_extends_overrides_leaves_merges_sections_and_replaces_lists(tmp_path: Path) -> None:
+    write(tmp_path / "base.yaml", BASE)
+    child = write(tmp_path / "child.yaml",
+                  "extends: base.yaml\ntrain: {epochs: 5}\nsweep:\n  active.strategy: [jlp]\n")
+    m = mf.load(child)
+    assert m.name == "child"  # the base's name names the base's own run
+    assert (m.train.epochs, m.train.batch_size, m.train.lr) == (5, 16, 0.1)
+    assert m.dataset.name == "digits" and (m.active.initial, m.active.cycles) == (10, 2)
+    assert m.sweep == {"active.strategy": ["jlp"]}  # a sweep given by the child is its whole grid
+    assert mf.run_dir(m) == Path("runs/child")
+    assert mf.load(tmp_path / "base.yaml").name == "base-run"
+    named = write(tmp_path / "named.yaml", "extends: base.yaml\nname: mine\n")
+    assert mf.load(named).name == "mine"
+
+
+def test_extends_the_same_as_writing_the_merged_manifest(tmp_path: Path) -> None:
+    write(tmp_path / "base.yaml", BASE)
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\nseed: 4\nmodel: {width: 0.25}\n")
+    flat = write(tmp_path / "flat.yaml",
+                 BASE.replace("name: base-run", "name: child") + "seed: 4\nmodel: {width: 0.25}\n")
+    assert mf.manifest_hash(mf.load(child)) == mf.manifest_hash(mf.load(flat))
+
+
+def test_extends_chain_of_two_bases_resolved_relative_to_each_file(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "bases/grand.yaml", BASE + "model: {width: 0.125, dropout: 0.3}\n")
+    write(tmp_path / "bases/mid.yaml", "extends: grand.yaml\nname: mid\ntrain: {epochs: 4}\nmodel: {width: 0.25}\n")
+    write(tmp_path / "exp/child.yaml",
+          "extends: ../bases/mid.yaml\nmodel: {width: 0.5}\nsweep:\n  active.budget: [30]\n")
+    monkeypatch.chdir(tmp_path / "bases")  # the current directory plays no part
+    m = mf.load(tmp_path / "exp/child.yaml")
+    assert m.name == "child"
+    assert (m.model.width, m.model.dropout, m.train.epochs, m.train.lr) == (0.5, 0.3, 4, 0.1)
+    assert m.sweep == {"active.budget": [30]}
+
+
+def test_missing_base_is_an_error_naming_the_files(tmp_path: Path) -> None:
+    child = write(tmp_path / "child.yaml", "extends: nowhere/base.yaml\n")
+    with pytest.raises(ManifestError) as e:
+        mf.load(child)
+    (line,) = e.value.problems
+    assert line.startswith(f"{child}: extends: ") and line.endswith("nowhere/base.yaml not found")
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"a.yaml": "extends: a.yaml\n"}, "a.yaml: extends: a.yaml leads back to itself"),
+        ({"a.yaml": "extends: ./sub/../a.yaml\n"}, "a.yaml: extends: ./sub/../a.yaml leads back to itself"),
+        ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"},
+         "b.yaml: extends: a.yaml leads back to itself"),
+        ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: c.yaml\n", "c.yaml": "extends: b.yaml\n"},
+         "c.yaml: extends: b.yaml leads back to itself"),
+        ({"a.yaml": "extends: [b.yaml]\n"}, "a.yaml: extends: expected the path of a base manifest, got ['b.yaml']"),
+        ({"a.yaml": "extends: ''\n"}, "a.yaml: extends: expected the path of a base manifest, got ''"),
+        ({"a.yaml": "extends: b.yaml\n", "b.yaml": "- train\n"}, "b.yaml: the manifest must be a mapping of sections"),
+    ],
+)
+def test_bad_extends_is_one_line(tmp_path: Path, files: dict[str, str], expected: str) -> None:
+    (tmp_path / "sub").mkdir()
+    for name, text in files.items():
+        write(tmp_path / name, text)
+    with pytest.raises(ManifestError) as e:
+        mf.load(tmp_path / "a.yaml")
+    (line,) = e.value.problems
+    assert expected in line
+
+
+def test_an_empty_base_and_a_base_with_extends_errors_in_the_child(tmp_path: Path) -> None:
+    write(tmp_path / "empty.yaml", "")
+    assert mf.load(write(tmp_path / "a.yaml", "extends: empty.yaml\nseed: 2\n")).seed == 2
+    write(tmp_path / "base.yaml", BASE)
+    with pytest.raises(ManifestError, match=r"^train.epochz: unknown key"):
+        mf.load(write(tmp_path / "b.yaml", "extends: base.yaml\ntrain: {epochz: 2}\n"))

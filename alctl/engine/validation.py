@@ -1,0 +1,109 @@
+"""`alctl validate`: the resolved grid of a manifest and what it costs (steps, images, estimated hours)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from alctl import manifest as mf
+from alctl import plan
+from alctl.engine.workspace import plan as task_plan
+from alctl.errors import UserError
+
+
+def _n(x: float) -> str:
+    """An integer with thousands separators."""
+    return f"{int(round(x)):,}"
+
+
+def _per_cycle(values: list[int]) -> str:
+    """Per-cycle values as 'a / b / c', or one number when they are all equal."""
+    return _n(values[0]) if len(set(values)) == 1 else " / ".join(_n(v) for v in values)
+
+
+def _hours(seconds: float) -> str:
+    """Seconds as hours with a sensible precision."""
+    h = seconds / 3600
+    return f"{h:.2f} h" if h < 10 else f"{h:,.0f} h"
+
+
+def grid_line(m: mf.Manifest, n_tasks: int) -> str:
+    """'grid: a (3) x b (2) = 6 points, 1 left out by sweep.exclude -> 5 points x 2 repetitions = 10 tasks'."""
+    axes = mf.sweep_axes(m)
+    full = 1
+    for values in axes.values():
+        full *= len(values)
+    points = len(mf.sweep_points(m))
+    shape = " x ".join(f"{path} ({len(values)})" for path, values in axes.items()) or "no sweep"
+    left_out = f", {full - points} left out by sweep.exclude" if full != points else ""
+    return f"grid: {shape} = {full} point{'s' * (full != 1)}{left_out} -> {points} x {m.repetitions} repetitions = {n_tasks} tasks"
+
+
+def validate_command(manifest: str | Path, console: Console, images_per_second: float | None = None,
+                     inference_per_second: float | None = None) -> None:
+    """Check a manifest and print its header, grid, per-point task plan, DeepCluster's share and the run's totals."""
+    if images_per_second is not None and images_per_second <= 0:
+        raise UserError(f"--images-per-second: {images_per_second} must be positive")
+    if inference_per_second is not None and inference_per_second <= 0:
+        raise UserError(f"--inference-images-per-second: {inference_per_second} must be positive")
+    m, tasks = task_plan(manifest)
+    console.print(f"{manifest}: valid; run directory {mf.run_dir(m)}; hash {mf.manifest_hash(m)}; {len(tasks)} tasks")
+    console.print(grid_line(m, len(tasks)))
+    for entry in m.sweep.get(mf.EXCLUDE, []):
+        console.print("  left out: " + ", ".join(f"{k}={v}" for k, v in entry.items()))
+    cost = plan.run_cost(m)
+    timed = images_per_second is not None and cost is not None
+    table = Table(title="grid: one row per point, one task per repetition")
+    for header in ("tasks", "key", "variant", "labels (initial + budget x selections)"):
+        table.add_column(header, overflow="fold")
+    by_point: dict[str, list[int]] = {}
+    for t in tasks:
+        by_point.setdefault(t.key.rsplit("/rep=", 1)[0], []).append(t.index)
+    lines = []
+    for key, indices in by_point.items():
+        t = tasks[indices[0]]
+        a, d = t.config.active, t.config.dataset
+        labels = (f"the {d.labeled}/ tree + {a.budget} x {a.cycles - 1}" if d.name == "imagefolder" and d.labeled
+                  else f"{a.initial} + {a.budget} x {a.cycles - 1} = {a.initial + a.budget * (a.cycles - 1)}")
+        span = str(indices[0]) if len(indices) == 1 else f"{indices[0]}-{indices[-1]}"
+        table.add_row(span, key, t.variant, labels)
+        if cost is not None:
+            tc = cost.tasks[t.index]
+            hours = ""
+            if timed:
+                hours = f"; {_hours(plan.task_seconds(cost, t.index, images_per_second, inference_per_second))} per task"  # type: ignore[arg-type]
+            lines.append(
+                f"tasks {span}: {a.cycles} cycles; per cycle {_per_cycle([c.steps for c in tc.cycles])} steps,"
+                f" images: train {_per_cycle([c.train for c in tc.cycles])}, features"
+                f" {_per_cycle([c.features for c in tc.cycles])}, test {_per_cycle([c.evaluate for c in tc.cycles])};"
+                f" propagations {_per_cycle([c.propagations for c in tc.cycles])}{hours}"
+            )
+    console.print(table)
+    if lines:
+        console.print("plan (per task; a / b / ... = cycle 0 / 1 / ...):")
+        for line in lines:
+            console.print("  " + line)
+    if cost is None:
+        console.print("plan: the pool size of an image folder is known once it is read; steps and images not estimated")
+        return
+    for i, (key, p) in enumerate(cost.pretrains.items()):
+        users = sum(1 for t in cost.tasks if t.pretrain_key == key)
+        console.print(f"DeepCluster encoder {i + 1} of {len(cost.pretrains)} ({users} tasks): {p.epochs} epochs,"
+                      f" {_n(p.steps)} steps, {_n(p.train)} training images, {_n(p.features)} feature images")
+    console.print(
+        f"run: {len(cost.tasks)} tasks, {_n(sum(t.steps for t in cost.tasks) + sum(p.steps for p in cost.pretrains.values()))}"
+        f" optimizer steps, {_n(cost.train)} training images, {_n(cost.inference)} feature and test images;"
+        f" DeepCluster's share {100 * cost.pretrain_share:.1f}% (a training image counted as {plan.INFERENCE_SPEEDUP:g}"
+        " forward passes)"
+    )
+    if timed:
+        longest, total = plan.estimate(m, images_per_second, inference_per_second)  # type: ignore[arg-type,misc]
+        fwd = inference_per_second or plan.INFERENCE_SPEEDUP * images_per_second  # type: ignore[operator]
+        console.print(f"estimate at {images_per_second:,.0f} training and {fwd:,.0f} forward images/s: longest task"
+                      f" {_hours(longest)} (its DeepCluster included where it has one), whole run {_hours(total)} on one device")
+    else:
+        console.print("time: give --images-per-second (training throughput, e.g. from benchmarks/bench_train.py)"
+                      " for estimated hours")

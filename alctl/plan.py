@@ -1,0 +1,231 @@
+"""What a run costs before it starts: optimizer steps and images through the network per cycle, per task, per run.
+
+Pure (no file I/O, no torch): counts follow the batching rules of `alctl.train` and the passes of the engine.
+Images are counted as they pass the network: `train` (forward and backward, with augmentation), `features`
+(forward passes over the pool for selection, propagation and k-means), `evaluate` (the test split once per
+cycle). A pass of k-means, the kNN graph or the propagation itself is counted as a propagation, not as images;
+the selection's own arithmetic on the features (CoreSet's greedy k-center, jLP's diffusions) is not counted.
+CEAL's pseudo-labels are counted at their most (one pseudo-labeled image per labeled one in every batch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from alctl import manifest as mf
+from alctl.strategies.registry import needs
+
+# Test-split sizes of the named datasets (the pool sizes are manifest.DATASET_FACTS).
+TEST_SIZES: dict[str, int] = {
+    "mnist5k": 1000, "digits": 400, "mnist": 10000, "svhn": 26032, "cifar10": 10000, "cifar100": 10000,
+}
+# A forward pass costs about a third of a training step's forward + backward: inference images per second
+# default to 3x the training throughput when only that is given.
+INFERENCE_SPEEDUP = 3.0
+
+
+@dataclass(frozen=True)
+class CycleCost:
+    """One cycle of one task."""
+
+    cycle: int
+    labels: int  # labeled images the cycle trains on
+    steps: int  # optimizer steps
+    train: int  # images through forward + backward
+    features: int  # images through forward passes for selection and propagation
+    evaluate: int  # test images
+    propagations: int  # label propagations (each: kNN graph + linear solve over the pool)
+
+
+@dataclass(frozen=True)
+class TaskCost:
+    """Every cycle of one task (the encoder's DeepCluster is counted once per run, in `PretrainCost`)."""
+
+    cycles: list[CycleCost]
+    pretrain_key: str | None  # which encoder the task needs (+PRE), None without
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of every cycle."""
+        return sum(c.steps for c in self.cycles)
+
+    @property
+    def train(self) -> int:
+        """Training images of every cycle."""
+        return sum(c.train for c in self.cycles)
+
+    @property
+    def inference(self) -> int:
+        """Feature and evaluation images of every cycle."""
+        return sum(c.features + c.evaluate for c in self.cycles)
+
+
+@dataclass(frozen=True)
+class PretrainCost:
+    """One DeepCluster pre-training: per epoch a feature pass for k-means, `passes` training passes, the probe."""
+
+    epochs: int
+    steps: int
+    train: int
+    features: int  # k-means features + the probe's pool and test features
+
+
+@dataclass
+class RunCost:
+    """A whole run: its tasks and each distinct encoder once."""
+
+    tasks: list[TaskCost]
+    pretrains: dict[str, PretrainCost] = field(default_factory=dict)
+
+    @property
+    def train(self) -> int:
+        """Training images of the run, DeepCluster included."""
+        return sum(t.train for t in self.tasks) + sum(p.train for p in self.pretrains.values())
+
+    @property
+    def inference(self) -> int:
+        """Feature and evaluation images of the run, DeepCluster included."""
+        return sum(t.inference for t in self.tasks) + sum(p.features for p in self.pretrains.values())
+
+    @property
+    def pretrain_share(self) -> float:
+        """DeepCluster's share of all images through the network (training images weighted x INFERENCE_SPEEDUP)."""
+        dc = sum(INFERENCE_SPEEDUP * p.train + p.features for p in self.pretrains.values())
+        total = INFERENCE_SPEEDUP * self.train + self.inference
+        return dc / total if total else 0.0
+
+
+def sizes(config: mf.Manifest) -> tuple[int, int] | None:
+    """(pool images, test images) of a named dataset; None for an image folder (known only once it is read)."""
+    facts = mf.DATASET_FACTS.get(config.dataset.name)
+    if facts is None or config.dataset.name not in TEST_SIZES:
+        return None
+    return facts[1], TEST_SIZES[config.dataset.name]
+
+
+def _plain_steps(n_l: int, t: mf.TrainConfig) -> tuple[int, int]:
+    """(steps, images) of one epoch on n_l labeled images (train._plain_batches)."""
+    bs = min(t.batch_size, max(n_l, 1))
+    steps = max(math.ceil(max(n_l, 1) / bs), t.min_steps, 1)
+    return steps, steps * bs
+
+
+def _mixed_steps(n_p: int, s: mf.SemiConfig) -> tuple[int, int]:
+    """(steps, images) of one +SEMI epoch over n_p pseudo-labeled images (train._mixed_batches)."""
+    p = n_p if s.unlabeled_per_epoch is None else min(n_p, s.unlabeled_per_epoch)
+    steps = max(1, math.ceil(p / (s.batch_size - s.labeled_per_batch)))
+    return steps, steps * s.labeled_per_batch + p
+
+
+def cycle_cost(config: mf.Manifest, cycle: int, pool: int, test: int) -> CycleCost:
+    """The cost of cycle `cycle` (0-based) of a task on a pool of `pool` images and `test` test images."""
+    a, t, s = config.active, config.train, config.semi
+    n_l = min(a.initial + a.budget * cycle, pool)
+    plain_steps, plain_images = _plain_steps(n_l, t)
+    if a.strategy == "ceal" and cycle > 0:  # at most one pseudo-labeled image per labeled one in every batch
+        plain_images *= 2
+    steps, images, features, propagations = 0, 0, 0, 0
+    if s.method == "label-propagation":
+        first_mixed = t.epochs if s.phase2_epochs else min(s.warmup, t.epochs)
+        mixed_epochs = (t.epochs + s.phase2_epochs) - first_mixed
+        unlabeled = pool - n_l
+        n_p = unlabeled if s.selection == "all" else int(round(s.fraction * unlabeled))
+        # no pseudo-label (every image labeled): the epochs train on plain batches (train._epoch_batches)
+        m_steps, m_images = _mixed_steps(n_p, s) if n_p else (plain_steps, plain_images)
+        steps += first_mixed * plain_steps + mixed_epochs * m_steps
+        images += first_mixed * plain_images + mixed_epochs * m_images
+        propagations = math.ceil(mixed_epochs / s.every) if mixed_epochs else 0
+        fixed = s.features == "pixels" or (s.features == "encoder" and config.pretrain.method != "none")
+        if fixed:
+            propagations = min(propagations, 1)  # fixed features: one propagation per cycle
+            if cycle == 0 and s.features == "encoder":
+                features += pool  # the encoder's features, once per task
+        else:
+            features += propagations * pool
+    else:
+        steps, images = t.epochs * plain_steps, t.epochs * plain_images
+    if cycle < a.cycles - 1 and needs(a.strategy):
+        features += pool  # the selection's pass over the pool
+    return CycleCost(cycle=cycle, labels=n_l, steps=steps, train=images, features=features, evaluate=test,
+                     propagations=propagations)
+
+
+def pretrain_cost(config: mf.Manifest, pool: int, test: int) -> PretrainCost:
+    """DeepCluster's cost: per epoch the k-means features of the pool, passes x pool training images, the probe."""
+    p = config.pretrain
+    per_epoch = max(1, math.ceil(pool * p.passes / p.batch_size))
+    return PretrainCost(epochs=p.epochs, steps=p.epochs * per_epoch, train=p.epochs * pool * p.passes,
+                        features=p.epochs * (pool + pool + test))
+
+
+def encoder_settings(config: mf.Manifest) -> dict[str, Any]:
+    """What determines a DeepCluster encoder besides the image shape: dataset, model, augmentation, pretrain
+    settings, seed (`engine.pretraining.pretrain_key` hashes it with the shape).
+
+    With the deepcluster recipe, neither model.l2_features (its head sees the raw features) nor the recipe itself
+    enters: encoders cached before those options existed were trained exactly so, and stay found."""
+    rethinking = config.pretrain.recipe == "rethinking"
+    return {
+        "dataset": config.dataset.model_dump(mode="json"),
+        "model": config.model.model_dump(mode="json", exclude=set() if rethinking else {"l2_features"}),
+        "augment": {"translate": config.train.translate, "flip": config.train.flip},
+        "pretrain": config.pretrain.model_dump(mode="json", exclude={"method", "weights"} | (set() if rethinking
+                                                                                            else {"recipe"})),
+        "seed": config.seed,
+    }
+
+
+def encoder_key(config: mf.Manifest) -> str | None:
+    """What tells encoders apart in a run (`encoder_settings` as text), None without +PRE or with given weights."""
+    if config.pretrain.method == "none" or config.pretrain.weights is not None:
+        return None
+    return json.dumps(encoder_settings(config), sort_keys=True)
+
+
+def run_cost(m: mf.Manifest) -> RunCost | None:
+    """The cost of every task of a manifest and of each distinct encoder; None when the pool size is unknown."""
+    tasks = mf.tasks(m)
+    if not tasks or sizes(tasks[0].config) is None:
+        return None
+    out = RunCost(tasks=[])
+    for task in tasks:
+        pool, test = sizes(task.config)  # type: ignore[misc]
+        key = encoder_key(task.config)
+        if key is not None and key not in out.pretrains:
+            out.pretrains[key] = pretrain_cost(task.config, pool, test)
+        out.tasks.append(TaskCost([cycle_cost(task.config, c, pool, test) for c in range(task.config.active.cycles)],
+                                  key))
+    return out
+
+
+def seconds(train: int, inference: int, images_per_second: float, inference_per_second: float | None = None) -> float:
+    """Estimated seconds for `train` training and `inference` forward-only images at the given throughputs."""
+    if images_per_second <= 0:
+        raise ValueError(f"images_per_second must be > 0, got {images_per_second}")
+    fwd = inference_per_second if inference_per_second else INFERENCE_SPEEDUP * images_per_second
+    return train / images_per_second + inference / fwd
+
+
+def task_seconds(run: RunCost, index: int, images_per_second: float,
+                 inference_per_second: float | None = None) -> float:
+    """Estimated seconds of task `index` alone, plus its encoder's DeepCluster when it needs one (the first task
+    of an array to reach it pre-trains it)."""
+    t = run.tasks[index]
+    total = seconds(t.train, t.inference, images_per_second, inference_per_second)
+    if t.pretrain_key is not None:
+        p = run.pretrains[t.pretrain_key]
+        total += seconds(p.train, p.features, images_per_second, inference_per_second)
+    return total
+
+
+def estimate(m: mf.Manifest, images_per_second: float, inference_per_second: float | None = None
+             ) -> tuple[float, float] | None:
+    """(longest task with its DeepCluster, whole run on one device) in seconds; None when the pool size is unknown."""
+    cost = run_cost(m)
+    if cost is None or not cost.tasks:
+        return None
+    longest = max(task_seconds(cost, i, images_per_second, inference_per_second) for i in range(len(cost.tasks)))
+    return longest, seconds(cost.train, cost.inference, images_per_second, inference_per_second)
