@@ -25,9 +25,12 @@ class ConvBlock(nn.Sequential):
 class ConvLarge(nn.Module):
     """13-layer CNN: 3x(3x3,128) pool drop 3x(3x3,256) pool drop (3x3,512 valid) (1x1,256) (1x1,128) GAP -> linear."""
 
-    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0, dropout: float = 0.5) -> None:
-        """Build the network for `in_channels`-channel images and `num_classes` outputs."""
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0, dropout: float = 0.5,
+                 l2_features: bool = False) -> None:
+        """Build the network for `in_channels`-channel images and `num_classes` outputs; with `l2_features` the
+        classifier sees L2-normalised features (a cosine classifier whose scale is the weight norm's g)."""
         super().__init__()
+        self.l2_features = l2_features
         c1, c2, c3, c4, c5 = (layer_channels(b, width) for b in (128, 256, 512, 256, 128))
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -53,9 +56,9 @@ class ConvLarge(nn.Module):
         return x.mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [n, num_classes] and pooled features [n, D]."""
+        """Logits [n, num_classes] and pooled features [n, D] (not normalised, whatever l2_features says)."""
         f = self.features(x)
-        return self.classifier(f), f
+        return self.classifier(F.normalize(f, dim=1) if self.l2_features else f), f
 
     def reset_classifier(self, num_classes: int | None = None) -> None:
         """Replace the classifier with a freshly initialised one (optionally of another size)."""
@@ -65,6 +68,7 @@ class ConvLarge(nn.Module):
         self.classifier = weight_norm(nn.Linear(self.feature_dim, n)).to(device)
 
 
-def build_model(in_channels: int, num_classes: int, width: float = 1.0, dropout: float = 0.5) -> ConvLarge:
+def build_model(in_channels: int, num_classes: int, width: float = 1.0, dropout: float = 0.5,
+                l2_features: bool = False) -> ConvLarge:
     """The paper's network for a dataset."""
-    return ConvLarge(in_channels, num_classes, width=width, dropout=dropout)
+    return ConvLarge(in_channels, num_classes, width=width, dropout=dropout, l2_features=l2_features)

@@ -1,4 +1,4 @@
-"""DeepCluster (Caron et al. 2018), pure (no file I/O): k-means on features -> pseudo-classes -> train -> repeat.
+"""DeepCluster (Caron et al. 2018; or the recipe of Siméoni et al.'s code), pure (no file I/O): k-means on features -> pseudo-classes -> train -> repeat.
 
 Array contracts:
     images    uint8 [N, C, H, W] (on the training device), labels int64 [N] (only for reporting NMI)
@@ -31,7 +31,9 @@ from alctl.models import ConvLarge
 CLASSIFIER_PREFIX = "classifier."
 
 # tags of the per-epoch random streams (seed, epoch, tag)
-_TAG_KMEANS, _TAG_RESEED, _TAG_TORCH, _TAG_SAMPLER = 0, 1, 2, 3
+_TAG_KMEANS, _TAG_RESEED, _TAG_TORCH, _TAG_SAMPLER, _TAG_FEATURES = 0, 1, 2, 3, 4
+
+RECIPES = ("deepcluster", "rethinking")
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class PretrainSpec:
     epochs: int
     clusters: int  # K = clusters_per_class x number of classes
     kmeans_iters: int
-    lr: float  # constant, as DeepCluster
+    lr: float  # deepcluster: constant; rethinking: the start of a cosine ramp-down to 0 over the epochs
     batch_size: int
     passes: int  # images drawn per epoch = passes x N (one clustering each epoch)
     momentum: float
@@ -50,6 +52,7 @@ class PretrainSpec:
     translate: int  # pixels of random translation
     flip: bool
     eval_batch_size: int
+    recipe: str = "deepcluster"  # one of RECIPES (see `deepcluster`)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class PretrainState:
     """What must be checkpointed (besides the encoder weights) to resume after an interrupted epoch."""
 
     epoch: int  # epochs finished
-    body_optimizer: dict  # optimizer state_dict of the body (every parameter but the classifier)
+    body_optimizer: dict  # optimizer state_dict of the body (every parameter but the classifier; rethinking: all)
     previous_assign: np.ndarray | None  # [N] int64 assignment of the last finished epoch
     history: list[EpochStats] = field(default_factory=list)
 
@@ -243,13 +246,19 @@ def cluster_features(
     std: Sequence[float],
     batch_size: int = 512,
     pca: int | None = None,
+    augmentation: tuple[int, bool, torch.Generator] | None = None,
 ) -> np.ndarray:
-    """Pooled features [n, D] float32 of uint8 images [n, C, H, W] in eval mode, L2-normalised (PCA-whitened to [n, pca] first if set)."""
+    """Pooled features [n, D] float32 of uint8 images [n, C, H, W] in eval mode, L2-normalised (PCA-whitened to [n, pca] first if set).
+
+    `augmentation` = (translate, flip, generator): the features of randomly translated / flipped images (the
+    authors' code), instead of the clean images'."""
     model.eval()
-    chunks = [
-        model.features(normalize(images[i : i + batch_size], mean, std)).float().cpu()
-        for i in range(0, images.shape[0], batch_size)
-    ]
+
+    def batch(i: int) -> torch.Tensor:
+        x = normalize(images[i : i + batch_size], mean, std)
+        return x if augmentation is None else augment(x, augmentation[0], augmentation[1], augmentation[2])
+
+    chunks = [model.features(batch(i)).float().cpu() for i in range(0, images.shape[0], batch_size)]
     feats = torch.cat(chunks).numpy() if chunks else np.zeros((0, model.feature_dim), np.float32)
     feats = _l2_normalise(feats)
     return pca_whiten(feats, pca) if pca is not None else feats
@@ -323,9 +332,15 @@ def deepcluster(
 ) -> PretrainState:
     """Run (or resume from `state`) DeepCluster on uint8 images [N, C, H, W]; on_epoch is called after every finished epoch (the pipeline checkpoints there).
 
-    The model must be on the images' device; its classifier is replaced by a fresh K-way head every epoch (so it ends
-    with spec.clusters outputs). should_stop is checked before each epoch; the returned state is that of the last
-    finished epoch. Labels int64 [N] are only used to report NMI, and `probe` only to measure the encoder after
+    The model must be on the images' device; it ends with a K-way head (spec.clusters outputs). spec.recipe:
+
+    - deepcluster (Caron et al. 2018): a fresh head every epoch with its own momentum-free SGD, the body's SGD at
+      a constant lr, images drawn uniformly over the clusters, k-means on the features of clean images;
+    - rethinking (the code of Siméoni et al.): one Nesterov SGD over every weight with a cosine ramp-down of the
+      lr over the epochs, the head kept from epoch to epoch, images drawn uniformly (passes shuffled passes over
+      the pool), k-means on the features of augmented images.
+
+    should_stop is checked before each epoch; the returned state is that of the last finished epoch. Labels int64 [N] are only used to report NMI, and `probe` only to measure the encoder after
     every epoch (EpochStats.knn_accuracy); neither is used for training.
     """
     if images.dtype != torch.uint8 or images.ndim != 4:
@@ -340,10 +355,19 @@ def deepcluster(
         labels = np.asarray(labels).reshape(-1)
         if labels.shape[0] != n:
             raise ValueError(f"labels must have shape [{n}], got {labels.shape}")
+    if spec.recipe not in RECIPES:
+        raise ValueError(f"pretrain recipe must be one of {RECIPES}, got {spec.recipe!r}")
     device = images.device
+    rethinking = spec.recipe == "rethinking"
+    if rethinking and (state is None or state.epoch == 0):
+        with _seeded_global_rng(device, _epoch_seed(seed, 0, _TAG_TORCH)):
+            model.reset_classifier(k)  # one K-way head for the whole run
+    if rethinking and model.num_classes != k:
+        raise ValueError(f"resuming the rethinking recipe needs the model's {k}-way head, it has {model.num_classes}")
 
-    body_opt = torch.optim.SGD(
-        _body_parameters(model), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+    body_opt = torch.optim.SGD(  # rethinking: the one optimizer of every weight, head included
+        list(model.parameters()) if rethinking else _body_parameters(model), lr=spec.lr, momentum=spec.momentum,
+        nesterov=rethinking and spec.momentum > 0, weight_decay=spec.weight_decay,
     )
     if state is None:
         state = PretrainState(epoch=0, body_optimizer=copy.deepcopy(body_opt.state_dict()), previous_assign=None)
@@ -355,35 +379,50 @@ def deepcluster(
         if should_stop is not None and should_stop():
             break
         t0 = time.perf_counter()
-        feats = cluster_features(model, images, mean, std, spec.eval_batch_size, spec.pca)
+        feature_augmentation = None
+        if rethinking:
+            feature_augmentation = (spec.translate, spec.flip,
+                                    torch.Generator().manual_seed(_epoch_seed(seed, epoch, _TAG_FEATURES)))
+        feats = cluster_features(model, images, mean, std, spec.eval_batch_size, spec.pca, feature_augmentation)
         t1 = time.perf_counter()
         km = kmeans(feats, k, spec.kmeans_iters, _epoch_seed(seed, epoch, _TAG_KMEANS))
         seconds_kmeans = time.perf_counter() - t1
         del feats
 
         generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch, _TAG_SAMPLER))
-        order = uniform_cluster_sampler(km.assign, n * spec.passes, generator)
+        if rethinking:
+            order = torch.cat([torch.randperm(n, generator=generator) for _ in range(spec.passes)])
+        else:
+            order = uniform_cluster_sampler(km.assign, n * spec.passes, generator)
         targets = torch.from_numpy(km.assign).to(device)
         steps = max(1, math.ceil(n * spec.passes / spec.batch_size))
         batches = torch.tensor_split(order, steps)  # sizes differ by at most one: no tiny last batch
 
         with _seeded_global_rng(device, _epoch_seed(seed, epoch, _TAG_TORCH)):
-            model.reset_classifier(k)  # a fresh K-way head, initialised from (seed, epoch)
-            head_opt = torch.optim.SGD(  # fresh each epoch; no momentum, as DeepCluster's top-layer optimizer
-                model.classifier.parameters(), lr=spec.lr, weight_decay=spec.weight_decay
-            )
+            head_opt = None
+            if not rethinking:
+                model.reset_classifier(k)  # a fresh K-way head, initialised from (seed, epoch)
+                head_opt = torch.optim.SGD(  # fresh each epoch; no momentum, as DeepCluster's top-layer optimizer
+                    model.classifier.parameters(), lr=spec.lr, weight_decay=spec.weight_decay
+                )
             model.train()
             total, count = 0.0, 0
-            for b in batches:
+            for step, b in enumerate(batches):
+                if rethinking:
+                    t = (epoch + step / len(batches)) / spec.epochs
+                    for group in body_opt.param_groups:
+                        group["lr"] = spec.lr * 0.5 * (1.0 + math.cos(math.pi * t))
                 b = b.to(device)
                 x = augment(normalize(images[b], mean, std), spec.translate, spec.flip, generator)
                 logits, _ = model(x)
                 loss = F.cross_entropy(logits, targets[b])
                 body_opt.zero_grad(set_to_none=True)
-                head_opt.zero_grad(set_to_none=True)
+                if head_opt is not None:
+                    head_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 body_opt.step()
-                head_opt.step()
+                if head_opt is not None:
+                    head_opt.step()
                 total += float(loss.detach()) * b.numel()
                 count += b.numel()
 

@@ -140,3 +140,23 @@ def test_phase1_of_two_phase_training_is_the_plain_model() -> None:
     assert plain_epochs == [1, 2, 3] and two_epochs == [1, 2, 3, 4, 5]
     assert refreshed == [3, 4]
     assert all(torch.equal(plain[k], two[k]) for k in plain)
+
+
+def test_l2_features_make_a_cosine_classifier() -> None:
+    torch.manual_seed(0)
+    plain = build_model(1, 3, width=0.125).eval()
+    cosine = build_model(1, 3, width=0.125, l2_features=True).eval()
+    cosine.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 1, 16, 16)
+    with torch.no_grad():
+        logits, f = cosine(x)
+        plain_logits, plain_f = plain(x)
+        torch.testing.assert_close(f, plain_f)  # the returned features are the raw pooled ones either way
+        torch.testing.assert_close(plain_logits, plain.classifier(plain_f))
+        torch.testing.assert_close(logits, cosine.classifier(torch.nn.functional.normalize(f, dim=1)))
+        scaled, _ = cosine(x)  # logits do not depend on the features' norm: scaling the last block's output
+        cosine.block3[-1][1].weight.mul_(7.0)  # (batch-norm scale, LeakyReLU is positively homogeneous)
+        cosine.block3[-1][1].bias.mul_(7.0)
+        again, f7 = cosine(x)
+    torch.testing.assert_close(f7, 7.0 * f, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(again, scaled, rtol=1e-4, atol=1e-5)

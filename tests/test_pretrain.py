@@ -334,3 +334,83 @@ def test_passes_draw_that_many_pool_sizes_of_images_per_clustering(digits) -> No
                                                                       batch_size=32, passes=passes), seed=1)
         seen.append(sizes)
     assert seen[0] == [32] * 6 and seen[1] == [32] * 18  # 2 epochs x passes x 96 images in batches of 32
+
+
+# --------------------------------------------------------------------------- the authors' recipe
+
+
+def test_rethinking_recipe_keeps_one_head_and_one_cosine_nesterov_optimizer(digits, monkeypatch) -> None:
+    images = digits.train_images[:128]
+    heads: dict[str, list[int]] = {}
+    states: dict[str, PretrainState] = {}
+    for recipe in ("deepcluster", "rethinking"):
+        torch.manual_seed(0)
+        model = ConvLarge(1, 10, width=0.125)
+        heads[recipe] = []
+        spec = _pspec(epochs=3, clusters=6, kmeans_iters=3, batch_size=32, recipe=recipe, lr=0.05)
+        states[recipe] = deepcluster(model, images, digits.mean, digits.std, spec, seed=1,
+                                     on_epoch=lambda s, m, r=recipe: heads[r].append(id(m.classifier)))
+        assert model.classifier.out_features == 6
+        groups = states[recipe].body_optimizer["param_groups"]
+        if recipe == "rethinking":
+            assert len(set(heads[recipe])) == 1  # the same head from epoch to epoch
+            assert len(groups[0]["params"]) == len(list(model.parameters()))  # head included
+            assert groups[0]["nesterov"] and 0 < groups[0]["lr"] < 0.05 * 0.5 * (1 + math.cos(math.pi * 2.5 / 3))
+        else:
+            assert len(set(heads[recipe])) == 3  # a fresh head every epoch
+            assert len(groups[0]["params"]) == len(list(model.parameters())) - len(list(model.classifier.parameters()))
+            assert groups[0]["lr"] == 0.05 and not groups[0]["nesterov"]
+
+    # images are drawn uniformly, not per cluster
+    def no_cluster_sampling(*args: object, **kw: object) -> torch.Tensor:
+        raise AssertionError("the rethinking recipe draws images uniformly")
+
+    monkeypatch.setattr("alctl.pretrain.uniform_cluster_sampler", no_cluster_sampling)
+    torch.manual_seed(0)
+    deepcluster(ConvLarge(1, 10, width=0.125), images, digits.mean, digits.std,
+                _pspec(epochs=1, clusters=6, kmeans_iters=3, batch_size=32, recipe="rethinking"), seed=1)
+    with pytest.raises(AssertionError, match="uniformly"):
+        deepcluster(ConvLarge(1, 10, width=0.125), images, digits.mean, digits.std,
+                    _pspec(epochs=1, clusters=6, kmeans_iters=3, batch_size=32), seed=1)
+
+
+def test_rethinking_recipe_resumes_exactly_from_the_whole_model(digits) -> None:
+    images = digits.train_images[:128]
+    spec = _pspec(epochs=3, clusters=6, kmeans_iters=3, batch_size=32, recipe="rethinking", translate=1, flip=True)
+    torch.manual_seed(0)
+    straight_model = ConvLarge(1, 10, width=0.125)
+    straight = deepcluster(straight_model, images, digits.mean, digits.std, spec, seed=4)
+    captured: dict = {}
+
+    def on_epoch(state: PretrainState, model: ConvLarge) -> None:
+        captured["state"] = state
+        captured["weights"] = {k: v.clone() for k, v in model.state_dict().items()}  # the pipeline's checkpoint
+
+    torch.manual_seed(0)
+    deepcluster(ConvLarge(1, 10, width=0.125), images, digits.mean, digits.std, spec, seed=4, on_epoch=on_epoch,
+                should_stop=lambda: "state" in captured)
+    torch.manual_seed(99)
+    resumed_model = ConvLarge(1, 10, width=0.125)
+    resumed_model.reset_classifier(6)
+    resumed_model.load_state_dict(captured["weights"])
+    resumed = deepcluster(resumed_model, images, digits.mean, digits.std, spec, seed=4, state=captured["state"])
+    for k, v in straight_model.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[k], v), k
+    assert _strip_seconds(resumed) == _strip_seconds(straight)
+    with pytest.raises(ValueError, match="6-way head"):  # resuming into a model without its head is refused
+        deepcluster(ConvLarge(1, 10, width=0.125), images, digits.mean, digits.std, spec, seed=4,
+                    state=captured["state"])
+
+
+def test_cluster_features_of_augmented_images(digits) -> None:
+    torch.manual_seed(0)
+    model = ConvLarge(1, 10, width=0.125)
+    images = digits.train_images[:64]
+    clean = cluster_features(model, images, digits.mean, digits.std, 32)
+    same = cluster_features(model, images, digits.mean, digits.std, 32, augmentation=(0, False, torch.Generator()))
+    np.testing.assert_array_equal(clean, same)
+    a, b = (cluster_features(model, images, digits.mean, digits.std, 32,
+                             augmentation=(2, True, torch.Generator().manual_seed(5))) for _ in range(2))
+    np.testing.assert_array_equal(a, b)  # seeded
+    assert not np.allclose(a, clean)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)

@@ -104,3 +104,27 @@ def test_semi_on_pixels_propagates_over_the_images_themselves(write_manifest, wo
     assert res.exit_code == 0, res.output
     kept, direct, _ = kept_and_direct_propagation(path, lambda task, ds: pixel_features(ds.train_images))
     assert kept == direct
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_class_weights_enter_the_semi_loss_only_when_asked(write_manifest, workdir: Path, weighted: bool) -> None:
+    import torch
+
+    from alctl.engine.cycle import CycleTraining, TaskContext
+    from alctl.engine.tables import TaskTables, new_pool
+    from alctl.engine.workspace import dataset_for, task_dir
+    from alctl.propagate import class_weights
+
+    path = write_manifest({**SEMI, "sweep": {}, "semi": {**SEMI["semi"], "method": "label-propagation",
+                                                         "class_weights": weighted}})
+    (task,) = mf.tasks(mf.load(path))
+    ds = dataset_for(task.config)
+    ctx = TaskContext(task, ds, TaskTables(task_dir(task), ds), torch.device("cpu"), None, lambda: False)
+    training = CycleTraining(ctx, new_pool(task.config, 0, ds), 0)
+    targets = training._refresh(0)
+    assert len(targets.pseudo_pos) > 0
+    if weighted:  # Iscen et al.: inversely proportional to the class frequency among labels and pseudo-labels
+        want = class_weights(np.concatenate([targets.labeled_y, targets.pseudo_y]), ds.num_classes)
+        np.testing.assert_allclose(targets.class_w, want)
+    else:  # the authors' code: uniform
+        assert targets.class_w is None

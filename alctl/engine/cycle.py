@@ -40,7 +40,8 @@ def new_model(config: mf.Manifest, ds: DatasetSplits, rep: int, cycle: int, devi
               encoder: dict[str, torch.Tensor] | None = None) -> ConvLarge:
     """A freshly initialised network for one cycle (seeded from seed, repetition, cycle), from `encoder` when +PRE."""
     runtime.seed_torch(config.seed, rep, cycle, "init")
-    model = build_model(ds.train_images.shape[1], ds.num_classes, config.model.width, config.model.dropout)
+    model = build_model(ds.train_images.shape[1], ds.num_classes, config.model.width, config.model.dropout,
+                        config.model.l2_features)
     if encoder is not None:
         try:
             load_encoder(model, encoder)
@@ -176,7 +177,7 @@ class CycleTraining:
         if s.selection == "prob":
             rng = runtime.rng(config.seed, self.ctx.task.rep, self.cycle, f"pseudo-subset-{epoch}")
             u = u[sample_by_certainty(prop.weights[u], s.fraction, rng)]
-        cw = class_weights(np.concatenate([labels, prop.labels[u]]), self.ctx.ds.num_classes)
+        cw = class_weights(np.concatenate([labels, prop.labels[u]]), self.ctx.ds.num_classes) if s.class_weights else None
         self.seconds["propagate"] = self.seconds.get("propagate", 0.0) + time.perf_counter() - t0
         return Targets(labeled_pos=self.labeled, labeled_y=labels, pseudo_pos=u, pseudo_y=prop.labels[u],
                        pseudo_w=prop.weights[u], class_w=cw)

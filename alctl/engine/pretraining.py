@@ -15,6 +15,7 @@ import pyarrow as pa
 import torch
 
 from alctl import manifest as mf
+from alctl import plan
 from alctl import runtime, store
 from alctl.console import Ui
 from alctl.data import DatasetSplits
@@ -27,13 +28,8 @@ ENCODER_FILE = "an alctl encoder file"
 
 
 def pretrain_key(config: mf.Manifest, ds: DatasetSplits) -> str:
-    """Hash of what determines the encoder: dataset, input shape, model, augmentation, pretrain settings, seed."""
-    payload = {
-        "dataset": config.dataset.model_dump(mode="json"), "input": list(ds.train_images.shape[1:]),
-        "model": config.model.model_dump(mode="json"),
-        "augment": {"translate": config.train.translate, "flip": config.train.flip},
-        "pretrain": config.pretrain.model_dump(mode="json", exclude={"method", "weights"}), "seed": config.seed,
-    }
+    """Hash of what determines the encoder: `plan.encoder_settings` and the input shape."""
+    payload = {**plan.encoder_settings(config), "input": list(ds.train_images.shape[1:])}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -123,7 +119,10 @@ def _run_pretrain(
         raise UserError(f"pretrain.clusters_per_class: {config.pretrain.clusters_per_class} x {ds.num_classes}"
                         f" classes = {spec.clusters} clusters, more than the {len(ds.train_labels)} pool images")
     runtime.seed_torch(config.seed, 0, 0, "pretrain-init")
-    model = build_model(ds.train_images.shape[1], ds.num_classes, config.model.width, config.model.dropout).to(device)
+    # Caron et al.'s head sees the raw features; the authors' (rethinking) network is their classifier's
+    l2 = config.model.l2_features and config.pretrain.recipe == "rethinking"
+    model = build_model(ds.train_images.shape[1], ds.num_classes, config.model.width, config.model.dropout,
+                        l2).to(device)
     state = None
     if paths["checkpoint"].is_file():
         ckpt = checkpoint.load(paths["checkpoint"], "an alctl pre-training checkpoint", device)

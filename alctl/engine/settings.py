@@ -34,7 +34,7 @@ def pretrain_spec(config: mf.Manifest, num_classes: int) -> PretrainSpec:
     return PretrainSpec(
         epochs=p.epochs, clusters=p.clusters_per_class * num_classes, kmeans_iters=p.kmeans_iters, lr=p.lr,
         batch_size=p.batch_size, passes=p.passes, momentum=p.momentum, weight_decay=p.weight_decay, pca=p.pca,
-        translate=t.translate, flip=t.flip, eval_batch_size=t.eval_batch_size,
+        translate=t.translate, flip=t.flip, eval_batch_size=t.eval_batch_size, recipe=p.recipe,
     )
 
 
