@@ -74,8 +74,8 @@ def validate(
     manifest: ManifestArg,
     images_per_second: Annotated[
         float | None,
-        typer.Option("--images-per-second", help="measured training throughput (images/s, e.g. from"
-                     " benchmarks/bench_train.py) for estimated hours"),
+        typer.Option("--images-per-second", help="measured training throughput on the target device (images/s:"
+                     " e.g. a cycle's train images in this plan over its train seconds in metrics.parquet)"),
     ] = None,
     inference_per_second: Annotated[
         float | None,

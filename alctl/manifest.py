@@ -105,9 +105,10 @@ class ModelConfig(_Section):
     l2_features: bool = Field(
         True,
         description="L2-normalise the pooled features before the weight-normalised classifier, a cosine classifier"
-        " with a learned scale (the authors' code, isL2, on by default there; better here on mnist5k for plain and"
-        " +SEMI, docs/options.md); false = the classifier sees the raw features, as in Laine & Aila's network and"
-        " Iscen et al.'s code. Features for kNN, CoreSet, jLP and propagation are L2-normalised either way;"
+        " with a learned scale (the authors' code, isL2, on by default there). Measured on mnist5k (docs/options.md):"
+        " better for plain and +SEMI at 20-60 labels and when fine-tuning the DeepCluster encoder; worse from"
+        " scratch at 1-5 labels per class at lr 0.05. false = the classifier sees the raw features, as in Laine &"
+        " Aila's network and Iscen et al.'s code. Features for kNN, CoreSet, jLP and propagation are L2-normalised either way;"
         " DeepCluster's own head follows it only with pretrain.recipe: rethinking",
     )
 
@@ -226,13 +227,14 @@ class PretrainConfig(_Section):
         " SGD at a constant lr, images drawn uniformly over the clusters, k-means on clean images' features."
         " rethinking = the code of Siméoni et al. (ICPR 2020): one Nesterov SGD over every weight with a cosine"
         " ramp-down of lr, the head kept between epochs, images drawn uniformly, k-means on augmented images'"
-        " features (they train 400 epochs at lr 0.02, weight decay 2e-4: set lr and weight_decay to match)",
+        " features (they train 400 epochs at lr 0.02, weight decay 2e-4, without PCA: set lr, weight_decay and"
+        " pca to match)",
     )
     epochs: int = Field(400, ge=1, description="DeepCluster epochs")
     clusters_per_class: int = Field(5, ge=1, description="k-means clusters = this x number of classes")
     kmeans_iters: int = Field(10, ge=1, description="k-means iterations per epoch")
     lr: float = Field(0.02, gt=0, description="learning rate (deepcluster: constant; rethinking: cosine ramp-down to 0)")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of the network body")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of the network body (rethinking: of every weight)")
     weight_decay: float = Field(1e-5, ge=0, description="L2 weight decay (DeepCluster's 1e-5)")
     batch_size: int = Field(128, ge=1, description="images per mini-batch")
     passes: int = Field(
@@ -266,8 +268,8 @@ class SchedulerConfig(_Section):
     signal_seconds: int = Field(120, ge=0, description="seconds of warning before a kill (Slurm --signal, k8s grace period)")
     images_per_second: float | None = Field(
         None, gt=0,
-        description="measured training throughput of one task on the cluster's device (images/s, e.g. from"
-        " benchmarks/bench_train.py); with it `alctl submit` warns when `time` is shorter than the longest task's"
+        description="measured training throughput of one task on the cluster's device (images/s: e.g. a cycle's"
+        " train images in `alctl validate`'s plan over its train seconds in metrics.parquet); with it `alctl submit` warns when `time` is shorter than the longest task's"
         " estimate (`alctl validate --images-per-second` prints the plan)",
     )
 
@@ -674,6 +676,23 @@ def manifest_hash(m: Manifest) -> str:
     """sha256 (first 16 hex) of the resolved manifest's canonical JSON."""
     canonical = json.dumps(m.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def encoder_settings(config: Manifest) -> dict[str, Any]:
+    """What determines a DeepCluster encoder besides the image shape: dataset, model, augmentation, pretrain
+    settings, seed (`engine.pretraining.pretrain_key` hashes it with the shape; `plan` counts encoders by it).
+
+    With the deepcluster recipe, neither model.l2_features (its head sees the raw features) nor the recipe itself
+    enters: encoders cached before those options existed were trained exactly so, and stay found."""
+    rethinking = config.pretrain.recipe == "rethinking"
+    return {
+        "dataset": config.dataset.model_dump(mode="json"),
+        "model": config.model.model_dump(mode="json", exclude=set() if rethinking else {"l2_features"}),
+        "augment": {"translate": config.train.translate, "flip": config.train.flip},
+        "pretrain": config.pretrain.model_dump(mode="json", exclude={"method", "weights"} | (set() if rethinking
+                                                                                            else {"recipe"})),
+        "seed": config.seed,
+    }
 
 
 def run_dir(m: Manifest) -> Path:

@@ -5,7 +5,8 @@ Images are counted as they pass the network: `train` (forward and backward, with
 (forward passes over the pool for selection, propagation and k-means), `evaluate` (the test split once per
 cycle). A pass of k-means, the kNN graph or the propagation itself is counted as a propagation, not as images;
 the selection's own arithmetic on the features (CoreSet's greedy k-center, jLP's diffusions) is not counted.
-CEAL's pseudo-labels are counted at their most (one pseudo-labeled image per labeled one in every batch).
+CEAL's batches are counted with their train.batch_size pseudo-labeled images from cycle 1 on (exact once CEAL
+finds a confident image, which it does unless the model is unsure of every pool image).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from alctl import manifest as mf
 from alctl.strategies.registry import needs
@@ -125,8 +125,8 @@ def cycle_cost(config: mf.Manifest, cycle: int, pool: int, test: int) -> CycleCo
     a, t, s = config.active, config.train, config.semi
     n_l = min(a.initial + a.budget * cycle, pool)
     plain_steps, plain_images = _plain_steps(n_l, t)
-    if a.strategy == "ceal" and cycle > 0:  # at most one pseudo-labeled image per labeled one in every batch
-        plain_images *= 2
+    if a.strategy == "ceal" and cycle > 0:  # train._epoch_batches: train.batch_size pseudo-labeled images a batch
+        plain_images += plain_steps * t.batch_size
     steps, images, features, propagations = 0, 0, 0, 0
     if s.method == "label-propagation":
         first_mixed = t.epochs if s.phase2_epochs else min(s.warmup, t.epochs)
@@ -161,34 +161,17 @@ def pretrain_cost(config: mf.Manifest, pool: int, test: int) -> PretrainCost:
                         features=p.epochs * (pool + pool + test))
 
 
-def encoder_settings(config: mf.Manifest) -> dict[str, Any]:
-    """What determines a DeepCluster encoder besides the image shape: dataset, model, augmentation, pretrain
-    settings, seed (`engine.pretraining.pretrain_key` hashes it with the shape).
-
-    With the deepcluster recipe, neither model.l2_features (its head sees the raw features) nor the recipe itself
-    enters: encoders cached before those options existed were trained exactly so, and stay found."""
-    rethinking = config.pretrain.recipe == "rethinking"
-    return {
-        "dataset": config.dataset.model_dump(mode="json"),
-        "model": config.model.model_dump(mode="json", exclude=set() if rethinking else {"l2_features"}),
-        "augment": {"translate": config.train.translate, "flip": config.train.flip},
-        "pretrain": config.pretrain.model_dump(mode="json", exclude={"method", "weights"} | (set() if rethinking
-                                                                                            else {"recipe"})),
-        "seed": config.seed,
-    }
-
-
 def encoder_key(config: mf.Manifest) -> str | None:
-    """What tells encoders apart in a run (`encoder_settings` as text), None without +PRE or with given weights."""
+    """What tells encoders apart in a run (`manifest.encoder_settings` as text), None without +PRE or with given weights."""
     if config.pretrain.method == "none" or config.pretrain.weights is not None:
         return None
-    return json.dumps(encoder_settings(config), sort_keys=True)
+    return json.dumps(mf.encoder_settings(config), sort_keys=True)
 
 
 def run_cost(m: mf.Manifest) -> RunCost | None:
     """The cost of every task of a manifest and of each distinct encoder; None when the pool size is unknown."""
     tasks = mf.tasks(m)
-    if not tasks or sizes(tasks[0].config) is None:
+    if not tasks or any(sizes(t.config) is None for t in tasks):
         return None
     out = RunCost(tasks=[])
     for task in tasks:

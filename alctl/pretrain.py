@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Literal, get_args
 
 import faiss
 import numpy as np
@@ -31,9 +32,10 @@ from alctl.models import ConvLarge
 CLASSIFIER_PREFIX = "classifier."
 
 # tags of the per-epoch random streams (seed, epoch, tag)
-_TAG_KMEANS, _TAG_RESEED, _TAG_TORCH, _TAG_SAMPLER, _TAG_FEATURES = 0, 1, 2, 3, 4
+_TAG_KMEANS, _TAG_RESEED, _TAG_TORCH, _TAG_SAMPLER, _TAG_FEATURES, _TAG_HEAD = 0, 1, 2, 3, 4, 5
 
-RECIPES = ("deepcluster", "rethinking")
+Recipe = Literal["deepcluster", "rethinking"]  # see `deepcluster`
+RECIPES: tuple[str, ...] = get_args(Recipe)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class PretrainSpec:
     translate: int  # pixels of random translation
     flip: bool
     eval_batch_size: int
-    recipe: str = "deepcluster"  # one of RECIPES (see `deepcluster`)
+    recipe: Recipe = "deepcluster"
 
 
 @dataclass(frozen=True)
@@ -360,7 +362,7 @@ def deepcluster(
     device = images.device
     rethinking = spec.recipe == "rethinking"
     if rethinking and (state is None or state.epoch == 0):
-        with _seeded_global_rng(device, _epoch_seed(seed, 0, _TAG_TORCH)):
+        with _seeded_global_rng(device, _epoch_seed(seed, 0, _TAG_HEAD)):
             model.reset_classifier(k)  # one K-way head for the whole run
     if rethinking and model.num_classes != k:
         raise ValueError(f"resuming the rethinking recipe needs the model's {k}-way head, it has {model.num_classes}")

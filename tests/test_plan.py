@@ -103,13 +103,14 @@ def test_a_selection_that_reads_the_model_passes_over_the_pool_except_at_the_las
     assert features == ([0, 0, 0] if strategy == "random" else [1397, 1397, 0])
 
 
-def test_ceal_counts_one_pseudo_labeled_image_per_labeled_one_after_cycle_0() -> None:
-    m = config({"active": {"strategy": "ceal"}})
-    plain = config()
+@pytest.mark.parametrize("labels", [10, 100])  # fewer labeled images than a batch, and more
+def test_ceal_counts_a_batch_of_pseudo_labeled_images_per_step_after_cycle_0(labels: int) -> None:
+    m = config({"active": {"strategy": "ceal", "initial": labels, "budget": labels}})
+    plain = config({"active": {"initial": labels, "budget": labels}})
     for c in range(3):
-        cost = plan.cycle_cost(m, c, 1397, 400)
-        assert cost.steps == plan.cycle_cost(plain, c, 1397, 400).steps
-        assert cost.train == (1 if c == 0 else 2) * plan.cycle_cost(plain, c, 1397, 400).train
+        cost, base = plan.cycle_cost(m, c, 1397, 400), plan.cycle_cost(plain, c, 1397, 400)
+        assert cost.steps == base.steps
+        assert cost.train == base.train + (0 if c == 0 else base.steps * m.train.batch_size)
         assert (cost.steps, cost.train, 0) == simulate_cycle(m, c, 1397, pseudo=50)  # with some pseudo-labels
 
 
@@ -244,3 +245,11 @@ def test_image_folder_has_no_estimate() -> None:
     assert plan.run_cost(m) is None
     assert plan.estimate(m, 100) is None
     assert plan.sizes(config()) == (1397, 400)
+
+
+def test_a_sweep_that_reaches_an_image_folder_has_no_estimate() -> None:
+    m = mf.parse({"dataset": {"pool": None}, "active": {"oracle": "human", "initial": 10, "budget": 10},
+                  "sweep": {"dataset": [{"name": "digits"},
+                                        {"name": "imagefolder", "pool": "pool", "image_size": 32, "classes": ["a", "b"]}]}})
+    assert len(mf.tasks(m)) == 2 * m.repetitions
+    assert plan.run_cost(m) is None and plan.estimate(m, 100) is None

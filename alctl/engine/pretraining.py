@@ -15,7 +15,6 @@ import pyarrow as pa
 import torch
 
 from alctl import manifest as mf
-from alctl import plan
 from alctl import runtime, store
 from alctl.console import Ui
 from alctl.data import DatasetSplits
@@ -28,8 +27,8 @@ ENCODER_FILE = "an alctl encoder file"
 
 
 def pretrain_key(config: mf.Manifest, ds: DatasetSplits) -> str:
-    """Hash of what determines the encoder: `plan.encoder_settings` and the input shape."""
-    payload = {**plan.encoder_settings(config), "input": list(ds.train_images.shape[1:])}
+    """Hash of what determines the encoder: `manifest.encoder_settings` and the input shape."""
+    payload = {**mf.encoder_settings(config), "input": list(ds.train_images.shape[1:])}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

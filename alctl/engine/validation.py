@@ -83,7 +83,9 @@ def validate_command(manifest: str | Path, console: Console, images_per_second: 
             )
     console.print(table)
     if lines:
-        console.print("plan (per task; a / b / ... = cycle 0 / 1 / ...):")
+        console.print("plan (per task; a / b / ... = cycle 0 / 1 / ...)" + (
+            "; a +PRE task's hours include its DeepCluster, which the first such task trains and the others reuse:"
+            if timed and cost is not None and cost.pretrains else ":"))
         for line in lines:
             console.print("  " + line)
     if cost is None:
@@ -103,7 +105,8 @@ def validate_command(manifest: str | Path, console: Console, images_per_second: 
         longest, total = plan.estimate(m, images_per_second, inference_per_second)  # type: ignore[arg-type,misc]
         fwd = inference_per_second or plan.INFERENCE_SPEEDUP * images_per_second  # type: ignore[operator]
         console.print(f"estimate at {images_per_second:,.0f} training and {fwd:,.0f} forward images/s: longest task"
-                      f" {_hours(longest)} (its DeepCluster included where it has one), whole run {_hours(total)} on one device")
+                      f" {_hours(longest)} (its DeepCluster included where it has one), whole run {_hours(total)} on one"
+                      " device; network passes only: k-means, kNN graphs, propagations and selections come on top")
     else:
-        console.print("time: give --images-per-second (training throughput, e.g. from benchmarks/bench_train.py)"
-                      " for estimated hours")
+        console.print("time: give --images-per-second (training throughput measured on the target device, e.g. a"
+                      " cycle's train images above over its train seconds in metrics.parquet) for estimated hours")
