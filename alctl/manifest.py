@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from alctl.errors import ManifestError, UserError
 from alctl.strategies.registry import NAMES as STRATEGY_NAMES
+from alctl.strategies.registry import POWER_BASES
 
 # Known dataset facts used by cross-field checks before any file is read: (classes, pool size).
 DATASET_FACTS: dict[str, tuple[int, int]] = {
@@ -147,6 +148,42 @@ class CealConfig(_Section):
     decay: float = Field(0.00033, ge=0, description="threshold decrease per cycle")
 
 
+class BaldConfig(_Section):
+    """BALD (Houlsby et al. 2011) with MC dropout (Gal et al. 2017)."""
+
+    passes: int = Field(
+        20, ge=2,
+        description="stochastic forward passes over the unlabeled images with dropout on (batch norm in eval mode)"
+        " whose predictions BALD's mutual information compares; also used by power sampling with base: bald",
+    )
+
+
+class PowerConfig(_Section):
+    """Power sampling (Kirsch et al. 2022, 'Stochastic batch acquisition'; baal's PowerBALD)."""
+
+    base: Literal[POWER_BASES] = Field(  # type: ignore[valid-type]
+        "bald",
+        description="the score drawn from: bald (mutual information), uncertainty (entropy), margin (1 - (p1 - p2))"
+        " or least-confidence (1 - p1); each >= 0",
+    )
+    exponent: float = Field(
+        1.0, gt=0,
+        description="images are drawn without replacement with probability proportional to score^exponent"
+        " (Kirsch et al.'s beta; larger = closer to the top-b of the score)",
+    )
+
+
+class ProbCoverConfig(_Section):
+    """ProbCover (Yehuda et al. 2022): greedy coverage by balls around the labeled and selected images."""
+
+    delta: float = Field(
+        0.75, gt=0, le=2,
+        description="ball radius: Euclidean distance between L2-normalised features (cosine similarity >= 1 -"
+        " delta^2/2; 0.75 = 0.72), the unit of the paper, whose CIFAR-10 value on SimCLR features is 0.75; the"
+        " paper picks the largest delta whose balls stay 95% pure in class",
+    )
+
+
 class ActiveConfig(_Section):
     """The active learning loop."""
 
@@ -155,6 +192,9 @@ class ActiveConfig(_Section):
     cycles: int = Field(5, ge=1, description="train+evaluate cycles; a selection of b follows every cycle but the last")
     strategy: Literal[STRATEGY_NAMES] = Field("random", description="acquisition function")  # type: ignore[valid-type]
     ceal: CealConfig = Field(default_factory=CealConfig, description="CEAL parameters")
+    bald: BaldConfig = Field(default_factory=BaldConfig, description="BALD parameters (MC dropout)")
+    power: PowerConfig = Field(default_factory=PowerConfig, description="power sampling parameters")
+    probcover: ProbCoverConfig = Field(default_factory=ProbCoverConfig, description="ProbCover parameters")
     oracle: Literal["simulated", "human"] = Field(
         "simulated",
         description="who labels: simulated = ground truth answers at once; human = `alctl cycle` stops after each"
@@ -370,6 +410,12 @@ def cross_field_problems(m: Manifest) -> list[str]:
             "active.strategy: ceal does not combine with semi.method: label-propagation"
             " (CEAL brings its own pseudo-labels); use another strategy or semi.method: none, or in a sweep leave"
             " the pair out: exclude: [{active.strategy: ceal, semi.method: label-propagation}]"
+        )
+    bald = m.active.strategy == "bald" or (m.active.strategy == "power" and m.active.power.base == "bald")
+    if bald and m.model.dropout == 0:
+        problems.append(
+            f"active.strategy: {m.active.strategy} (BALD) compares passes with dropout on, but model.dropout is 0;"
+            " set model.dropout > 0 (e.g. 0.5) or use another strategy"
         )
     feature_dim = layer_channels(128, m.model.width)
     if m.pretrain.pca is not None and m.pretrain.pca > feature_dim:

@@ -147,8 +147,11 @@ def cycle_cost(config: mf.Manifest, cycle: int, pool: int, test: int) -> CycleCo
             features += propagations * pool
     else:
         steps, images = t.epochs * plain_steps, t.epochs * plain_images
-    if cycle < a.cycles - 1 and needs(a.strategy):
+    wanted = needs(a.power.base if a.strategy == "power" else a.strategy)  # power reads what its base reads
+    if cycle < a.cycles - 1 and wanted & {"probs", "features", "graph"}:
         features += pool  # the selection's pass over the pool
+    if cycle < a.cycles - 1 and "mc_probs" in wanted:
+        features += a.bald.passes * (pool - n_l)  # MC dropout: active.bald.passes passes over the unlabeled images
     return CycleCost(cycle=cycle, labels=n_l, steps=steps, train=images, features=features, evaluate=test,
                      propagations=propagations)
 

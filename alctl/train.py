@@ -258,6 +258,43 @@ def predict(
     return torch.cat(probs), torch.cat(feats)
 
 
+# The modules MC dropout switches to train mode (everything else stays in eval mode).
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+@torch.no_grad()
+def predict_mc(
+    model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float], passes: int,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Softmax probabilities [passes, n, C] float32 (on the images' device) of `passes` stochastic forward passes of
+    images [n, C, H, W] with dropout on and every other module in eval mode (batch norm uses its running
+    statistics): MC dropout (Gal & Ghahramani 2016). Dropout draws from torch's global generator, batch by batch
+    and pass by pass within a batch: the caller seeds it. Every module's train / eval mode is restored after."""
+    if int(passes) < 1:
+        raise ValueError(f"predict_mc: passes must be >= 1, got {passes}")
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        for m in model.modules():
+            if isinstance(m, _DROPOUT):
+                m.train()
+        out: torch.Tensor | None = None
+        for i in range(0, images.shape[0], batch_size):
+            x = normalize(images[i : i + batch_size], mean, std)
+            for t in range(int(passes)):
+                p = torch.softmax(model(x)[0].float(), dim=1)
+                if out is None:
+                    out = torch.empty(int(passes), images.shape[0], p.shape[1], device=images.device)
+                out[t, i : i + p.shape[0]] = p
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if out is None:
+        return torch.zeros(int(passes), 0, getattr(model, "num_classes", 0), device=images.device)
+    return out
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,

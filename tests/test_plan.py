@@ -253,3 +253,13 @@ def test_a_sweep_that_reaches_an_image_folder_has_no_estimate() -> None:
                                         {"name": "imagefolder", "pool": "pool", "image_size": 32, "classes": ["a", "b"]}]}})
     assert len(mf.tasks(m)) == 2 * m.repetitions
     assert plan.run_cost(m) is None and plan.estimate(m, 100) is None
+
+
+@pytest.mark.parametrize(("strategy", "base"), [("bald", "bald"), ("power", "bald"), ("power", "margin")])
+def test_mc_dropout_passes_count_over_the_unlabeled_images(strategy: str, base: str) -> None:
+    m = config({"active": {"strategy": strategy, "power": {"base": base}, "bald": {"passes": 7}}})
+    pool = 1397
+    for c in range(3):
+        n_u = pool - (m.active.initial + m.active.budget * c)
+        want = 0 if c == 2 else (7 * n_u if base == "bald" else pool)
+        assert plan.cycle_cost(m, c, pool, 400).features == want

@@ -1,5 +1,6 @@
 """Acquisition functions: known answers on hand-made pools, coreset against the authors' O(N^2) greedy (both
-the numpy and the torch path), the registry."""
+the numpy and the torch path), the registry and the contract every strategy keeps (the strategies added for
+issue 19 have their own references in test_strategy_zoo.py)."""
 
 from __future__ import annotations
 
@@ -27,24 +28,31 @@ from alctl.strategies import (
     select,
 )
 from alctl.strategies import geometry as geo
+from alctl.strategies.registry import NEED_KINDS, POWER_BASES
 
 # The manifest's defaults, written out: the strategies have none of their own.
 GRAPH = GraphSpec(k=50, gamma=3.0, alpha=0.99, tol=1e-6, max_iter=20, knn="exact")
-PARAMS = StrategyParams(ceal_threshold=0.1, ceal_decay=0.00033, graph=GRAPH)
+PARAMS = StrategyParams(ceal_threshold=0.1, ceal_decay=0.00033, graph=GRAPH, power_base="bald", power_exponent=1.0,
+                        probcover_delta=0.75)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def make_view(n: int = 60, n_labeled: int = 10, num_classes: int = 4, dim: int = 8, seed: int = 0, cycle: int = 0) -> PoolView:
+def make_view(n: int = 60, n_labeled: int = 10, num_classes: int = 4, dim: int = 8, seed: int = 0, cycle: int = 0,
+              passes: int = 5) -> PoolView:
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n).astype(np.int64)
     labeled, unlabeled = np.sort(perm[:n_labeled]), np.sort(perm[n_labeled:])
     logits = rng.normal(size=(unlabeled.shape[0], num_classes)) * 3
+    mc_logits = logits[None] + rng.normal(size=(passes, unlabeled.shape[0], num_classes))
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs = (probs / probs.sum(1, keepdims=True)).astype(np.float32)
+    mc_probs = np.exp(mc_logits - mc_logits.max(2, keepdims=True))
+    mc_probs = (mc_probs / mc_probs.sum(2, keepdims=True)).astype(np.float32)
     return PoolView(
+        mc_probs=mc_probs,
         probs=probs,
         features=_normalise(rng.normal(size=(n, dim))),
         labeled=labeled,
@@ -318,11 +326,19 @@ def test_ceal_never_pseudo_labels_a_chosen_row():
 def test_strategy_params_reject_bad_values():
     # the manifest schema bounds these for users; the pure constructor still refuses them (ValueError)
     with pytest.raises(ValueError, match="ceal_threshold"):
-        StrategyParams(ceal_threshold=2.0, ceal_decay=0.0, graph=GRAPH)
+        dataclasses.replace(PARAMS, ceal_threshold=2.0, ceal_decay=0.0)
     with pytest.raises(ValueError, match="ceal_decay"):
-        StrategyParams(ceal_threshold=0.1, ceal_decay=-1.0, graph=GRAPH)
+        dataclasses.replace(PARAMS, ceal_decay=-1.0)
     with pytest.raises(TypeError, match="GraphSpec"):
-        StrategyParams(ceal_threshold=0.1, ceal_decay=0.0, graph={"k": 50})
+        dataclasses.replace(PARAMS, graph={"k": 50})
+    with pytest.raises(ValueError, match="power_base"):
+        dataclasses.replace(PARAMS, power_base="coreset")
+    for bad in (0.0, -1.0, math.inf):
+        with pytest.raises(ValueError, match="power_exponent"):
+            dataclasses.replace(PARAMS, power_exponent=bad)
+    for bad in (0.0, 2.5):
+        with pytest.raises(ValueError, match="probcover_delta"):
+            dataclasses.replace(PARAMS, probcover_delta=bad)
     with pytest.raises(TypeError, match="StrategyParams"):
         select("ceal", _ceal_view(0), 1, np.random.default_rng(0), {"threshold": 0.1})
 
@@ -331,21 +347,30 @@ def test_strategy_params_reject_bad_values():
 
 
 def test_registry_lists_every_strategy_once_with_its_needs():
-    assert NAMES == ("random", "uncertainty", "coreset", "ceal", "jlp")
+    assert NAMES == ("random", "uncertainty", "coreset", "ceal", "jlp", "margin", "least-confidence", "bald", "power",
+                     "badge", "typiclust", "probcover")
     expected = {"random": set(), "uncertainty": {"probs"}, "coreset": {"features"}, "ceal": {"probs"},
-                "jlp": {"features", "graph"}}
+                "jlp": {"features", "graph"}, "margin": {"probs"}, "least-confidence": {"probs"},
+                "bald": {"mc_probs"}, "power": {"probs", "mc_probs"}, "badge": {"probs", "features"},
+                "typiclust": {"features"}, "probcover": {"features"}}
     for name in NAMES:
         assert callable(get_strategy(name))
         assert needs(name) == frozenset(expected[name])
+        assert needs(name) <= NEED_KINDS
+    # power sampling reads what its base reads
+    for base in POWER_BASES:
+        assert needs("power", dataclasses.replace(PARAMS, power_base=base)) == needs(base)
+        assert needs(base, dataclasses.replace(PARAMS, power_base=base)) == needs(base)
 
 
 def test_unknown_strategy_lists_valid_names():
     for call in (get_strategy, needs):
         with pytest.raises(ValueError) as err:
-            call("badge")
-        assert str(err.value) == "unknown strategy 'badge'; valid: random, uncertainty, coreset, ceal, jlp"
+            call("vaal")
+        assert str(err.value) == ("unknown strategy 'vaal'; valid: random, uncertainty, coreset, ceal, jlp, margin,"
+                                  " least-confidence, bald, power, badge, typiclust, probcover")
     with pytest.raises(ValueError, match="unknown strategy"):
-        select("badge", make_view(), 1, np.random.default_rng(0), PARAMS)
+        select("vaal", make_view(), 1, np.random.default_rng(0), PARAMS)
 
 
 def test_no_import_cycle_and_no_manifest_import():
@@ -382,25 +407,30 @@ def test_selection_contract(name):
         assert np.isin(sel.pseudo_positions, view.unlabeled).all()
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_fields_a_strategy_does_not_need_may_be_none(name):
+@pytest.mark.parametrize("name,base", [(name, "bald") for name in NAMES] + [("power", b) for b in POWER_BASES[1:]])
+def test_fields_a_strategy_does_not_need_may_be_none(name, base):
+    params = dataclasses.replace(PARAMS, power_base=base)
     view = make_view(n=120, n_labeled=20, seed=12)
-    full = select(name, view, 10, np.random.default_rng(2), PARAMS)
-    slim = dataclasses.replace(view, probs=view.probs if "probs" in needs(name) else None,
-                               features=view.features if "features" in needs(name) else None)
-    got = select(name, slim, 10, np.random.default_rng(2), PARAMS)
+    full = select(name, view, 10, np.random.default_rng(2), params)
+    wanted = needs(name, params)
+    slim = dataclasses.replace(view, probs=view.probs if "probs" in wanted else None,
+                               features=view.features if "features" in wanted else None,
+                               mc_probs=view.mc_probs if "mc_probs" in wanted else None)
+    got = select(name, slim, 10, np.random.default_rng(2), params)
     for field in ("chosen", "scores", "pseudo_positions", "pseudo_labels"):
         assert np.array_equal(getattr(got, field), getattr(full, field))
-    if needs(name):
+    if wanted:
         with pytest.raises(ValueError, match="got None"):
-            select(name, dataclasses.replace(view, probs=None, features=None), 10, np.random.default_rng(2), PARAMS)
+            select(name, dataclasses.replace(view, probs=None, features=None, mc_probs=None), 10,
+                   np.random.default_rng(2), params)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_torch_cpu_inputs_give_bit_identical_selections(name):
     view = make_view(n=300, n_labeled=30, dim=16, seed=13, cycle=2)
     ref = select(name, view, 25, np.random.default_rng(3), PARAMS)
-    tview = dataclasses.replace(view, probs=torch.from_numpy(view.probs), features=torch.from_numpy(view.features))
+    tview = dataclasses.replace(view, probs=torch.from_numpy(view.probs), features=torch.from_numpy(view.features),
+                                mc_probs=torch.from_numpy(view.mc_probs))
     got = select(name, tview, 25, np.random.default_rng(3), PARAMS)
     for field in ("chosen", "scores", "pseudo_positions", "pseudo_labels"):
         assert np.array_equal(getattr(got, field), getattr(ref, field))
@@ -421,14 +451,19 @@ def test_non_finite_inputs_are_reported():
     view = make_view(n=40, n_labeled=5)
     bad = PoolView(np.full_like(view.probs, np.nan), view.features, view.labeled, view.unlabeled,
                    view.labels, view.num_classes, 0)
-    for name in ("uncertainty", "ceal"):
+    for name in ("uncertainty", "ceal", "margin", "least-confidence", "badge"):
         with pytest.raises(FloatingPointError, match="NaN or inf .did training diverge"):
             select(name, bad, 3, np.random.default_rng(0), PARAMS)
     feats = view.features.copy()
     feats[view.unlabeled[0], 0] = np.inf
     bad = PoolView(view.probs, feats, view.labeled, view.unlabeled, view.labels, view.num_classes, 0)
-    for name in ("coreset", "jlp"):
+    for name in ("coreset", "jlp", "badge", "typiclust", "probcover"):
         with pytest.raises(FloatingPointError, match="NaN or inf .did training diverge"):
             select(name, bad, 3, np.random.default_rng(0), PARAMS)
+    mc = view.mc_probs.copy()
+    mc[1, 2, 0] = np.nan
+    for name in ("bald", "power"):
+        with pytest.raises(FloatingPointError, match="NaN or inf .did training diverge"):
+            select(name, dataclasses.replace(view, mc_probs=mc), 3, np.random.default_rng(0), PARAMS)
     with pytest.raises(FloatingPointError, match="NaN"):
         geo._kcenter_torch(torch.from_numpy(feats), view.labeled, view.unlabeled, 3)

@@ -20,7 +20,7 @@ from alctl.errors import AlctlError, UserError
 from alctl.models import ConvLarge
 from alctl.propagate import label_propagation
 from alctl.strategies import PoolView, Selection, needs, select
-from alctl.train import predict
+from alctl.train import predict, predict_mc
 
 
 @dataclass
@@ -98,17 +98,36 @@ def acquire(
     if budget > len(unlabeled):
         raise UserError(f"active.budget: {budget} images asked at cycle {cycle} but only {len(unlabeled)} unlabeled"
                         " images are left; lower active.budget or active.cycles")
-    wanted = needs(name)
-    probs_u = feats = None
-    if wanted:
+    params = settings.strategy_params(config)
+    wanted = needs(name, params)
+    probs_u = feats = mc_probs = None
+    if wanted & {"probs", "features", "graph"}:
         probs, f = predict(model, images, ds.mean, ds.std, config.train.eval_batch_size)
         probs_u = probs[torch.from_numpy(unlabeled).to(probs.device)] if "probs" in wanted else None
         feats = f if wanted & {"features", "graph"} else None
+    if "mc_probs" in wanted:
+        mc_probs = mc_dropout_probs(config, rep, ds, model, images, unlabeled, cycle)
     view = PoolView(probs=probs_u, features=feats, labeled=labeled.astype(np.int64),
                     unlabeled=unlabeled.astype(np.int64), labels=pool.label[labeled].astype(np.int64),
-                    num_classes=ds.num_classes, cycle=cycle)
+                    num_classes=ds.num_classes, cycle=cycle, mc_probs=mc_probs)
     rng = runtime.rng(config.seed, rep, cycle, "select")
     try:
-        return select(name, view, budget, rng, settings.strategy_params(config))
+        return select(name, view, budget, rng, params)
     except FloatingPointError as exc:
         raise AlctlError(str(exc)) from None
+
+
+def mc_dropout_probs(
+    config: mf.Manifest, rep: int, ds: DatasetSplits, model: ConvLarge, images: torch.Tensor, unlabeled: np.ndarray,
+    cycle: int,
+) -> torch.Tensor:
+    """Softmax [T, n_u, C] float32 of T = active.bald.passes forward passes over the `unlabeled` pool positions with
+    dropout on and batch norm in eval mode (`train.predict_mc`), on the images' device. Dropout is seeded from
+    (seed, rep, cycle, "bald"), so the same manifest gives the same passes; torch's global generators (CPU and
+    the images' CUDA device) are restored afterwards, and so is the model's mode."""
+    dev = images.device
+    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        runtime.seed_torch(config.seed, rep, cycle, "bald")
+        return predict_mc(model, images[torch.from_numpy(unlabeled).to(dev)], ds.mean, ds.std,
+                          config.active.bald.passes, config.train.eval_batch_size)

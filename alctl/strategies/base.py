@@ -2,9 +2,10 @@
 and the checks of a call.
 
 Array contract: probs `[n_u, C]` float32 softmax rows following `unlabeled` (a numpy array or a torch
-tensor on any device; None when the strategy does not read them); features `[n, D]` float32
-L2-normalised, one row per pool position (a numpy array or a torch tensor on any device; None when not
-read); positions and labels int64 numpy; scores `[n_u]` float32 following `unlabeled`, higher = picked
+tensor on any device; None when the strategy does not read them); mc_probs `[T, n_u, C]` float32 softmax
+rows of T stochastic (MC dropout) forward passes, same rows and devices (None when not read); features
+`[n, D]` float32 L2-normalised, one row per pool position (a numpy array or a torch tensor on any device;
+None when not read); positions and labels int64 numpy; scores `[n_u]` float32 following `unlabeled`, higher = picked
 first; `chosen` `[b]` int64 pool positions in pick order. Caller mistakes raise ValueError / TypeError;
 NaN or inf in the model's outputs raise FloatingPointError. Pure: no file I/O.
 """
@@ -25,12 +26,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PoolView", "Selection", "StrategyParams", "StrategyFn", "check_budget", "check_view", "host_probs",
-    "is_tensor", "make_selection", "EMPTY",
+    "host_mc_probs", "host_rows", "is_tensor", "make_selection", "EMPTY", "POWER_BASES",
 ]
 
 EMPTY = np.zeros(0, dtype=np.int64)
 NON_FINITE_PROBS = "selection: the model's probabilities hold NaN or inf (did training diverge?)"
 NON_FINITE_FEATURES = "selection: the features hold NaN or inf (did training diverge?)"
+# The scores power sampling may raise to a power: probability-based, each >= 0 (see scores.power_select).
+POWER_BASES: tuple[str, ...] = ("bald", "uncertainty", "margin", "least-confidence")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class PoolView:
     labels: np.ndarray  # [n_l] int64 labels of `labeled`
     num_classes: int
     cycle: int
+    # [T, n_u, C] float32 softmax of T forward passes with dropout on (MC dropout; rows follow `unlabeled`);
+    # None if not needed
+    mc_probs: np.ndarray | torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -63,12 +69,17 @@ class StrategyParams:
     """Parameters of the acquisition functions (from the manifest; no defaults here), checked at construction.
 
     ceal_threshold: normalised entropy in [0, 1] below which CEAL pseudo-labels; ceal_decay: its decrease
-    per cycle, >= 0; graph: the kNN graph and solver of jLP.
+    per cycle, >= 0; graph: the kNN graph and solver of jLP; power_base: the score power sampling draws
+    from (one of POWER_BASES); power_exponent: the power it raises it to, > 0; probcover_delta: ProbCover's
+    ball radius, Euclidean distance between L2-normalised features, in (0, 2].
     """
 
     ceal_threshold: float
     ceal_decay: float
     graph: GraphSpec
+    power_base: str
+    power_exponent: float
+    probcover_delta: float
 
     def __post_init__(self) -> None:
         """Range and type checks of every field (ValueError / TypeError)."""
@@ -78,6 +89,13 @@ class StrategyParams:
             raise ValueError(f"StrategyParams.ceal_decay must be a finite number >= 0, got {self.ceal_decay!r}")
         if not isinstance(self.graph, GraphSpec):
             raise TypeError(f"StrategyParams.graph must be a GraphSpec, got {type(self.graph).__name__}")
+        if self.power_base not in POWER_BASES:
+            raise ValueError(
+                f"StrategyParams.power_base must be one of {', '.join(POWER_BASES)}, got {self.power_base!r}")
+        if not (float(self.power_exponent) > 0.0 and math.isfinite(float(self.power_exponent))):
+            raise ValueError(f"StrategyParams.power_exponent must be a finite number > 0, got {self.power_exponent!r}")
+        if not 0.0 < float(self.probcover_delta) <= 2.0:
+            raise ValueError(f"StrategyParams.probcover_delta must be in (0, 2], got {self.probcover_delta!r}")
 
 
 StrategyFn = Callable[[PoolView, int, np.random.Generator, StrategyParams], Selection]
@@ -93,6 +111,29 @@ def host_probs(view: PoolView) -> PoolView:
     if not is_tensor(view.probs):
         return view
     return replace(view, probs=view.probs.detach().cpu().numpy().astype(np.float32))
+
+
+def host_mc_probs(view: PoolView) -> PoolView:
+    """The view with torch mc_probs brought to the host as a float32 numpy array (numpy ones are left as they are)."""
+    if not is_tensor(view.mc_probs):
+        return view
+    return replace(view, mc_probs=view.mc_probs.detach().cpu().numpy().astype(np.float32))
+
+
+def host_rows(features: np.ndarray | torch.Tensor, rows: np.ndarray) -> np.ndarray:
+    """Rows `rows` `[m]` of features `[n, D]` as a C-contiguous float32 numpy array `[m, D]` (a tensor's rows are
+    gathered on its device first); FloatingPointError when they hold NaN or inf."""
+    idx = np.asarray(rows, dtype=np.int64)
+    if is_tensor(features):
+        import torch
+
+        out = features.detach()[torch.from_numpy(idx).to(features.device)].to(torch.float32).cpu().numpy()
+    else:
+        out = np.asarray(features)[idx]
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise FloatingPointError(NON_FINITE_FEATURES)
+    return out
 
 
 def check_budget(view: PoolView, budget: int) -> int:
@@ -111,9 +152,12 @@ def _shape(arr: Any) -> tuple[int, ...]:
     return tuple(arr.shape) if is_tensor(arr) else np.asarray(arr).shape
 
 
-def check_view(view: PoolView, *, need_probs: bool = False, need_features: bool = False) -> None:
+def check_view(
+    view: PoolView, *, need_probs: bool = False, need_features: bool = False, need_mc_probs: bool = False
+) -> None:
     """Shape / dtype / disjointness checks of a pool view (a failure is a caller bug: ValueError); non-finite
-    probs: FloatingPointError. need_probs expects host probs (see `host_probs`); features may be a tensor."""
+    probs or mc_probs: FloatingPointError. need_probs / need_mc_probs expect host arrays (see `host_probs`,
+    `host_mc_probs`); features may be a tensor."""
     unl = np.asarray(view.unlabeled)
     lab = np.asarray(view.labeled)
     problems = []
@@ -131,6 +175,16 @@ def check_view(view: PoolView, *, need_probs: bool = False, need_features: bool 
         elif probs.shape[1] != view.num_classes or view.num_classes < 2:
             problems.append(f"PoolView.probs: {probs.shape[1]} columns for num_classes={view.num_classes} (needs >= 2)")
         elif not np.isfinite(probs).all():
+            raise FloatingPointError(NON_FINITE_PROBS)
+    if need_mc_probs:
+        mc = np.asarray(view.mc_probs)
+        if view.mc_probs is None:
+            problems.append("PoolView.mc_probs: this strategy reads MC dropout probabilities, got None")
+        elif mc.ndim != 3 or mc.shape[0] < 1 or mc.shape[1] != unl.shape[0]:
+            problems.append(f"PoolView.mc_probs: expected [T >= 1, {unl.shape[0]}, C], got {mc.shape}")
+        elif mc.shape[2] != view.num_classes or view.num_classes < 2:
+            problems.append(f"PoolView.mc_probs: {mc.shape[2]} columns for num_classes={view.num_classes} (needs >= 2)")
+        elif not np.isfinite(mc).all():
             raise FloatingPointError(NON_FINITE_PROBS)
     if need_features:
         top = max(int(unl.max(initial=-1)), int(lab.max(initial=-1)))

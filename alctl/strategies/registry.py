@@ -1,9 +1,11 @@
 """The one list of acquisition functions: name, function, and what each reads from the model; `select` runs one.
 
-`needs` holds names from {"probs", "features", "graph"}: probs = the softmax `[n_u, C]` of the model on U,
+`needs` holds names from {"probs", "mc_probs", "features", "graph"}: probs = the softmax `[n_u, C]` of the
+model on U, mc_probs = the softmax `[T, n_u, C]` of T forward passes on U with dropout on (MC dropout),
 features = the feature rows `[n, D]` of the whole pool, graph = builds the kNN graph on those features (so
-also needs them). A PoolView's fields that a strategy does not need may be None. This module never
-imports alctl.manifest (the manifest imports NAMES from here). Unknown names raise ValueError.
+also needs them). Power sampling reads what its base score reads (`needs(name, params)`). A PoolView's
+fields that a strategy does not need may be None. This module never imports alctl.manifest (the manifest
+imports NAMES and POWER_BASES from here). Unknown names raise ValueError.
 """
 
 from __future__ import annotations
@@ -12,14 +14,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alctl.strategies.base import PoolView, Selection, StrategyFn, StrategyParams, check_budget
+from alctl.strategies.base import POWER_BASES, PoolView, Selection, StrategyFn, StrategyParams, check_budget
+from alctl.strategies.coverage import probcover_select, typiclust_select
+from alctl.strategies.embedding import badge_select
 from alctl.strategies.geometry import coreset_select
 from alctl.strategies.graph import jlp_select
-from alctl.strategies.scores import ceal_select, random_select, uncertainty_select
+from alctl.strategies.scores import (
+    bald_select,
+    ceal_select,
+    least_confidence_select,
+    margin_select,
+    power_select,
+    random_select,
+    uncertainty_select,
+)
 
-__all__ = ["Strategy", "STRATEGIES", "NAMES", "NEED_KINDS", "needs", "get_strategy", "select"]
+__all__ = ["Strategy", "STRATEGIES", "NAMES", "NEED_KINDS", "POWER_BASES", "needs", "get_strategy", "select"]
 
-NEED_KINDS = frozenset({"probs", "features", "graph"})
+NEED_KINDS = frozenset({"probs", "mc_probs", "features", "graph"})
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,14 @@ STRATEGIES: tuple[Strategy, ...] = (
     Strategy("coreset", coreset_select, frozenset({"features"})),
     Strategy("ceal", ceal_select, frozenset({"probs"})),
     Strategy("jlp", jlp_select, frozenset({"features", "graph"})),
+    Strategy("margin", margin_select, frozenset({"probs"})),
+    Strategy("least-confidence", least_confidence_select, frozenset({"probs"})),
+    Strategy("bald", bald_select, frozenset({"mc_probs"})),
+    # what it may read: any base's needs; needs("power", params) narrows it to params.power_base's
+    Strategy("power", power_select, frozenset({"probs", "mc_probs"})),
+    Strategy("badge", badge_select, frozenset({"probs", "features"})),
+    Strategy("typiclust", typiclust_select, frozenset({"features"})),
+    Strategy("probcover", probcover_select, frozenset({"features"})),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in STRATEGIES)
 _BY_NAME = {s.name: s for s in STRATEGIES}
@@ -50,9 +70,13 @@ def _entry(name: str) -> Strategy:
     return entry
 
 
-def needs(name: str) -> frozenset[str]:
-    """What strategy `name` reads: a subset of {"probs", "features", "graph"} ("graph" implies "features")."""
-    return _entry(name).needs
+def needs(name: str, params: StrategyParams | None = None) -> frozenset[str]:
+    """What strategy `name` reads: a subset of NEED_KINDS ("graph" implies "features"). For "power", with
+    `params` the needs of its base score params.power_base; without, everything a base may read."""
+    entry = _entry(name)
+    if name == "power" and params is not None:
+        return _entry(params.power_base).needs
+    return entry.needs
 
 
 def get_strategy(name: str) -> StrategyFn:

@@ -1,13 +1,16 @@
-"""Score-ranking strategies: random, uncertainty (softmax entropy) and CEAL (entropy + confident pseudo-labels).
+"""Score-ranking strategies: random, uncertainty (softmax entropy), margin, least confidence, BALD (MC dropout),
+power sampling of those scores, and CEAL (entropy + confident pseudo-labels).
 
 Array contract: probs `[n_u, C]` softmax rows following view.unlabeled (numpy, or a torch tensor brought to
-the host as float32 at entry); entropies float64 `[n_u]`; scores `[n_u]` float32; `chosen` `[b]` int64 pool
-positions, highest score first, equal scores by lower pool position. Pure: no file I/O.
+the host as float32 at entry); mc_probs `[T, n_u, C]` softmax rows of T MC dropout passes (same rows, brought
+to the host likewise); entropies and other raw scores float64 `[n_u]`; scores `[n_u]` float32; `chosen` `[b]`
+int64 pool positions, highest score first, equal scores by lower pool position. Pure: no file I/O.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -18,11 +21,18 @@ from alctl.strategies.base import (
     StrategyParams,
     check_budget,
     check_view,
+    host_mc_probs,
     host_probs,
     make_selection,
 )
 
-__all__ = ["entropy", "random_select", "uncertainty_select", "ceal_select"]
+__all__ = [
+    "entropy", "margin_scores", "least_confidence_scores", "bald_scores", "power_keys", "random_select",
+    "uncertainty_select", "margin_select", "least_confidence_select", "bald_select", "power_select", "ceal_select",
+]
+
+# bald_scores works on row chunks of at most this many mc_probs entries (float64 temporaries of 32 MiB).
+_BALD_CHUNK = 1 << 22
 
 
 def entropy(probs: np.ndarray) -> np.ndarray:
@@ -32,6 +42,42 @@ def entropy(probs: np.ndarray) -> np.ndarray:
         raise ValueError(f"entropy: probs must be [n, C], got shape {p.shape}")
     logp = np.log(np.where(p > 0, p, 1.0))
     return -np.einsum("ij,ij->i", p, logp)
+
+
+def margin_scores(probs: np.ndarray) -> np.ndarray:
+    """1 - (p1 - p2), p1 >= p2 the two largest probabilities of each row of probs `[n, C >= 2]` → `[n]` float64 in [0, 1]."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"margin_scores: probs must be [n, C >= 2], got shape {p.shape}")
+    top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]  # [n, 2]: second largest, largest
+    return 1.0 - (top2[:, 1] - top2[:, 0])
+
+
+def least_confidence_scores(probs: np.ndarray) -> np.ndarray:
+    """1 - max_c p_c of each row of `probs` `[n, C]` → `[n]` float64 in [0, 1 - 1/C]."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 1:
+        raise ValueError(f"least_confidence_scores: probs must be [n, C], got shape {p.shape}")
+    return 1.0 - p.max(axis=1)
+
+
+def bald_scores(mc_probs: np.ndarray) -> np.ndarray:
+    """BALD mutual information H(mean_t p_t) - mean_t H(p_t) of `mc_probs` `[T, n, C]` → `[n]` float64, clipped at 0.
+
+    Natural logs, 0·log 0 = 0; computed in float64 on row chunks (`_BALD_CHUNK` entries), so memory stays bounded
+    whatever T and n are."""
+    mc = np.asarray(mc_probs)
+    if mc.ndim != 3:
+        raise ValueError(f"bald_scores: mc_probs must be [T, n, C], got shape {mc.shape}")
+    t, n, c = mc.shape
+    out = np.empty(n, dtype=np.float64)
+    step = max(1, _BALD_CHUNK // max(1, t * c))
+    for s in range(0, n, step):
+        p = mc[:, s : s + step].astype(np.float64)  # [T, rows, C]
+        plogp = p * np.log(np.where(p > 0, p, 1.0))
+        mean_h = -plogp.sum(axis=2).mean(axis=0)  # [rows] mean_t H(p_t)
+        out[s : s + p.shape[1]] = entropy(p.mean(axis=0)) - mean_h
+    return np.maximum(out, 0.0)
 
 
 def _top_b(scores: np.ndarray, positions: np.ndarray, budget: int) -> np.ndarray:
@@ -59,6 +105,75 @@ def uncertainty_select(view: PoolView, budget: int, rng: np.random.Generator, pa
     unl = np.asarray(view.unlabeled, dtype=np.int64)
     scores = entropy(view.probs).astype(np.float32)
     return make_selection(_top_b(scores, unl, b), scores)
+
+
+def _probability_select(view: PoolView, budget: int, score: Callable[[np.ndarray], np.ndarray]) -> Selection:
+    """The b images of U with the highest `score(probs)` (scores: those values as float32)."""
+    view = host_probs(view)
+    b = check_budget(view, budget)
+    check_view(view, need_probs=True)
+    unl = np.asarray(view.unlabeled, dtype=np.int64)
+    scores = score(view.probs).astype(np.float32)
+    return make_selection(_top_b(scores, unl, b), scores)
+
+
+def margin_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
+    """Margin sampling (Scheffer et al. 2001): the b images of U whose two most probable classes are closest;
+    scores `[n_u]` = 1 - (p1 - p2) in [0, 1]."""
+    return _probability_select(view, budget, margin_scores)
+
+
+def least_confidence_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
+    """Least confidence (Lewis & Gale 1994): the b images of U of lowest top probability; scores `[n_u]` = 1 - p1."""
+    return _probability_select(view, budget, least_confidence_scores)
+
+
+def bald_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
+    """BALD (Houlsby et al. 2011) with MC dropout (Gal et al. 2017): the b images of U with the highest mutual
+    information between prediction and weights over the T passes of view.mc_probs `[T, n_u, C]`; scores `[n_u]`."""
+    view = host_mc_probs(view)
+    b = check_budget(view, budget)
+    check_view(view, need_mc_probs=True)
+    unl = np.asarray(view.unlabeled, dtype=np.int64)
+    scores = bald_scores(view.mc_probs).astype(np.float32)
+    return make_selection(_top_b(scores, unl, b), scores)
+
+
+# The raw score power sampling draws from, per base (each >= 0: see power_select).
+_BASE_SCORES: dict[str, Callable[[PoolView], np.ndarray]] = {
+    "bald": lambda view: bald_scores(view.mc_probs),
+    "uncertainty": lambda view: entropy(view.probs),
+    "margin": lambda view: margin_scores(view.probs),
+    "least-confidence": lambda view: least_confidence_scores(view.probs),
+}
+
+
+def power_keys(scores: np.ndarray, exponent: float, gumbel: np.ndarray) -> np.ndarray:
+    """Gumbel-top-k keys exponent * log(max(s, tiny)) + g of scores s `[n]` >= 0, Gumbel noise g `[n]` → `[n]` float64.
+
+    tiny = the smallest normal float64, so a zero score gets a finite key below every positive score's (up to the
+    noise: its weight tiny^exponent is nil)."""
+    s = np.maximum(np.asarray(scores, dtype=np.float64), np.finfo(np.float64).tiny)
+    return float(exponent) * np.log(s) + np.asarray(gumbel, dtype=np.float64)
+
+
+def power_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
+    """Power sampling (Kirsch et al. 2022, baal's PowerBALD): b images of U drawn without replacement with
+    probability proportional to score^power_exponent, score = the params.power_base score (>= 0).
+
+    Drawn by the Gumbel-top-k trick: keys `power_keys(score, exponent, g)` with g `[n_u]` = rng.gumbel(), the b
+    largest keys picked, in order (distributed as b sequential draws, each proportional to score^exponent among
+    the images not yet drawn). The bases' scores are made non-negative: entropy and BALD (>= 0 as they are),
+    margin as 1 - (p1 - p2), least confidence as 1 - p1; a zero score (a one-hot prediction) has weight 0 and
+    comes after every positive one. Scores `[n_u]` float32 = the keys, so sorting by score replays the picks."""
+    base = params.power_base
+    view = host_mc_probs(host_probs(view))
+    b = check_budget(view, budget)
+    check_view(view, need_probs=base != "bald", need_mc_probs=base == "bald")
+    unl = np.asarray(view.unlabeled, dtype=np.int64)
+    keys = power_keys(_BASE_SCORES[base](view), params.power_exponent, rng.gumbel(size=unl.shape[0]))
+    order = np.lexsort((unl, -keys))
+    return make_selection(unl[order[:b]], keys.astype(np.float32))
 
 
 def ceal_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
