@@ -1,12 +1,50 @@
-"""Aggregation over repetitions (mean ± std per run / strategy / variant / cycle) and rendering: markdown, csv, json, png."""
+"""Aggregation over repetitions and rendering: markdown, csv, json, png.
+
+Figures (pure functions over `Point`s / `Row`s / arrays; `figures` computes them all):
+
+- `rows` (`Row`): mean ± std of test accuracy over repetitions per run, setting (strategy x variant x other swept
+  settings) and cycle; accuracies in percent, std the sample std (0 for one repetition).
+- `auc` (`Area`): area under the budget curve: per repetition the trapezoidal mean accuracy over its labels range
+  (the integral divided by max - min labels, so it reads as a mean accuracy in %; one cycle: its accuracy), over
+  the cycles every repetition of the setting has; then mean ± std over repetitions.
+- `labels_saved` (`LabelsSaved`): for each setting that is not Random, at each of its numbers of labels, how many
+  labels Random (same run, variant and other settings) needs to reach its mean accuracy, by linear interpolation
+  of Random's mean curve, and saved = that - its labels. `relation` is "=" (reached within Random's range), "<="
+  (Random's first point already reaches it: random_labels is Random's smallest number of labels) or ">" (Random
+  never reaches it: random_labels is Random's largest number of labels).
+- `paired` (`Paired`): against the same strategy's plain variant (`against` = "plain") and against Random of the
+  same variant (`against` = "random"), same other settings, at the same number of labels: the mean of the
+  per-repetition differences (points, setting - reference; repetitions matched by index, which share their
+  initial labeled set), with a 95% t-interval mean ± t(0.975, n-1) sd / sqrt(n); n < 2: no interval (null).
+- `winners` (`Winner`): per run, strategy (with the other settings) and cycle with several variants, the variant
+  with the highest mean accuracy and its margin over the next one; its `strategy` names the other settings, as in
+  the markdown, e.g. "random (l2_features=True)".
+
+References match on the whole setting: a +SEMI setting swept over semi.class_weights=false whose plain variant was
+excluded from the grid has no plain reference. Settings (task keys without the repetition) identify everything;
+`strategy` and `variant` are there for reading.
+
+Formats:
+
+- markdown: one wide accuracy table per run (rows: strategy x variant, columns: numbers of labels, cells: mean ±
+  std), or the long one (a line per setting and cycle) with `long=True`; then the best variant, AUC, labels saved
+  and paired differences, each a section that is left out when empty.
+- json: an object {"rows": [...], "auc": [...], "labels_saved": [...], "paired": [...], "winners": [...]}, each a
+  list of the dataclass' fields; NaN (no test set) and missing intervals are null.
+- csv: one header; the first column `table` names the table a line belongs to (rows | auc | labels_saved | paired
+  | winners), then the union of the tables' fields (a field a table lacks is empty). `table == "rows"` gives the
+  accuracy rows with the columns of before.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +55,20 @@ from alctl.errors import UserError
 from alctl.strategies.registry import NAMES as STRATEGY_NAMES
 
 _REP = re.compile(r"/?rep=\d+$")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One repetition of a setting at one cycle."""
+
+    run: str
+    setting: str  # task key without the repetition
+    strategy: str
+    variant: str
+    rep: int
+    cycle: int
+    n_labeled: int
+    accuracy: float  # percent; NaN when there is no test set
 
 
 @dataclass(frozen=True)
@@ -84,10 +136,10 @@ def find_runs(root: Path = Path("runs")) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / "tasks").is_dir())
 
 
-def aggregate(run_dirs: list[Path], finished_only: bool = True) -> list[Row]:
-    """Mean ± std of test accuracy over repetitions for each run, setting and cycle (finished tasks only, when the
-    run's manifest tells which tasks are finished)."""
-    rows: list[Row] = []
+def read_points(run_dirs: list[Path], finished_only: bool = True) -> list[Point]:
+    """Every repetition's accuracy at every cycle of each run (finished tasks only, when the run's manifest tells
+    which tasks are finished)."""
+    points: list[Point] = []
     for run in run_dirs:
         t = store.read_metrics_dataset(run)
         statuses = task_statuses(run) if finished_only else None
@@ -96,24 +148,49 @@ def aggregate(run_dirs: list[Path], finished_only: bool = True) -> list[Row]:
             t = t.filter(pa.array(np.isin(np.array(t["task_key"].to_pylist(), dtype=object), list(done))))
         if t.num_rows == 0:
             continue
-        keys = np.array([_REP.sub("", k) for k in t["task_key"].to_pylist()], dtype=object)
-        strategy = np.array(t["strategy"].to_pylist(), dtype=object)
-        variant = np.array(t["variant"].to_pylist(), dtype=object)
-        cycle = t["cycle"].to_numpy()
+        task_keys = t["task_key"].to_pylist()
         acc = t["accuracy"].to_numpy() * 100.0
-        labels = t["n_labeled"].to_numpy()
-        for setting in sorted(set(keys), key=_setting_order):
-            sm = keys == setting
-            for c in np.unique(cycle[sm]):
-                m = sm & (cycle == c)
-                a = acc[m][~np.isnan(acc[m])]
-                rows.append(
-                    Row(run=run.name, setting=setting, strategy=str(strategy[m][0]), variant=str(variant[m][0]),
-                        cycle=int(c), n_labeled=int(np.round(labels[m].mean())),
-                        accuracy_mean=float(a.mean()) if len(a) else float("nan"),
-                        accuracy_std=float(a.std(ddof=1)) if len(a) > 1 else 0.0, repetitions=int(m.sum()))
-                )
+        for key, strategy, variant, rep, cycle, labels, a in zip(
+                task_keys, t["strategy"].to_pylist(), t["variant"].to_pylist(), t["rep"].to_pylist(),
+                t["cycle"].to_pylist(), t["n_labeled"].to_pylist(), acc):
+            if rep is None:
+                found = re.search(r"rep=(\d+)$", key)
+                rep = int(found.group(1)) if found else 0
+            points.append(Point(run=run.name, setting=_REP.sub("", key), strategy=str(strategy), variant=str(variant),
+                                rep=int(rep), cycle=int(cycle), n_labeled=int(labels), accuracy=float(a)))
+    return points
+
+
+def _by_setting(points: list[Point]) -> dict[tuple[str, str], list[Point]]:
+    """Points grouped by (run, setting): runs in order of appearance, settings in the paper's order."""
+    groups: dict[tuple[str, str], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.run, p.setting), []).append(p)
+    runs = list(dict.fromkeys(p.run for p in points))
+    return dict(sorted(groups.items(), key=lambda kv: (runs.index(kv[0][0]), _setting_order(kv[0][1]))))
+
+
+def summarise(points: list[Point]) -> list[Row]:
+    """Mean ± std of accuracy over repetitions for each run, setting and cycle."""
+    rows: list[Row] = []
+    for (run, setting), pts in _by_setting(points).items():
+        for c in sorted({p.cycle for p in pts}):
+            cp = [p for p in pts if p.cycle == c]
+            a = np.array([p.accuracy for p in cp])
+            a = a[~np.isnan(a)]
+            rows.append(
+                Row(run=run, setting=setting, strategy=cp[0].strategy, variant=cp[0].variant, cycle=c,
+                    n_labeled=int(np.round(np.mean([p.n_labeled for p in cp]))),
+                    accuracy_mean=float(a.mean()) if len(a) else float("nan"),
+                    accuracy_std=float(a.std(ddof=1)) if len(a) > 1 else 0.0, repetitions=len(cp))
+            )
     return rows
+
+
+def aggregate(run_dirs: list[Path], finished_only: bool = True) -> list[Row]:
+    """Mean ± std of test accuracy over repetitions for each run, setting and cycle (finished tasks only, when the
+    run's manifest tells which tasks are finished)."""
+    return summarise(read_points(run_dirs, finished_only))
 
 
 _VARIANT_ORDER = {"plain": 0, "+PRE": 1, "+SEMI": 2, "+PRE+SEMI": 3}
@@ -128,21 +205,220 @@ def _setting_order(setting: str) -> tuple:
     return (_STRATEGY_ORDER.get(parts.get("strategy", ""), len(_STRATEGY_ORDER)), semi, pre, setting)
 
 
-def render_markdown(rows: list[Row]) -> str:
-    """A markdown table, one line per setting and cycle."""
-    out = ["| run | strategy | variant | cycle | labels | accuracy (%) | reps |", "|---|---|---|---:|---:|---|---:|"]
+def _with(setting: str, **values: str) -> str:
+    """The setting with some of its parts changed, e.g. _with('strategy=coreset/semi=lp', strategy='random')."""
+    parts = []
+    for part in setting.split("/"):
+        name = part.split("=", 1)[0]
+        parts.append(f"{name}={values[name]}" if name in values else part)
+    return "/".join(parts)
+
+
+def _plain(setting: str) -> str:
+    """The same strategy and other settings without pre-training or semi-supervision."""
+    return _with(setting, semi="none", pretrain="none")
+
+
+def _random(setting: str) -> str:
+    """Random with the same variant and other settings."""
+    return _with(setting, strategy="random")
+
+
+# ----------------------------------------------------------------------------- pure computations
+
+
+def area_under_curve(labels: np.ndarray, accuracy: np.ndarray) -> float:
+    """Trapezoidal area under accuracy(labels) divided by the labels range: a mean accuracy over the range, in the
+    accuracy's unit. One point (or a zero range): its (mean) accuracy."""
+    x = np.asarray(labels, dtype=np.float64)
+    y = np.asarray(accuracy, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+        raise ValueError(f"labels {x.shape} and accuracy {y.shape} must be the same non-empty [n]")
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    span = x[-1] - x[0]
+    if span == 0:
+        return float(y.mean())
+    return float(np.sum((y[1:] + y[:-1]) / 2.0 * np.diff(x)) / span)
+
+
+def labels_to_reach(labels: np.ndarray, accuracy: np.ndarray, target: float) -> tuple[float, str]:
+    """The smallest number of labels at which the piecewise-linear curve accuracy(labels) reaches target, and its
+    relation: "=" (reached at a point or between two), "<=" (the first point is already above: its labels),
+    ">" (never reached: the largest labels)."""
+    x = np.asarray(labels, dtype=np.float64)
+    y = np.asarray(accuracy, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+        raise ValueError(f"labels {x.shape} and accuracy {y.shape} must be the same non-empty [n]")
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    tol = 1e-9  # a mean equal to one of Random's points, up to rounding, is reached there
+    for i in range(len(x)):
+        if y[i] >= target - tol:
+            if abs(y[i] - target) <= tol:
+                return float(x[i]), "="
+            if i == 0:
+                return float(x[0]), "<="
+            return float(x[i - 1] + (target - y[i - 1]) * (x[i] - x[i - 1]) / (y[i] - y[i - 1])), "="
+    return float(x[-1]), ">"
+
+
+def mean_interval(differences: np.ndarray, confidence: float = 0.95) -> tuple[float, float | None, int]:
+    """(mean, half-width of the two-sided t-interval t(1 - (1 - confidence) / 2, n - 1) * sd / sqrt(n), n); the
+    half-width is None when n < 2."""
+    from scipy import stats
+
+    d = np.asarray(differences, dtype=np.float64)
+    if d.ndim != 1 or d.size == 0:
+        raise ValueError(f"differences {d.shape} must be a non-empty [n]")
+    n = int(d.size)
+    if n < 2:
+        return float(d.mean()), None, n
+    half = float(stats.t.ppf(1.0 - (1.0 - confidence) / 2.0, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    return float(d.mean()), half, n
+
+
+@dataclass(frozen=True)
+class Area:
+    """Area under the budget curve of one setting: mean ± std over repetitions of each one's trapezoidal mean
+    accuracy over its labels range."""
+
+    run: str
+    setting: str
+    strategy: str
+    variant: str
+    labels_min: int
+    labels_max: int
+    cycles: int  # the cycles every repetition has
+    auc_mean: float  # percent
+    auc_std: float  # percent, sample std (0 for a single repetition)
+    repetitions: int
+
+
+def auc_table(points: list[Point]) -> list[Area]:
+    """Area under the budget curve per run and setting, over the cycles every repetition has (repetitions with a
+    missing accuracy left out; settings without any left out)."""
+    out = []
+    for (run, setting), pts in _by_setting(points).items():
+        reps: dict[int, dict[int, Point]] = {}
+        for p in pts:
+            reps.setdefault(p.rep, {})[p.cycle] = p
+        common = sorted(set.intersection(*(set(c) for c in reps.values())))
+        if not common:
+            continue
+        areas, lows, highs = [], [], []
+        for curve in reps.values():
+            x = np.array([curve[c].n_labeled for c in common])
+            y = np.array([curve[c].accuracy for c in common])
+            if np.isnan(y).any():
+                continue
+            areas.append(area_under_curve(x, y))
+            lows.append(x.min())
+            highs.append(x.max())
+        if not areas:
+            continue
+        a = np.array(areas)
+        out.append(Area(run=run, setting=setting, strategy=pts[0].strategy, variant=pts[0].variant,
+                        labels_min=int(np.round(np.mean(lows))), labels_max=int(np.round(np.mean(highs))),
+                        cycles=len(common), auc_mean=float(a.mean()),
+                        auc_std=float(a.std(ddof=1)) if len(a) > 1 else 0.0, repetitions=len(a)))
+    return out
+
+
+@dataclass(frozen=True)
+class LabelsSaved:
+    """How many labels Random (same run, variant and other settings) needs to reach a setting's mean accuracy at
+    one of its numbers of labels, by linear interpolation of Random's mean curve."""
+
+    run: str
+    setting: str
+    strategy: str
+    variant: str
+    cycle: int
+    n_labeled: int
+    accuracy_mean: float  # percent
+    random_setting: str
+    random_labels: float  # labels Random needs; with relation "<=" its smallest, with ">" its largest labels
+    relation: str  # "=" | "<=" | ">"
+    saved: float  # random_labels - n_labeled, with the same relation
+
+
+def labels_saved(rows: list[Row]) -> list[LabelsSaved]:
+    """For every row whose strategy is not Random and whose run has Random with the same variant and other
+    settings: the labels Random needs to reach its mean accuracy, and the labels saved."""
+    groups: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
-        extra = _extra(r)
-        acc = "n/a (no test set)" if np.isnan(r.accuracy_mean) else f"{r.accuracy_mean:.2f} ± {r.accuracy_std:.2f}"
-        out.append(f"| {r.run} | {r.strategy}{extra} | {r.variant} | {r.cycle} | {r.n_labeled} | {acc} | {r.repetitions} |")
-    best = winners(rows)
-    if best:
-        out += ["", "Best variant at each number of labels (highest mean accuracy):", "",
-                "| run | strategy | cycle | labels | best variant | accuracy (%) | ahead of | by (points) |",
-                "|---|---|---:|---:|---|---:|---|---:|"]
-        out += [f"| {w.run} | {w.strategy} | {w.cycle} | {w.n_labeled} | {w.variant} | {w.accuracy_mean:.2f} |"
-                f" {w.runner_up} | {w.margin:.2f} |" for w in best]
-    return "\n".join(out)
+        groups.setdefault((r.run, r.setting), []).append(r)
+    out = []
+    for (run, setting), group in groups.items():
+        ref = _random(setting)
+        if ref == setting or group[0].strategy == "random" or (run, ref) not in groups:
+            continue
+        curve = sorted((r.n_labeled, r.accuracy_mean) for r in groups[run, ref] if not np.isnan(r.accuracy_mean))
+        if not curve:
+            continue
+        x, y = np.array([c[0] for c in curve]), np.array([c[1] for c in curve])
+        for r in group:
+            if np.isnan(r.accuracy_mean):
+                continue
+            need, relation = labels_to_reach(x, y, r.accuracy_mean)
+            out.append(LabelsSaved(run=run, setting=setting, strategy=r.strategy, variant=r.variant, cycle=r.cycle,
+                                   n_labeled=r.n_labeled, accuracy_mean=r.accuracy_mean, random_setting=ref,
+                                   random_labels=need, relation=relation, saved=need - r.n_labeled))
+    return out
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Mean over repetitions of the per-repetition accuracy difference (setting - reference) at one number of
+    labels, with its 95% t-interval (None with fewer than 2 pairs)."""
+
+    run: str
+    setting: str
+    strategy: str
+    variant: str
+    against: str  # plain: the same strategy's plain variant | random: Random of the same variant
+    reference_setting: str
+    reference_strategy: str
+    reference_variant: str
+    cycle: int
+    n_labeled: int
+    difference_mean: float  # points
+    ci_low: float | None
+    ci_high: float | None
+    pairs: int  # repetitions present in both, matched by repetition index
+
+
+def paired(points: list[Point]) -> list[Paired]:
+    """Paired differences against the plain variant and against Random (same run and other settings), at every
+    number of labels both have; repetitions matched by index, those without an accuracy left out."""
+    groups = _by_setting(points)
+    # (run, setting) -> n_labeled -> rep -> point
+    curves: dict[tuple[str, str], dict[int, dict[int, Point]]] = {}
+    for key, pts in groups.items():
+        for p in pts:
+            curves.setdefault(key, {}).setdefault(p.n_labeled, {})[p.rep] = p
+    out = []
+    for (run, setting), pts in groups.items():
+        for against, ref in (("plain", _plain(setting)), ("random", _random(setting))):
+            if ref == setting or (run, ref) not in curves:
+                continue
+            mine, theirs = curves[run, setting], curves[run, ref]
+            first = groups[run, ref][0]
+            for n in sorted(mine):
+                reps = sorted(set(mine[n]) & set(theirs.get(n, {})))
+                d = np.array([mine[n][k].accuracy - theirs[n][k].accuracy for k in reps])
+                d = d[~np.isnan(d)]
+                if d.size == 0:
+                    continue
+                mean, half, count = mean_interval(d)
+                out.append(Paired(run=run, setting=setting, strategy=pts[0].strategy, variant=pts[0].variant,
+                                  against=against, reference_setting=ref, reference_strategy=first.strategy,
+                                  reference_variant=first.variant, cycle=min(p.cycle for p in mine[n].values()),
+                                  n_labeled=n, difference_mean=mean,
+                                  ci_low=None if half is None else mean - half,
+                                  ci_high=None if half is None else mean + half, pairs=count))
+    return out
 
 
 @dataclass(frozen=True)
@@ -176,25 +452,163 @@ def winners(rows: list[Row]) -> list[Winner]:
     return out
 
 
-def _extra(r: Row) -> str:
+@dataclass(frozen=True)
+class Figures:
+    """Everything a report shows; the renderers only format it."""
+
+    rows: list[Row]
+    auc: list[Area] = field(default_factory=list)
+    labels_saved: list[LabelsSaved] = field(default_factory=list)
+    paired: list[Paired] = field(default_factory=list)
+    winners: list[Winner] = field(default_factory=list)
+
+
+TABLES: dict[str, type] = {"rows": Row, "auc": Area, "labels_saved": LabelsSaved, "paired": Paired,
+                           "winners": Winner}  # json keys / csv `table` values, in output order
+
+
+def figures(points: list[Point]) -> Figures:
+    """All figures of a report from the repetitions' points."""
+    rows = summarise(points)
+    return Figures(rows=rows, auc=auc_table(points), labels_saved=labels_saved(rows), paired=paired(points),
+                   winners=winners(rows))
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _extra(r: Row | Area | LabelsSaved | Paired) -> str:
     """Swept parameters other than strategy / variant, e.g. ' (budget=100)'."""
     parts = [p for p in r.setting.split("/") if p.split("=", 1)[0] not in ("strategy", "semi", "pretrain")]
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def render_csv(rows: list[Row]) -> str:
-    """CSV with a header line."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(Row.__dataclass_fields__))
-    writer.writeheader()
+def _span(values: list[int]) -> str:
+    """'3' or '2–3'."""
+    lo, hi = min(values), max(values)
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
+def _count(x: float) -> str:
+    """A number of labels, rounded half up."""
+    return f"{math.floor(x + 0.5):d}"
+
+
+def _pivot(lead: list[str], tail: list[str], lines: list[tuple[list[str], dict[int, str], list[str]]]) -> list[str]:
+    """A markdown table: lead columns, one column per number of labels (union over the lines; '' where a line has
+    none), tail columns."""
+    labels = sorted({n for _, cells, _ in lines for n in cells})
+    out = ["| " + " | ".join([*lead, *map(str, labels), *tail]) + " |",
+           "|" + "---|" * len(lead) + "---:|" * (len(labels) + len(tail))]
+    for head, cells, rest in lines:
+        out.append("| " + " | ".join([*head, *(cells.get(n, "") for n in labels), *rest]) + " |")
+    return out
+
+
+def _grouped(items: list, key: Callable[[object], object]) -> dict[object, list]:
+    """Items grouped by key(item), in order of first appearance."""
+    groups: dict[tuple, list] = {}
+    for it in items:
+        groups.setdefault(key(it), []).append(it)
+    return groups
+
+
+def _accuracy(mean: float, std: float) -> str:
+    return "n/a" if np.isnan(mean) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _long_table(rows: list[Row]) -> list[str]:
+    out = ["| run | strategy | variant | cycle | labels | accuracy (%) | reps |", "|---|---|---|---:|---:|---|---:|"]
     for r in rows:
-        writer.writerow(asdict(r))
+        acc = "n/a (no test set)" if np.isnan(r.accuracy_mean) else f"{r.accuracy_mean:.2f} ± {r.accuracy_std:.2f}"
+        out.append(f"| {r.run} | {r.strategy}{_extra(r)} | {r.variant} | {r.cycle} | {r.n_labeled} | {acc} |"
+                   f" {r.repetitions} |")
+    return out
+
+
+def _wide_table(rows: list[Row]) -> list[str]:
+    out = ["Test accuracy (%), mean ± std over repetitions; columns: number of labeled images:"]
+    for run, group in _grouped(rows, lambda r: r.run).items():
+        lines = []
+        for setting_rows in _grouped(group, lambda r: r.setting).values():
+            r0 = setting_rows[0]
+            lines.append(([run, f"{r0.strategy}{_extra(r0)}", r0.variant],
+                          {r.n_labeled: _accuracy(r.accuracy_mean, r.accuracy_std) for r in setting_rows},
+                          [_span([r.repetitions for r in setting_rows])]))
+        out += ["", *_pivot(["run", "strategy", "variant"], ["reps"], lines)]
+    return out
+
+
+def render_markdown(figs: Figures, long: bool = False) -> str:
+    """The accuracy table (wide: a line per strategy x variant and a column per number of labels; long=True: a
+    line per setting and cycle), then the best variant, AUC, labels saved and paired differences."""
+    out = _long_table(figs.rows) if long else _wide_table(figs.rows)
+    if figs.winners:
+        out += ["", "Best variant at each number of labels (highest mean accuracy):", "",
+                "| run | strategy | cycle | labels | best variant | accuracy (%) | ahead of | by (points) |",
+                "|---|---|---:|---:|---|---:|---|---:|"]
+        out += [f"| {w.run} | {w.strategy} | {w.cycle} | {w.n_labeled} | {w.variant} | {w.accuracy_mean:.2f} |"
+                f" {w.runner_up} | {w.margin:.2f} |" for w in figs.winners]
+    if figs.auc:
+        out += ["", "Area under the budget curve: trapezoidal mean accuracy (%) over the labels range, per repetition;"
+                " mean ± std over repetitions:", "",
+                "| run | strategy | variant | labels | cycles | AUC (%) | reps |", "|---|---|---|---|---:|---:|---:|"]
+        out += [f"| {a.run} | {a.strategy}{_extra(a)} | {a.variant} | {a.labels_min}–{a.labels_max} | {a.cycles} |"
+                f" {a.auc_mean:.2f} ± {a.auc_std:.2f} | {a.repetitions} |" for a in figs.auc]
+    if figs.labels_saved:
+        out += ["", "Labels saved against Random of the same variant and settings (in brackets: the labels Random"
+                " needs to reach the same mean accuracy, linear interpolation of its mean curve; > : not within its"
+                " range); columns: number of labeled images:"]
+        sign = {"=": "", "<=": "≤ ", ">": "> "}
+        for run, group in _grouped(figs.labels_saved, lambda s: s.run).items():
+            lines = []
+            for items in _grouped(group, lambda s: s.setting).values():
+                s0 = items[0]
+                lines.append(([run, f"{s0.strategy}{_extra(s0)}", s0.variant],
+                              {s.n_labeled: f"{sign[s.relation]}{_count(s.saved)} ({sign[s.relation]}"
+                                            f"{_count(s.random_labels)})" for s in items}, []))
+            out += ["", *_pivot(["run", "strategy", "variant"], [], lines)]
+    if figs.paired:
+        out += ["", "Paired differences at the same number of labels (points, setting - reference): mean of the"
+                " per-repetition differences ± half-width of its 95% t-interval (none with fewer than 2 pairs);"
+                " columns: number of labeled images:"]
+        for run, group in _grouped(figs.paired, lambda p: p.run).items():
+            lines = []
+            for items in _grouped(group, lambda p: (p.setting, p.against)).values():
+                p0 = items[0]
+                cells = {p.n_labeled: f"{p.difference_mean:+.2f}"
+                         + ("" if p.ci_high is None else f" ± {p.ci_high - p.difference_mean:.2f}") for p in items}
+                lines.append(([run, f"{p0.strategy}{_extra(p0)}", p0.variant,
+                               f"{p0.reference_strategy} {p0.reference_variant}"], cells,
+                              [_span([p.pairs for p in items])]))
+            out += ["", *_pivot(["run", "strategy", "variant", "against"], ["pairs"], lines)]
+    return "\n".join(out)
+
+
+def _record(item: object) -> dict:
+    """A dataclass as a dict, NaN as None."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(item).items()}
+
+
+def render_csv(figs: Figures) -> str:
+    """CSV with one header: `table` (rows | auc | labels_saved | paired | winners), then the union of the tables'
+    fields; a field a table lacks is empty."""
+    columns = ["table"]
+    for cls in TABLES.values():
+        columns += [f.name for f in fields(cls) if f.name not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    for name in TABLES:
+        for item in getattr(figs, name):
+            writer.writerow({"table": name, **asdict(item)})
     return buf.getvalue()
 
 
-def render_json(rows: list[Row]) -> str:
-    """JSON list of rows."""
-    return json.dumps([asdict(r) for r in rows], indent=2)
+def render_json(figs: Figures) -> str:
+    """JSON object {"rows": [...], "auc": [...], "labels_saved": [...], "paired": [...], "winners": [...]}; NaN and
+    missing intervals are null."""
+    return json.dumps({name: [_record(item) for item in getattr(figs, name)] for name in TABLES}, indent=2)
 
 
 def plot(rows: list[Row], path: Path) -> None:
@@ -241,8 +655,10 @@ def unfinished_lines(run_dirs: list[Path]) -> list[str]:
     return lines
 
 
-def report(run_dir: Path | None, fmt: str, plot_path: Path | None = None) -> tuple[str, list[str]]:
-    """(report text over one run directory, or every run under ./runs when None; lines naming unfinished tasks)."""
+def report(run_dir: Path | None, fmt: str, plot_path: Path | None = None,
+           long: bool = False) -> tuple[str, list[str]]:
+    """(report text over one run directory, or every run under ./runs when None; lines naming unfinished tasks).
+    long: the markdown accuracy table a line per setting and cycle instead of the wide one."""
     if plot_path is not None and plot_path.is_dir():
         raise UserError(f"--plot: {plot_path} is a folder; give a file name such as {plot_path / 'curves.png'}")
     if run_dir is None:
@@ -255,12 +671,14 @@ def report(run_dir: Path | None, fmt: str, plot_path: Path | None = None) -> tup
         runs = [run_dir] if (run_dir / "tasks").is_dir() else find_runs(run_dir)
         if not runs:
             raise UserError(f"{run_dir}: no tasks/ inside; is this a run directory (runs/<name>)?")
-    rows = aggregate(runs)
+    figs = figures(read_points(runs))
     missing = unfinished_lines(runs)
-    if not rows:
+    if not figs.rows:
         detail = f"; {len(missing)} tasks not finished" if missing else ""
         raise UserError(f"{', '.join(map(str, runs))}: no finished task yet{detail}")
     if plot_path is not None:
-        plot(rows, plot_path)
-    renderers = {"markdown": render_markdown, "csv": render_csv, "json": render_json}
-    return renderers[fmt](rows), missing
+        plot(figs.rows, plot_path)
+    if fmt == "markdown":
+        return render_markdown(figs, long=long), missing
+    renderers = {"csv": render_csv, "json": render_json}
+    return renderers[fmt](figs), missing

@@ -96,17 +96,17 @@ def test_cycle_then_report_end_to_end(write_manifest, workdir: Path) -> None:
     res = runner.invoke(app, ["cycle", str(path)])
     assert res.exit_code == 0 and "nothing to do" in res.output
     # exactly as a user types it: no run directory -> every run under ./runs
-    res = runner.invoke(app, ["report", "--format", "markdown", "--plot", "curves.png"])
+    res = runner.invoke(app, ["report", "--format", "markdown", "--long", "--plot", "curves.png"])
     assert res.exit_code == 0, res.output
-    lines = [line for line in res.output.splitlines() if line.startswith("| tiny")]
+    lines = [line for line in res.output.split("\n\n")[0].splitlines() if line.startswith("| tiny")]
     assert len(lines) == 4 * 3  # 4 strategies x 3 cycles
     assert "| tiny | coreset | plain | 2 | 30 |" in res.output and "± " in res.output
     assert (workdir / "curves.png").stat().st_size > 10_000
-    rows = json.loads(runner.invoke(app, ["report", "runs/tiny", "--format", "json"]).output)
+    rows = json.loads(runner.invoke(app, ["report", "runs/tiny", "--format", "json"]).output)["rows"]
     assert {r["repetitions"] for r in rows} == {2}
     assert np.mean([r["accuracy_mean"] for r in rows]) > 15.0  # chance is 10%
     csv_out = runner.invoke(app, ["report", "runs/tiny", "-f", "csv"]).output
-    assert csv_out.splitlines()[0].startswith("run,setting,strategy,variant,cycle,n_labeled")
+    assert csv_out.splitlines()[0].startswith("table,run,setting,strategy,variant,cycle,n_labeled")
     res = runner.invoke(app, ["select", str(path), "--task", "4", "--export", "out"])
     assert res.exit_code == 0 and "oracle is simulated (active.oracle)" in res.output, res.output
     assert "alctl label" not in res.output
@@ -183,7 +183,7 @@ def test_validate_shows_the_grid_less_its_exclusions_and_the_plan(options: str, 
     out = flat(res.output)
     assert out.startswith("manifests/mnist5k-options.yaml: valid; run directory runs/mnist5k-options; hash ")
     assert "; 18 tasks grid:" in out
-    assert ("grid: active.strategy (1) x semi.method (2) x model.l2_features (2) x semi.class_weights (2) = 8 points,"
+    assert ("grid: active.strategy (1) x model.l2_features (2) x semi.method (2) x semi.class_weights (2) = 8 points,"
             " 2 left out by sweep.exclude -> 6 x 3 repetitions = 18 tasks") in out
     assert "left out: semi.method=none, semi.class_weights=False" in out
     # one plan line per point (3 repetitions each) with alctl.plan's counts; the plain ones never propagate

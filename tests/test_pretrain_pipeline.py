@@ -56,7 +56,7 @@ def test_cycle_pretrains_once_and_every_pre_task_starts_from_the_encoder(write_m
         seconds[t.index] = rows["seconds_pretrain"][0]
         assert rows["variant"][0] == ("+PRE" if t.config.pretrain.method == "deepcluster" else "plain")
     assert seconds[0] == seconds[1] == 0.0 and seconds[2] > 0.0 and seconds[3] == 0.0  # trained once, by task 2
-    res = runner.invoke(app, ["report", "--format", "markdown"])
+    res = runner.invoke(app, ["report", "--format", "markdown", "--long"])
     assert "| tiny | random | +PRE | 1 | 20 |" in res.output and "| tiny | random | plain | 1 | 20 |" in res.output
     res = runner.invoke(app, ["pretrain", str(path)])
     assert res.exit_code == 0 and "already done" in res.output

@@ -37,7 +37,7 @@ def test_report_lists_unfinished_tasks_and_reports_the_finished_ones(write_manif
 
     res = runner.invoke(app, ["report", "runs/tiny", "--format", "json"])
     assert res.exit_code == 0, res.output
-    rows = json.loads(res.stdout)
+    rows = json.loads(res.stdout)["rows"]
     assert {r["strategy"] for r in rows} == {"random"} and {r["repetitions"] for r in rows} == {2}
     assert "2 tasks not finished" in res.stderr
     assert f"task 2 {tasks[2].key}: stopped, 1/2 cycles" in res.stderr
@@ -52,7 +52,7 @@ def test_report_lists_unfinished_tasks_and_reports_the_finished_ones(write_manif
     running.rmdir()
     res = runner.invoke(app, ["report", "--format", "csv"])
     assert res.exit_code == 0 and f"task 3 {tasks[3].key}: not started, 0/2 cycles" in res.stderr
-    assert res.stdout.splitlines()[0].startswith("run,setting,strategy")
+    assert res.stdout.splitlines()[0].startswith("table,run,setting,strategy")
     assert pq.read_table(mf.run_dir(m) / "tasks" / tasks[0].key / "metrics.parquet").num_rows == 2
     # --plot: a path without a suffix gets a PNG exactly there; a folder, or a file in the way, exit 2
     res = runner.invoke(app, ["report", "runs/tiny", "--plot", "curves"])
@@ -74,7 +74,7 @@ def test_output_that_is_a_file_exits_2_before_anything_is_written(write_manifest
 
 
 def test_winners_name_the_best_variant_per_strategy_and_cycle() -> None:
-    from alctl.report import Row, render_markdown, winners
+    from alctl.report import Figures, Row, render_markdown, winners
 
     def row(variant: str, cycle: int, acc: float, strategy: str = "random") -> Row:
         return Row("r", f"strategy={strategy}/semi={variant}", strategy, variant, cycle, 10 * (cycle + 1), acc, 1.0, 3)
@@ -86,4 +86,4 @@ def test_winners_name_the_best_variant_per_strategy_and_cycle() -> None:
     assert best["random", 0].variant == "+PRE+SEMI" and best["random", 0].runner_up == "+PRE"
     assert abs(best["random", 0].margin - 5.5) < 1e-9
     assert best["random", 1].variant == "plain" and best["random", 1].margin == 1.0
-    assert "| +PRE+SEMI | 61.00 | +PRE | 5.50 |" in render_markdown(rows)
+    assert "| +PRE+SEMI | 61.00 | +PRE | 5.50 |" in render_markdown(Figures(rows, winners=winners(rows)))

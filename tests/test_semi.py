@@ -48,7 +48,7 @@ def test_semi_cycles_write_pseudo_labels_and_report_variants(write_manifest, wor
         w = np.array(pseudo["weight"])
         assert w.min() >= 0 and w.max() <= 1 and len(w) == 2 * 1397 - 10 - 20
     res = runner.invoke(app, ["report", "runs/tiny", "--format", "json"])
-    rows = json.loads(res.stdout)
+    rows = json.loads(res.stdout)["rows"]
     assert {(r["strategy"], r["variant"]) for r in rows} == {
         ("random", "plain"), ("random", "+SEMI"), ("jlp", "plain"), ("jlp", "+SEMI")}
 

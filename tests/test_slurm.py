@@ -265,7 +265,7 @@ def test_submit_runs_every_task_on_a_real_slurm(slurm: dict[str, str], tmp_path:
 
     report = _run([str(ALCTL), "report", str(run), "--format", "json"], env=slurm, cwd=tmp_path)
     assert report.returncode == 0, report.stdout + report.stderr
-    rows = json.loads(report.stdout)
+    rows = json.loads(report.stdout)["rows"]
     settings = {t.key.rsplit("/rep=", 1)[0] for t in tasks}
     got = {(r["setting"], r["cycle"]): r["repetitions"] for r in rows}
     expected = {(s, c): m.repetitions for s in settings for c in range(m.active.cycles)}
@@ -310,5 +310,5 @@ def test_time_limit_warning_checkpoints_requeues_and_the_task_resumes(slurm: dic
     assert metrics.is_file(), f"{_tail(log)}\n{_daemon_logs(root)}"
     report = _run([str(ALCTL), "report", str(mf.run_dir(m)), "--format", "json"], env=slurm, cwd=tmp_path)
     assert report.returncode == 0, report.stdout + report.stderr
-    rows = json.loads(report.stdout)
+    rows = json.loads(report.stdout)["rows"]
     assert [r["cycle"] for r in rows] == list(range(m.active.cycles)), rows

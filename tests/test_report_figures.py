@@ -1,0 +1,192 @@
+"""report's figures on a hand-made run directory: AUC, labels saved against Random, paired differences with
+t-intervals, the wide and long markdown tables, csv and json."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from alctl import report, store
+from alctl.cli import app
+
+runner = CliRunner()
+
+T2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2): three pairs
+T1 = 12.706204736174694  # scipy.stats.t.ppf(0.975, 1): two pairs
+L2 = "/l2_features=True"
+
+# setting -> repetition -> accuracy (fraction) at 10, 20, 30 labels
+CURVES: dict[str, dict[int, list[float]]] = {
+    f"strategy=random/semi=none/pretrain=none{L2}": {0: [.50, .60, .70], 1: [.52, .62, .72], 2: [.48, .58, .68]},
+    f"strategy=coreset/semi=none/pretrain=none{L2}": {0: [.50, .66, .74], 1: [.52, .65, .75], 2: [.48, .67, .76]},
+    f"strategy=coreset/semi=lp/pretrain=none{L2}": {0: [.60, .70, .80], 1: [.62, .74, .78]},
+    f"strategy=random/semi=lp/pretrain=none{L2}": {0: [.60, .65, .70]},
+    # no Random and no plain with l2_features=False: neither labels saved nor paired differences
+    "strategy=coreset/semi=none/pretrain=none/l2_features=False": {0: [.40, .50, .60], 1: [.42, .52, .62]},
+}
+
+
+def write_run(root: Path) -> Path:
+    """runs/syn/tasks/<setting>/rep=<r>/metrics.parquet with the accuracies of CURVES (no manifest: all count)."""
+    run = root / "runs" / "syn"
+    for task, (setting, reps) in enumerate(CURVES.items()):
+        parts = dict(p.split("=", 1) for p in setting.split("/"))
+        variant = "+SEMI" if parts["semi"] != "none" else "plain"
+        for rep, accs in reps.items():
+            rows = [{"task": task, "task_key": f"{setting}/rep={rep}", "strategy": parts["strategy"],
+                     "variant": variant, "rep": rep, "cycle": c, "n_labeled": 10 * (c + 1), "accuracy": a}
+                    for c, a in enumerate(accs)]
+            path = run / "tasks" / setting / f"rep={rep}" / "metrics.parquet"
+            path.parent.mkdir(parents=True)
+            pq.write_table(pa.Table.from_pylist(rows, schema=store.METRICS), path)
+    return run
+
+
+@pytest.fixture
+def syn(workdir: Path) -> report.Figures:
+    return report.figures(report.read_points([write_run(workdir)]))
+
+
+def test_area_under_curve_is_a_mean_accuracy_over_the_labels_range() -> None:
+    assert report.area_under_curve(np.array([10, 20, 30]), np.array([50.0, 60.0, 70.0])) == pytest.approx(60.0)
+    # uneven steps, unsorted input: (60 + 80) / 2 * 10 + (80 + 80) / 2 * 30 = 3100 over 40 labels
+    assert report.area_under_curve(np.array([50, 10, 20]), np.array([80.0, 60.0, 80.0])) == pytest.approx(77.5)
+    assert report.area_under_curve(np.array([20]), np.array([55.0])) == 55.0  # one cycle: its accuracy
+    with pytest.raises(ValueError):
+        report.area_under_curve(np.array([]), np.array([]))
+
+
+def test_labels_to_reach_interpolates_the_first_crossing() -> None:
+    x, y = np.array([10, 20, 30, 40]), np.array([50.0, 60.0, 55.0, 70.0])
+    assert report.labels_to_reach(x, y, 56.0) == (pytest.approx(16.0), "=")  # first crossing, not 30..40's
+    assert report.labels_to_reach(x, y, 60.0) == (20.0, "=")
+    assert report.labels_to_reach(x, y, 62.5) == (pytest.approx(35.0), "=")  # past the dip: 30 + 7.5/15 * 10
+    assert report.labels_to_reach(x, y, 50.0) == (10.0, "=")
+    assert report.labels_to_reach(x, y, 45.0) == (10.0, "<=")  # already there at Random's first point
+    assert report.labels_to_reach(x, y, 71.0) == (40.0, ">")  # never within its range
+
+
+def test_mean_interval_is_a_student_t_interval() -> None:
+    mean, half, n = report.mean_interval(np.array([6.0, 3.0, 9.0]))
+    assert (mean, n) == (pytest.approx(6.0), 3) and half == pytest.approx(T2 * 3.0 / math.sqrt(3))
+    assert report.mean_interval(np.array([2.5])) == (2.5, None, 1)
+
+
+def test_auc_per_repetition_then_mean_and_std(syn: report.Figures) -> None:
+    auc = {(a.setting.split("/")[0], a.variant, a.setting.endswith(L2)): a for a in syn.auc}
+    rnd = auc["strategy=random", "plain", True]
+    assert (rnd.labels_min, rnd.labels_max, rnd.cycles, rnd.repetitions) == (10, 30, 3, 3)
+    assert rnd.auc_mean == pytest.approx(60.0) and rnd.auc_std == pytest.approx(2.0)  # 60, 62, 58
+    core = auc["strategy=coreset", "plain", True]  # per repetition (580 + 700) / 20 = 64, 64.25, 64.5
+    assert core.auc_mean == pytest.approx(64.25) and core.auc_std == pytest.approx(0.25)
+    one = auc["strategy=random", "+SEMI", True]
+    assert one.auc_mean == pytest.approx(65.0) and one.auc_std == 0.0 and one.repetitions == 1
+
+
+def test_labels_saved_against_random_of_the_same_variant_and_settings(syn: report.Figures) -> None:
+    got = {(s.setting, s.n_labeled): (s.random_labels, s.relation, s.saved) for s in syn.labels_saved}
+    plain, semi = f"strategy=coreset/semi=none/pretrain=none{L2}", f"strategy=coreset/semi=lp/pretrain=none{L2}"
+    assert set(got) == {(plain, n) for n in (10, 20, 30)} | {(semi, n) for n in (10, 20, 30)}
+    assert got[plain, 10] == (pytest.approx(10.0), "=", pytest.approx(0.0))  # 50 = Random's 50 at 10 labels
+    assert got[plain, 20] == (pytest.approx(26.0), "=", pytest.approx(6.0))  # 66: 20 + (66 - 60) / 10 * 10
+    assert got[plain, 30] == (30.0, ">", 0.0)  # 75: Random tops out at 70
+    # +SEMI against Random +SEMI (one repetition: 60, 65, 70); its means are 61, 72, 79
+    assert got[semi, 10] == (pytest.approx(12.0), "=", pytest.approx(2.0))
+    assert got[semi, 20][1:] == (">", 10.0) and got[semi, 30][1:] == (">", 0.0)
+    saved = next(s for s in syn.labels_saved if (s.setting, s.n_labeled) == (plain, 20))
+    assert saved.random_setting == f"strategy=random/semi=none/pretrain=none{L2}"
+
+
+def test_paired_differences_match_repetitions_by_index(syn: report.Figures) -> None:
+    got = {(p.setting.split("/")[0], p.variant, p.against, p.n_labeled): p for p in syn.paired}
+    assert {k[:3] for k in got} == {("strategy=coreset", "plain", "random"), ("strategy=coreset", "+SEMI", "plain"),
+                                    ("strategy=coreset", "+SEMI", "random"), ("strategy=random", "+SEMI", "plain")}
+
+    def check(key: tuple, mean: float, half: float | None, pairs: int) -> None:
+        p = got[key]
+        assert p.difference_mean == pytest.approx(mean) and p.pairs == pairs, p
+        if half is None:
+            assert p.ci_low is None and p.ci_high is None
+        else:
+            assert (p.ci_low, p.ci_high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+
+    # coreset - random, plain: differences 0, 0, 0 | 6, 3, 9 | 4, 3, 8
+    check(("strategy=coreset", "plain", "random", 10), 0.0, 0.0, 3)
+    check(("strategy=coreset", "plain", "random", 20), 6.0, T2 * 3.0 / math.sqrt(3), 3)
+    check(("strategy=coreset", "plain", "random", 30), 5.0, T2 * math.sqrt(7.0) / math.sqrt(3), 3)
+    # coreset +SEMI - plain: repetitions 0 and 1 only (+SEMI has no repetition 2): 10, 10 | 4, 9 | 6, 3
+    check(("strategy=coreset", "+SEMI", "plain", 10), 10.0, 0.0, 2)
+    check(("strategy=coreset", "+SEMI", "plain", 20), 6.5, T1 * math.sqrt(12.5) / math.sqrt(2), 2)
+    check(("strategy=coreset", "+SEMI", "plain", 30), 4.5, T1 * math.sqrt(4.5) / math.sqrt(2), 2)
+    # against Random +SEMI, which has repetition 0 only: one pair, no interval
+    check(("strategy=coreset", "+SEMI", "random", 20), 5.0, None, 1)
+    check(("strategy=random", "+SEMI", "plain", 10), 10.0, None, 1)
+    p = got["strategy=coreset", "+SEMI", "random", 20]
+    assert (p.reference_strategy, p.reference_variant, p.cycle) == ("random", "+SEMI", 1)
+
+
+def test_markdown_is_wide_by_default_and_long_with_the_flag(workdir: Path) -> None:
+    write_run(workdir)
+    res = runner.invoke(app, ["report", "runs/syn"])
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert "| run | strategy | variant | 10 | 20 | 30 | reps |\n|---|---|---|---:|---:|---:|---:|" in out
+    assert "| syn | coreset (l2_features=True) | plain | 50.00 ± 2.00 | 66.00 ± 1.00 | 75.00 ± 1.00 | 3 |" in out
+    assert "| syn | random (l2_features=True) | +SEMI | 60.00 ± 0.00 | 65.00 ± 0.00 | 70.00 ± 0.00 | 1 |" in out
+    assert "| syn | coreset (l2_features=True) | plain | 10–30 | 3 | 64.25 ± 0.25 | 3 |" in out  # AUC
+    assert "| syn | coreset (l2_features=True) | plain | 0 (10) | 6 (26) | > 0 (> 30) |" in out  # labels saved
+    assert (f"| syn | coreset (l2_features=True) | plain | random plain | +0.00 ± 0.00 | +6.00 ± "
+            f"{T2 * 3 / math.sqrt(3):.2f} | +5.00 ± {T2 * math.sqrt(7 / 3):.2f} | 3 |") in out
+    assert "| syn | coreset (l2_features=True) | +SEMI | random +SEMI | +0.00 | +5.00 | +10.00 | 1 |" in out
+    assert "Best variant at each number of labels" in out and "| syn | coreset (l2_features=True) | 1 | 20 | +SEMI |" in out
+    assert "| cycle |" not in out.split("Best variant")[0]
+
+    res = runner.invoke(app, ["report", "runs/syn", "--long"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("| run | strategy | variant | cycle | labels | accuracy (%) | reps |")
+    assert "| syn | coreset (l2_features=True) | plain | 1 | 20 | 66.00 ± 1.00 | 3 |" in res.stdout
+    assert "| syn | coreset (l2_features=True) | plain | 10–30 | 3 | 64.25 ± 0.25 | 3 |" in res.stdout  # same sections
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, floats up to rounding (csv holds floats as text)."""
+    if isinstance(b, float):
+        return a is not None and a != "" and float(a) == pytest.approx(b)
+    if b is None:
+        return a in (None, "")
+    return str(a) == str(b)
+
+
+def test_json_and_csv_hold_every_table(workdir: Path, syn: report.Figures) -> None:
+    res = runner.invoke(app, ["report", "runs/syn", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert list(data) == ["rows", "auc", "labels_saved", "paired", "winners"]
+    for name in data:
+        expected = [asdict(x) for x in getattr(syn, name)]
+        assert len(data[name]) == len(expected) > 0, name
+        for got, want in zip(data[name], expected):
+            assert set(got) == set(want) and all(_same(got[k], v) for k, v in want.items()), (name, got, want)
+    assert any(p["ci_low"] is None for p in data["paired"])  # n = 1: null, not NaN (which is not JSON)
+
+    res = runner.invoke(app, ["report", "runs/syn", "-f", "csv"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines()[0].startswith("table,run,setting,strategy,variant,cycle,n_labeled,accuracy_mean")
+    lines = list(csv.DictReader(io.StringIO(res.stdout)))
+    for name in data:
+        mine = [line for line in lines if line["table"] == name]
+        expected = [asdict(x) for x in getattr(syn, name)]
+        assert len(mine) == len(expected), name
+        for got, want in zip(mine, expected):
+            assert all(_same(got[k], v) for k, v in want.items()), (name, got, want)
+            assert all(v == "" for k, v in got.items() if k not in want and k != "table")
