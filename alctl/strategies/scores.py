@@ -99,12 +99,7 @@ def random_select(view: PoolView, budget: int, rng: np.random.Generator, params:
 
 def uncertainty_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
     """The b images of U with the highest softmax entropy (scores: the entropies as float32)."""
-    view = host_probs(view)
-    b = check_budget(view, budget)
-    check_view(view, need_probs=True)
-    unl = np.asarray(view.unlabeled, dtype=np.int64)
-    scores = entropy(view.probs).astype(np.float32)
-    return make_selection(_top_b(scores, unl, b), scores)
+    return _probability_select(view, budget, entropy)
 
 
 def _probability_select(view: PoolView, budget: int, score: Callable[[np.ndarray], np.ndarray]) -> Selection:
