@@ -176,18 +176,43 @@ class PowerConfig(_Section):
 class ProbCoverConfig(_Section):
     """ProbCover (Yehuda et al. 2022): greedy coverage by balls around the labeled and selected images."""
 
-    delta: float = Field(
-        0.75, gt=0, le=2,
+    delta: float | str = Field(
+        0.75,
         description="ball radius: Euclidean distance between L2-normalised features (cosine similarity >= 1 -"
-        " delta^2/2; 0.75 = 0.72), the unit of the paper, whose CIFAR-10 value on SimCLR features is 0.75; the"
-        " paper picks the largest delta whose balls stay 95% pure in class",
+        " delta^2/2; 0.75 = 0.72), the unit of the paper, whose CIFAR-10 value on SimCLR features is 0.75; auto ="
+        " the paper's rule at every selection: the largest delta whose balls stay 95% pure, purity measured"
+        " against a k-means of the features into as many clusters as classes (the features change each cycle)",
     )
+
+    @field_validator("delta", mode="before")
+    @classmethod
+    def _delta(cls, v: Any) -> float | str:
+        """A number in (0, 2] or "auto" (one message for both)."""
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 2:
+            raise ValueError(f"active.probcover.delta: must be a number in (0, 2] or auto, got {v!r}")
+        return float(v)
 
 
 class ActiveConfig(_Section):
     """The active learning loop."""
 
-    initial: int = Field(100, ge=1, description="images; balanced random labeled set at cycle 0")
+    initial: int = Field(100, ge=1, description="images labeled at cycle 0, chosen by initial_strategy")
+    initial_strategy: Literal["random", "typiclust", "probcover"] = Field(
+        "random",
+        description="how the cycle-0 set is chosen before any label (cold start): random = balanced random (the"
+        " paper's: initial // C per class, needs the true labels, else uniform random); typiclust / probcover ="
+        " the strategy on initial_features, with no labeled image (they ignore the classes). Variants of one"
+        " repetition share the set, since neither choice depends on the variant. A dataset's labeled folder tree"
+        " is the initial set whatever this says",
+    )
+    initial_features: Literal["encoder", "pixels"] = Field(
+        "encoder",
+        description="the features typiclust / probcover pick the initial set on: encoder = the run's DeepCluster"
+        " encoder (pretrain settings; trained once for plain variants too, the one +PRE uses); pixels = the images"
+        " centred and L2-normalised (no pre-training)",
+    )
     budget: int = Field(100, ge=1, description="images selected for labelling per cycle (b)")
     cycles: int = Field(5, ge=1, description="train+evaluate cycles; a selection of b follows every cycle but the last")
     strategy: Literal[STRATEGY_NAMES] = Field("random", description="acquisition function")  # type: ignore[valid-type]
@@ -718,10 +743,32 @@ def tasks(m: Manifest) -> list[Task]:
     return out
 
 
+# Fields added after runs were recorded, left out of the hash while at the default that gives the behaviour runs had
+# before the field existed, so that those runs stay resumable and reportable.
+_HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
+    ("active", "initial_strategy"): "random",
+    ("active", "initial_features"): "encoder",
+}
+
+
 def manifest_hash(m: Manifest) -> str:
-    """sha256 (first 16 hex) of the resolved manifest's canonical JSON."""
-    canonical = json.dumps(m.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """sha256 (first 16 hex) of the resolved manifest's canonical JSON (`_HASH_OMITTED_AT_DEFAULT` fields left out
+    at their default)."""
+    data = m.model_dump(mode="json")
+    for path, default in _HASH_OMITTED_AT_DEFAULT.items():
+        parent = data
+        for part in path[:-1]:
+            parent = parent[part]
+        if parent.get(path[-1]) == default:
+            del parent[path[-1]]
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def uses_encoder(config: Manifest) -> bool:
+    """Whether a task needs the run's DeepCluster encoder: +PRE, or a cold start on the encoder's features."""
+    a = config.active
+    return config.pretrain.method != "none" or (a.initial_strategy != "random" and a.initial_features == "encoder")
 
 
 def encoder_settings(config: Manifest) -> dict[str, Any]:

@@ -165,8 +165,9 @@ def pretrain_cost(config: mf.Manifest, pool: int, test: int) -> PretrainCost:
 
 
 def encoder_key(config: mf.Manifest) -> str | None:
-    """What tells encoders apart in a run (`manifest.encoder_settings` as text), None without +PRE or with given weights."""
-    if config.pretrain.method == "none" or config.pretrain.weights is not None:
+    """What tells encoders apart in a run (`manifest.encoder_settings` as text), None when no encoder is trained for
+    the task (neither +PRE nor a cold start on the encoder's features, or given weights)."""
+    if not mf.uses_encoder(config) or config.pretrain.weights is not None:
         return None
     return json.dumps(mf.encoder_settings(config), sort_keys=True)
 

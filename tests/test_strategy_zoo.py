@@ -451,6 +451,46 @@ def test_probcover_matches_dense_greedy(seed, delta):
     assert view.unlabeled[order[:20]].tolist() == sel.chosen.tolist()
 
 
+def _dense_purity(x: np.ndarray, assign: np.ndarray, delta: float) -> float:
+    """Share of closed delta-balls whose members all share the centre's cluster (a dense reference)."""
+    ball = cdist(x, x) <= delta
+    return float(np.mean([(assign[ball[i]] == assign[i]).all() for i in range(len(x))]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_purity_delta_is_the_largest_radius_with_95_percent_pure_balls(seed):
+    from alctl.strategies.coverage import purity_delta, typiclust_clusters
+
+    rng = np.random.default_rng(seed)
+    x = _normalise(np.repeat(np.eye(6)[:3], 60, axis=0) + 0.35 * rng.normal(size=(180, 6))).astype(np.float32)
+    delta = purity_delta(x, 3, seed=7)
+    assign = typiclust_clusters(x, 3, 7)  # the same k-means
+    d = cdist(x.astype(np.float64), x.astype(np.float64))
+    r = np.where(assign[:, None] != assign[None, :], d, np.inf).min(axis=1)  # purity changes only at these radii
+    assert _dense_purity(x, assign, delta) >= 0.95
+    assert np.isclose(r, delta).any()
+    assert _dense_purity(x, assign, float(r[r > delta + 1e-9].min())) < 0.95  # the next radius up breaks the rule
+    # one cluster: every ball is pure
+    assert purity_delta(x, 1, seed=0) == 2.0
+
+
+def test_probcover_auto_delta_uses_the_purity_rule():
+    from alctl.strategies.coverage import purity_delta
+
+    view = random_view(n=200, n_labeled=10, dim=4, seed=4)
+    auto = dataclasses.replace(PARAMS, probcover_delta=None)
+    sel = select("probcover", view, 15, np.random.default_rng(3), auto)
+    nodes = np.union1d(view.labeled, view.unlabeled)
+    delta = purity_delta(np.asarray(view.features)[nodes], max(2, view.num_classes),
+                         int(np.random.default_rng(3).integers(0, 2**31 - 1)))
+    fixed = select("probcover", view, 15, np.random.default_rng(3), dataclasses.replace(PARAMS, probcover_delta=delta))
+    assert sel.chosen.tolist() == fixed.chosen.tolist()
+    assert mf.Manifest.model_validate({"dataset": {"name": "digits"},
+                                       "active": {"probcover": {"delta": "auto"}}}).active.probcover.delta == "auto"
+    with pytest.raises(ManifestError, match="active.probcover.delta"):
+        mf.parse({"dataset": {"name": "digits"}, "active": {"probcover": {"delta": "wide"}}})
+
+
 def test_probcover_known_ranking():
     rng = np.random.default_rng(13)
     sizes, dim = (30, 20, 10, 5), 8
@@ -582,7 +622,7 @@ def test_manifest_fields_and_strategy_params():
     ({"bald": {"passes": 1}}, r"active\.bald\.passes: Input should be greater than or equal to 2"),
     ({"power": {"exponent": 0}}, r"active\.power\.exponent: Input should be greater than 0"),
     ({"power": {"base": "coreset"}}, r"active\.power\.base: Input should be 'bald', 'uncertainty', 'margin'"),
-    ({"probcover": {"delta": 2.5}}, r"active\.probcover\.delta: Input should be less than or equal to 2"),
+    ({"probcover": {"delta": 2.5}}, r"active\.probcover\.delta: must be a number in \(0, 2\] or auto, got 2\.5"),
     ({"probcover": {"radius": 1}}, r"active\.probcover\.radius: unknown key \(valid here: delta\)"),
 ])
 def test_manifest_bounds(section, message):

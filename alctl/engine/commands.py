@@ -47,13 +47,14 @@ def cycle_command(manifest_path: str | Path, task: int | None, cycles: int | Non
 
 
 def pretrain_command(manifest_path: str | Path, ui: Ui) -> int:
-    """`alctl pretrain`: train every distinct encoder the manifest's +PRE tasks need; returns how many were trained."""
+    """`alctl pretrain`: train every distinct encoder the manifest's tasks need (+PRE, or a cold start on the
+    encoder's features); returns how many were trained."""
     m, all_tasks = plan(manifest_path)
     seen: set[str] = set()
     trained = 0
     with runtime.Preemption() as stop:
         for t in all_tasks:
-            if t.config.pretrain.method == "none" or t.config.pretrain.weights is not None:
+            if not mf.uses_encoder(t.config) or t.config.pretrain.weights is not None:
                 continue
             ds = dataset_for(t.config)
             key = pretrain_key(t.config, ds)
@@ -74,7 +75,8 @@ def pretrain_command(manifest_path: str | Path, ui: Ui) -> int:
                 quality += f", {PROBE_K}-NN test accuracy {100 * last['knn_accuracy']:.2f}%"
             ui.line(f"pre-training {key}: wrote {path} in {seconds:.1f}s{quality}")
     if not seen:
-        raise UserError("pretrain.method: no task of this manifest uses deepcluster (set pretrain.method or sweep it)")
+        raise UserError("pretrain.method: no task of this manifest uses deepcluster (set pretrain.method or sweep it, or"
+                        " active.initial_features: encoder with a typiclust / probcover active.initial_strategy)")
     return trained
 
 

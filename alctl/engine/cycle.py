@@ -50,6 +50,20 @@ def new_model(config: mf.Manifest, ds: DatasetSplits, rep: int, cycle: int, devi
     return model.to(device)
 
 
+def initial_features(config: mf.Manifest, ds: DatasetSplits, rep: int, device: torch.device,
+                     encoder: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """What active.initial_strategy picks the cycle-0 set on: L2-normalised features `[N, D]` float32 of every pool
+    image from the DeepCluster encoder (active.initial_features: encoder), or the centred pixels (pixels)."""
+    images = ds.train_images.to(device)
+    if config.active.initial_features == "pixels":
+        return pixel_features(images)
+    if encoder is None:
+        raise ValueError("initial_features: active.initial_features encoder needs the encoder weights")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # no trace on the task's draws
+        model = new_model(config, ds, rep, 0, device, encoder)
+    return pool_features(config, ds, model, images)
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     """Peak memory of this process (CUDA: allocated on the device; CPU: max resident set)."""
     if device.type == "cuda":
@@ -314,15 +328,18 @@ def run_task(task: mf.Task, ui: Ui, manifest_path: str | Path, max_cycles: int |
             ui.warn(f"skipped unreadable image {line}")
         truth = ds.train_labels.numpy()
         pool = tables.read_pool()
+        encoder, seconds_pretrain = None, 0.0
+        if pool is None or config.pretrain.method != "none":
+            if mf.uses_encoder(config):
+                encoder, seconds_pretrain = ensure_pretrained(config, ds, device, ui, stop)
         if pool is None:
-            pool = new_pool(config, task.rep, ds)
+            pool = new_pool(config, task.rep, ds, lambda: initial_features(config, ds, task.rep, device, encoder))
         else:  # an interrupted cycle may have written its selection before its metrics row: undo and redo it
             pool.rollback(done)
             tables.rollback(done)
         tables.write_pool(pool)
-        encoder, seconds_pretrain = None, 0.0
-        if config.pretrain.method != "none":
-            encoder, seconds_pretrain = ensure_pretrained(config, ds, device, ui, stop)
+        if config.pretrain.method == "none":
+            encoder = None  # a cold start's encoder only chose the initial set: plain trains from scratch
         ctx = TaskContext(task, ds, tables, device, encoder, stop, lock)
         ran = 0
         with ui.progress() as prog:

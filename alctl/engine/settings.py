@@ -23,10 +23,10 @@ def graph_spec(s: mf.SemiConfig) -> GraphSpec:
 
 def strategy_params(config: mf.Manifest) -> StrategyParams:
     """What the acquisition functions read from the manifest: CEAL's threshold, the graph of jLP, power sampling's
-    base and exponent, ProbCover's radius (BALD's passes are the engine's: `steps.acquire`)."""
+    base and exponent, ProbCover's radius (None: auto; BALD's passes are the engine's: `steps.acquire`)."""
     a = config.active
     return StrategyParams(ceal_threshold=a.ceal.threshold, ceal_decay=a.ceal.decay, graph=graph_spec(config.semi),
-                          power_base=a.power.base, power_exponent=a.power.exponent, probcover_delta=a.probcover.delta)
+                          power_base=a.power.base, power_exponent=a.power.exponent, probcover_delta=None if a.probcover.delta == "auto" else a.probcover.delta)
 
 
 def pretrain_spec(config: mf.Manifest, num_classes: int) -> PretrainSpec:

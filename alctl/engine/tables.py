@@ -8,6 +8,7 @@ epoch >= 0 rows are label propagation's at that epoch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,11 +16,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from alctl import manifest as mf
 from alctl import runtime, store
 from alctl.data import DatasetSplits
-from alctl.errors import UserError
+from alctl.engine import settings
+from alctl.errors import AlctlError, UserError
+from alctl.strategies.registry import cold_start
 
 PENDING = "pending"  # label_source of images selected for a human annotator and not answered yet
 CEAL_EPOCH = -1  # pseudo.parquet epoch of CEAL's pseudo-labels (label propagation uses epochs >= 0)
@@ -86,9 +90,12 @@ class PoolState:
         self.source[later] = ""
 
 
-def new_pool(config: mf.Manifest, rep: int, ds: DatasetSplits) -> PoolState:
-    """The cycle-0 pool: the dataset's labeled tree, else a balanced random set (simulated oracle), else a random
-    set left pending for a person to label."""
+def new_pool(config: mf.Manifest, rep: int, ds: DatasetSplits,
+             features: Callable[[], np.ndarray | torch.Tensor] | None = None) -> PoolState:
+    """The cycle-0 pool: the dataset's labeled tree, else active.initial images chosen by active.initial_strategy
+    (balanced random: the true labels; else uniform random; typiclust / probcover on `features()` `[N, D]`, asked
+    only then), labeled by the simulated oracle, or left pending for a person (a human oracle without true labels).
+    Seeded from (seed, rep, cycle 0, "initial"): never from the variant, so variants of one repetition share it."""
     truth = ds.train_labels.numpy()
     pool = PoolState.empty(len(truth))
     if ds.initial_positions is not None and len(ds.initial_positions):
@@ -97,13 +104,23 @@ def new_pool(config: mf.Manifest, rep: int, ds: DatasetSplits) -> PoolState:
         pool.apply_labels(init, truth[init], "initial")
         return pool
     rng = runtime.rng(config.seed, rep, 0, "initial")
-    if config.active.oracle == "human" and (truth < 0).any():
-        init = np.sort(rng.choice(len(truth), config.active.initial, replace=False)).astype(np.int64)
-        pool.mark_selected(init, 0)
-        return pool
-    init = initial_labeled(truth, config.active.initial, ds.num_classes, rng)
+    a = config.active
+    pending = a.oracle == "human" and bool((truth < 0).any())
+    if a.initial_strategy != "random":
+        if features is None:
+            raise ValueError(f"new_pool: active.initial_strategy {a.initial_strategy} needs the pool's features")
+        try:
+            init = np.sort(cold_start(a.initial_strategy, features(), a.initial, rng, settings.strategy_params(config),
+                                     ds.num_classes))
+        except FloatingPointError as exc:
+            raise AlctlError(f"active.initial_strategy {a.initial_strategy}: {exc}") from None
+    elif pending:
+        init = np.sort(rng.choice(len(truth), a.initial, replace=False)).astype(np.int64)
+    else:
+        init = initial_labeled(truth, a.initial, ds.num_classes, rng)
     pool.mark_selected(init, 0)
-    pool.apply_labels(init, truth[init], "initial")
+    if not pending:
+        pool.apply_labels(init, truth[init], "initial")
     return pool
 
 

@@ -71,7 +71,8 @@ class StrategyParams:
     ceal_threshold: normalised entropy in [0, 1] below which CEAL pseudo-labels; ceal_decay: its decrease
     per cycle, >= 0; graph: the kNN graph and solver of jLP; power_base: the score power sampling draws
     from (one of POWER_BASES); power_exponent: the power it raises it to, > 0; probcover_delta: ProbCover's
-    ball radius, Euclidean distance between L2-normalised features, in (0, 2].
+    ball radius, Euclidean distance between L2-normalised features, in (0, 2], or None: chosen by the paper's
+    purity rule at each selection (`coverage.purity_delta`).
     """
 
     ceal_threshold: float
@@ -79,7 +80,7 @@ class StrategyParams:
     graph: GraphSpec
     power_base: str
     power_exponent: float
-    probcover_delta: float
+    probcover_delta: float | None
 
     def __post_init__(self) -> None:
         """Range and type checks of every field (ValueError / TypeError)."""
@@ -94,7 +95,7 @@ class StrategyParams:
                 f"StrategyParams.power_base must be one of {', '.join(POWER_BASES)}, got {self.power_base!r}")
         if not (float(self.power_exponent) > 0.0 and math.isfinite(float(self.power_exponent))):
             raise ValueError(f"StrategyParams.power_exponent must be a finite number > 0, got {self.power_exponent!r}")
-        if not 0.0 < float(self.probcover_delta) <= 2.0:
+        if self.probcover_delta is not None and not 0.0 < float(self.probcover_delta) <= 2.0:
             raise ValueError(f"StrategyParams.probcover_delta must be in (0, 2], got {self.probcover_delta!r}")
 
 

@@ -26,7 +26,7 @@ from alctl.strategies.base import (
 
 __all__ = [
     "typiclust_clusters", "typicality", "typiclust_pick", "typiclust_select", "coverage_graph", "probcover_greedy",
-    "probcover_select",
+    "purity_delta", "probcover_select",
 ]
 
 # TypiClust: neighbours of the typicality (Hacohen et al.: 20), the constant the authors' code adds to the mean
@@ -41,6 +41,8 @@ _BLOCK = 1 << 22
 _RANGE_ROWS = 1024
 _GATHER = 1 << 24
 _MAX_EDGES = 1 << 30
+# ProbCover's automatic radius: the share of pure balls it keeps (the paper's alpha = 0.95).
+PURITY = 0.95
 
 
 # --------------------------------------------------------------------------- TypiClust
@@ -293,13 +295,49 @@ def probcover_greedy(
     return picks, pick_gain, gain
 
 
+def purity_delta(x: np.ndarray, n_clusters: int, seed: int, purity: float = PURITY) -> float:
+    """ProbCover's choice of radius (Yehuda et al. 2022, sec. 4.1): the largest delta such that at least `purity`
+    of the closed delta-balls around the rows of x `[m, D]` are pure, a ball being pure when every row in it
+    shares its centre's k-means cluster (`typiclust_clusters` with n_clusters = the number of classes, seeded).
+
+    Exact, with no grid of candidates: the ball of row i is pure iff delta < r_i, r_i = its distance to the
+    nearest row of another cluster (faiss IndexFlatL2 over the other clusters' rows, per cluster), so the answer
+    is the largest r_j with #{i: r_i > r_j} >= purity * m (float64 distances; a floor of 1e-6 when 5% of the rows
+    or more sit on another cluster's). One cluster only: 2.0 (every ball is pure)."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    m = x.shape[0]
+    k = max(1, min(int(n_clusters), m))
+    assign = typiclust_clusters(x, k, seed) if k > 1 else np.zeros(m, dtype=np.int64)
+    r = np.full(m, np.inf)
+    for c in np.unique(assign).tolist():
+        inside = assign == c
+        if inside.all():
+            break
+        index = faiss.IndexFlatL2(x.shape[1])
+        index.add(x[~inside])
+        _, nearest = index.search(x[inside], 1)
+        diff = x[inside].astype(np.float64) - x[~inside][nearest[:, 0]].astype(np.float64)
+        r[inside] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    if not np.isfinite(r).any():
+        return 2.0
+    s = np.sort(r)
+    pure = m - np.searchsorted(s, s, side="right")  # rows whose ball of radius s_j is pure
+    ok = s[(pure >= purity * m) & np.isfinite(s)]
+    return float(min(2.0, max(float(ok.max()) if ok.size else 0.0, 1e-6)))
+
+
 def probcover_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
     """ProbCover (Yehuda et al. 2022): greedy max coverage of the labeled and unlabeled images by balls of radius
     params.probcover_delta (Euclidean distance between L2-normalised features) around the picks; balls around
     labeled images cover from the start (`coverage_graph`, `probcover_greedy`; equal gains: lower pool position).
 
-    Scores `[n_u]` float32: a pick's gain (newly covered images) at its turn, any other image's gain after every
-    pick, so that sorting by score (equal: lower position) replays the picks. `rng` is not used."""
+    params.probcover_delta None: the radius by the paper's purity rule (`purity_delta`, the k-means of the
+    labeled and unlabeled images into max(2, C) clusters seeded from `rng`), recomputed at every selection since
+    the features change. Scores `[n_u]` float32: a pick's gain (newly covered images) at its turn, any other
+    image's gain after every pick, so that sorting by score (equal: lower position) replays the picks. `rng` is
+    used only for that k-means."""
     b = check_budget(view, budget)
     check_view(view, need_features=True)
     unl = np.asarray(view.unlabeled, dtype=np.int64)
@@ -307,7 +345,11 @@ def probcover_select(view: PoolView, budget: int, rng: np.random.Generator, para
     if unl.size == 0:
         return make_selection(EMPTY, np.zeros(0, dtype=np.float32))
     nodes = np.union1d(lab, unl)  # pool position order: node order breaks ties
-    indptr, indices = coverage_graph(host_rows(view.features, nodes), params.probcover_delta)
+    x = host_rows(view.features, nodes)
+    delta = params.probcover_delta
+    if delta is None:
+        delta = purity_delta(x, max(2, view.num_classes), int(rng.integers(0, 2**31 - 1)))
+    indptr, indices = coverage_graph(x, delta)
     cand = np.searchsorted(nodes, unl)
     picks, pick_gain, gain = probcover_greedy(indptr, indices, np.searchsorted(nodes, lab), cand, b)
     row = np.full(nodes.size, -1, dtype=np.int64)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from alctl.strategies.base import POWER_BASES, PoolView, Selection, StrategyFn, StrategyParams, check_budget
 from alctl.strategies.coverage import probcover_select, typiclust_select
@@ -29,7 +30,10 @@ from alctl.strategies.scores import (
     uncertainty_select,
 )
 
-__all__ = ["Strategy", "STRATEGIES", "NAMES", "NEED_KINDS", "POWER_BASES", "needs", "get_strategy", "select"]
+__all__ = [
+    "Strategy", "STRATEGIES", "NAMES", "NEED_KINDS", "POWER_BASES", "COLD_START_NAMES", "needs", "get_strategy", "select",
+    "cold_start",
+]
 
 NEED_KINDS = frozenset({"probs", "mc_probs", "features", "graph"})
 
@@ -59,6 +63,8 @@ STRATEGIES: tuple[Strategy, ...] = (
     Strategy("probcover", probcover_select, frozenset({"features"})),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in STRATEGIES)
+# Strategies that can pick the initial set before any label or model (they read features only).
+COLD_START_NAMES: tuple[str, ...] = ("typiclust", "probcover")
 _BY_NAME = {s.name: s for s in STRATEGIES}
 
 
@@ -106,3 +112,18 @@ def select(name: str, view: PoolView, budget: int, rng: np.random.Generator, par
     if problems:
         raise RuntimeError(f"strategy '{name}' broke the Selection contract: " + "; ".join(problems))
     return sel
+
+
+def cold_start(
+    name: str, features: np.ndarray | torch.Tensor, n: int, rng: np.random.Generator, params: StrategyParams,
+    num_classes: int,
+) -> np.ndarray:
+    """The initial set chosen by `name` (one of COLD_START_NAMES) on features `[N, D]` of every pool image (rows =
+    pool positions, L2-normalised) with nothing labeled yet → `[n]` int64 pool positions in pick order
+    (num_classes: the clusters of ProbCover's automatic radius; no label is read)."""
+    if name not in COLD_START_NAMES:
+        raise ValueError(f"cold start: {name!r} cannot pick an initial set; valid: {', '.join(COLD_START_NAMES)}")
+    every = np.arange(int(features.shape[0]), dtype=np.int64)
+    view = PoolView(probs=None, features=features, labeled=np.zeros(0, dtype=np.int64), unlabeled=every,
+                    labels=np.zeros(0, dtype=np.int64), num_classes=num_classes, cycle=0)
+    return np.asarray(select(name, view, n, rng, params).chosen, dtype=np.int64)
