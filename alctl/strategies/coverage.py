@@ -72,8 +72,12 @@ def typicality(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
     row alone in its group.
 
     Vectorised over groups: groups are bucketed by size rounded up to a power of two s, and each bucket's
-    distances are batched `[groups, rows, s]` float64 matrices (||a||² + ||b||² - 2ab; symmetrised when a group's
-    matrix fits one block, so equidistant pairs tie exactly), at most `_BLOCK` entries at a time."""
+    squared distances are batched `[groups, rows, s]` float64 matrices (||a||² + ||b||² - 2ab; symmetrised when a
+    group's matrix fits one block, so equidistant pairs tie exactly; padding columns at +inf), at most `_BLOCK`
+    entries at a time; the k smallest are found on squared distances and only they are square-rooted. The
+    products are small: one BLAS thread (more only spin on a busy machine, benchmarks/README.md)."""
+    from threadpoolctl import threadpool_limits
+
     x = np.asarray(x, dtype=np.float64)
     g = np.asarray(groups)
     m = g.shape[0]
@@ -85,37 +89,42 @@ def typicality(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
     order = np.argsort(g, kind="stable")
     _, starts, counts = np.unique(g[order], return_index=True, return_counts=True)
     padded = np.left_shift(1, np.ceil(np.log2(counts)).astype(np.int64))
-    for s in np.unique(padded[counts > 1]).tolist():
-        sel = np.flatnonzero((padded == s) & (counts > 1))
-        rows_per = max(1, min(s, _BLOCK // s))  # rows of a group per block
-        groups_per = max(1, _BLOCK // (s * max(s, x.shape[1]))) if rows_per == s else 1  # also bounds [g, s, D]
-        col = np.arange(s)
-        for c0 in range(0, sel.size, groups_per):
-            grp = sel[c0 : c0 + groups_per]
-            cnt = counts[grp]
-            valid = col[None, :] < cnt[:, None]  # [g, s]
-            idx = order[np.where(valid, starts[grp][:, None] + col[None, :], starts[grp][:, None])]  # pads: row 0
-            xs = x[idx]  # [g, s, D]
-            sq = np.einsum("gsd,gsd->gs", xs, xs)
-            k = np.minimum(_TYPICALITY_K, cnt - 1)  # [g] >= 1
-            kmax = int(k.max())
-            for r0 in range(0, s, rows_per):
-                r = min(rows_per, s - r0)
-                d2 = xs[:, r0 : r0 + r] @ xs.transpose(0, 2, 1)  # [g, r, s]
-                d2 *= -2.0
-                d2 += sq[:, r0 : r0 + r, None]
-                d2 += sq[:, None, :]
-                if r == s:
-                    d2 = 0.5 * (d2 + d2.transpose(0, 2, 1))
-                d2[:, np.arange(r), r0 + np.arange(r)] = np.inf  # itself
-                d2 = np.where(valid[:, None, :], d2, np.inf)
-                d = np.sqrt(np.maximum(d2, 0.0))
-                near = np.sort(np.partition(d, kmax - 1, axis=2)[:, :, :kmax], axis=2)
-                kth = np.broadcast_to((k - 1)[:, None, None], (grp.size, r, 1))
-                total = np.take_along_axis(np.cumsum(near, axis=2), kth, axis=2)[:, :, 0]
-                typ = 1.0 / (total / k[:, None] + _TYPICALITY_EPS)
-                keep = valid[:, r0 : r0 + r]
-                out[idx[:, r0 : r0 + r][keep]] = typ[keep]
+    sq_all = np.einsum("ij,ij->i", x, x)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for s in np.unique(padded[counts > 1]).tolist():
+            sel = np.flatnonzero((padded == s) & (counts > 1))
+            rows_per = max(1, min(s, _BLOCK // s))  # rows of a group per block
+            groups_per = max(1, _BLOCK // (s * max(s, x.shape[1]))) if rows_per == s else 1  # also bounds [g, s, D]
+            col = np.arange(s)
+            for c0 in range(0, sel.size, groups_per):
+                grp = sel[c0 : c0 + groups_per]
+                cnt = counts[grp]
+                valid = col[None, :] < cnt[:, None]  # [g, s]
+                idx = order[np.where(valid, starts[grp][:, None] + col[None, :], starts[grp][:, None])]  # pads: row 0
+                xs = x[idx]  # [g, s, D]
+                sq = sq_all[idx]  # [g, s]
+                sq_col = np.where(valid, sq, np.inf)  # padding columns: never among the nearest
+                k = np.minimum(_TYPICALITY_K, cnt - 1)  # [g] >= 1
+                kmax = int(k.max())
+                for r0 in range(0, s, rows_per):
+                    r = min(rows_per, s - r0)
+                    d2 = np.matmul(xs[:, r0 : r0 + r], xs.transpose(0, 2, 1))  # [g, r, s]
+                    d2 *= -2.0
+                    d2 += sq[:, r0 : r0 + r, None]
+                    d2 += sq_col[:, None, :]
+                    if r == s:
+                        d2 += d2.transpose(0, 2, 1).copy()
+                        d2 *= 0.5
+                    d2[:, np.arange(r), r0 + np.arange(r)] = np.inf  # itself
+                    near = np.partition(d2, kmax - 1, axis=2)[:, :, :kmax]
+                    near.sort(axis=2)
+                    np.maximum(near, 0.0, out=near)
+                    np.sqrt(near, out=near)
+                    kth = np.broadcast_to((k - 1)[:, None, None], (grp.size, r, 1))
+                    total = np.take_along_axis(np.cumsum(near, axis=2), kth, axis=2)[:, :, 0]
+                    typ = 1.0 / (total / k[:, None] + _TYPICALITY_EPS)
+                    keep = valid[:, r0 : r0 + r]
+                    out[idx[:, r0 : r0 + r][keep]] = typ[keep]
     return out
 
 

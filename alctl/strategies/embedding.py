@@ -82,7 +82,18 @@ def kmeanspp_kron(
     min_d2[picks[0]] = 0.0
     free = np.ones(n, dtype=bool)
     free[picks[0]] = False
-    for t in range(1, b):
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):  # memory-bound products: more threads only spin
+        _draw_rest(a, f, g_sq, min_d2, free, picks, rank, rng)
+    return picks
+
+
+def _draw_rest(a: np.ndarray, f: np.ndarray, g_sq: np.ndarray, min_d2: np.ndarray, free: np.ndarray,
+               picks: np.ndarray, rank: np.ndarray, rng: np.random.Generator) -> None:
+    """k-means++ picks 1..b-1 into `picks` `[b]` (see `kmeanspp_kron`), updating min_d2 `[n]` and free `[n]`."""
+    n = a.shape[0]
+    for t in range(1, picks.shape[0]):
         cum = np.cumsum(min_d2)
         if cum[-1] > 0.0:
             i = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))  # min_d2[i] > 0
@@ -95,7 +106,6 @@ def kmeanspp_kron(
         free[i] = False
         np.minimum(min_d2, _sq_dist_to(a, f, g_sq, i), out=min_d2)
         min_d2[i] = 0.0
-    return picks
 
 
 def badge_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
