@@ -95,12 +95,17 @@ def cycle(
     manifest: ManifestArg,
     task: TaskOpt = None,
     cycles: Annotated[int | None, typer.Option("--cycles", "-n", min=1, help="stop once this many cycles are finished")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="tasks run at once, each in its own process"
+                                      " (several small tasks fill one GPU); output lines are prefixed with the task")] = 1,
+    tasks_per_index: Annotated[int, typer.Option(
+        "--tasks-per-index", min=1, help="with a task index I (--task or the scheduler's), run tasks"
+        " I*N .. I*N+N-1 (what `alctl submit` renders for scheduler.tasks_per_gpu)")] = 1,
     quiet: QuietOpt = False,
 ) -> None:
     """Run the active learning loop for one task or all; resumes where a run stopped."""
     from alctl.engine.commands import cycle_command
 
-    cycle_command(manifest, task, cycles, _ui(quiet))
+    cycle_command(manifest, task, cycles, _ui(quiet), jobs, tasks_per_index)
 
 
 @app.command("select")
@@ -109,14 +114,32 @@ def select_cmd(
     manifest: ManifestArg,
     task: OneTaskOpt = None,
     export: Annotated[
-        Path | None, typer.Option("--export", help="directory receiving to_label.csv and contact_sheet.png")
+        Path | None, typer.Option("--export", help="directory receiving to_label.csv and contact_sheet.png (csv), or"
+                                  " tasks.json, label_config.xml and images/ (label-studio)")
     ] = None,
+    format: Annotated[Literal["csv", "label-studio"], typer.Option(
+        "--format", "-f", help="what --export writes: csv (a sheet to fill in and a contact sheet) or label-studio"
+                               " (Label Studio tasks with the model's guesses, and its labeling config)")] = "csv",
+    image_url_prefix: Annotated[str | None, typer.Option(
+        "--image-url-prefix", help="label-studio: reference each image as PREFIX/<path> (path relative to"
+                                   " dataset.root, or images/<sample_id>.png in --export) instead of a Label Studio"
+                                   " local file")] = None,
+    local_files_root: Annotated[Path | None, typer.Option(
+        "--local-files-root", envvar="LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT",
+        help="label-studio: the LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT Label Studio serves local files from; image"
+             " references are relative to it (default: that variable, else the current directory)")] = None,
+    to_label_studio: Annotated[str | None, typer.Option(
+        "--to-label-studio", help="also add the tasks to a project of this Label Studio server (http://host:port;"
+                                  " API key in LABEL_STUDIO_API_KEY); implies --format label-studio")] = None,
+    project: Annotated[int | None, typer.Option(
+        "--project", help="with --to-label-studio: the project's id (default: a new project)")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """One acquisition step on the task's current model: print (and --export) the images to label next."""
     from alctl.engine.commands import select_command
 
-    select_command(manifest, task, export, _ui(quiet))
+    select_command(manifest, task, export, _ui(quiet), fmt=format, url_prefix=image_url_prefix,
+                   local_root=local_files_root, push_url=to_label_studio, project=project)
 
 
 @app.command()
@@ -141,14 +164,20 @@ def propagate(manifest: ManifestArg, task: OneTaskOpt = None, quiet: QuietOpt = 
 @handled
 def label(
     manifest: ManifestArg,
-    labels: Annotated[Path, typer.Option("--labels", "-l", help="CSV with sample_id and label columns", show_default=False)],
+    labels: Annotated[Path | None, typer.Option(
+        "--labels", "-l", help="CSV with sample_id and label columns, or Label Studio's JSON / JSON_MIN export (.json)",
+        show_default=False)] = None,
+    from_label_studio: Annotated[str | None, typer.Option(
+        "--from-label-studio", help="read the annotations of a project of this Label Studio server instead"
+                                    " (http://host:port; API key in LABEL_STUDIO_API_KEY)")] = None,
+    project: Annotated[int | None, typer.Option("--project", help="with --from-label-studio: the project's id")] = None,
     task: OneTaskOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Import a person's labels (by class name or index) for the task's pending selection; all or nothing."""
     from alctl.engine.commands import label_command
 
-    label_command(manifest, task, labels, _ui(quiet))
+    label_command(manifest, task, labels, _ui(quiet), pull_url=from_label_studio, project=project)
 
 
 @app.command()
@@ -198,6 +227,8 @@ def submit(
     memory: Annotated[str | None, typer.Option("--memory", "--mem", help="memory per task, e.g. 16G (scheduler.memory)")] = None,
     image: Annotated[str | None, typer.Option("--image", help="container image; required for k8s (scheduler.image)")] = None,
     parallel: Annotated[int | None, typer.Option("--parallel", help="tasks at once (scheduler.max_parallel)")] = None,
+    tasks_per_gpu: Annotated[int | None, typer.Option(
+        "--tasks-per-gpu", help="tasks packed on one array element / pod, run at once (scheduler.tasks_per_gpu)")] = None,
     namespace: Annotated[str | None, typer.Option("--namespace", help="Kubernetes namespace (scheduler.namespace)")] = None,
     images_per_second: Annotated[
         float | None,
@@ -205,12 +236,12 @@ def submit(
                      " warns when --time is shorter than the estimate"),
     ] = None,
 ) -> None:
-    """Write a Slurm array / Kubernetes Indexed Job (one index per task); --run submits it."""
+    """Write a Slurm array / Kubernetes Indexed Job (one index per task, or per --tasks-per-gpu tasks); --run submits it."""
     from alctl.jobs import submit_command
 
     overrides = {"partition": partition, "time": time, "gpus": gpus, "cpus": cpus, "memory": memory,
                  "image": image, "max_parallel": parallel, "namespace": namespace,
-                 "images_per_second": images_per_second}
+                 "images_per_second": images_per_second, "tasks_per_gpu": tasks_per_gpu}
     result = submit_command(manifest, to, run=run, out=out, overrides=overrides)
     for line in result.warnings:
         err.print(f"warning: {line}", markup=False)

@@ -1,7 +1,10 @@
 """Slurm / Kubernetes job specs from a manifest: pure renderers (manifest -> text) and `alctl submit`.
 
 One scheduler index runs one task: `alctl cycle MANIFEST --quiet` reads SLURM_ARRAY_TASK_ID (Slurm array)
-or JOB_COMPLETION_INDEX (Kubernetes Indexed Job) and runs only that task of `manifest.tasks(m)`.
+or JOB_COMPLETION_INDEX (Kubernetes Indexed Job) and runs only that task of `manifest.tasks(m)`. With
+`scheduler.tasks_per_gpu` N > 1, index i runs tasks i*N .. i*N+N-1 at once on its one GPU (`alctl cycle
+MANIFEST --quiet --jobs N --tasks-per-index N`): ceil(tasks / N) indexes, each with N x cpus and N x memory
+(and OMP_NUM_THREADS = cpus per process), at most max(1, max_parallel // N) of them at once.
 
 Slurm (`render_slurm`): a bash batch script for `sbatch`, `--array=0-(N-1)[%max_parallel]`, logs in
 `<run dir>/logs/%A_%a.out` (append mode, so a requeued task keeps one log). The batch shell gets SIGUSR1
@@ -67,6 +70,7 @@ OPTION_NAMES: dict[str, str] = {
     "max_parallel": "--parallel",
     "namespace": "--namespace",
     "images_per_second": "--images-per-second",
+    "tasks_per_gpu": "--tasks-per-gpu",
 }
 
 
@@ -155,6 +159,19 @@ def _container_ref(image: str) -> str:
     return f"docker://{image}"
 
 
+def packing(n_tasks: int, sched: mf.SchedulerConfig) -> tuple[int, list[str]]:
+    """(scheduler indexes, extra `alctl cycle` arguments) for n_tasks packed scheduler.tasks_per_gpu per index."""
+    per = sched.tasks_per_gpu
+    if per <= 1:
+        return n_tasks, []
+    return -(-n_tasks // per), ["--jobs", str(per), "--tasks-per-index", str(per)]
+
+
+def _packed_parallel(sched: mf.SchedulerConfig) -> int | None:
+    """Indexes running at once: max_parallel counts tasks, so max(1, max_parallel // tasks_per_gpu) indexes."""
+    return None if sched.max_parallel is None else max(1, sched.max_parallel // sched.tasks_per_gpu)
+
+
 def render_slurm(
     m: mf.Manifest,
     manifest_path: str,
@@ -162,14 +179,19 @@ def render_slurm(
     workdir: str,
     sched: mf.SchedulerConfig | None = None,
 ) -> str:
-    """The sbatch script (text) running one task per array index; pure: paths are explicit arguments."""
+    """The sbatch script (text) running one task per array index (scheduler.tasks_per_gpu of them with packing);
+    pure: paths are explicit arguments."""
     sched = sched or m.scheduler
     n = len(mf.tasks(m))
+    per = sched.tasks_per_gpu
+    indexes, packed_args = packing(n, sched)
     run = _host_path(str(mf.run_dir(m)), workdir)
     log = _check_directive(posixpath.join(run, "logs", "%A_%a.out"), "output")
     _check_directive(workdir, "working directory")
-    array = f"0-{n - 1}" + (f"%{sched.max_parallel}" if sched.max_parallel else "")
+    at_once = _packed_parallel(sched)
+    array = f"0-{indexes - 1}" + (f"%{at_once}" if at_once else "")
     amount, unit = memory_parts(sched.memory)
+    amount *= per
     seconds = time_seconds(sched.time)
     directives = [
         f"--job-name=alctl-{re.sub(r'[^A-Za-z0-9_.-]+', '-', m.name or 'run')}",
@@ -180,7 +202,7 @@ def render_slurm(
         directives.append(f"--partition={_check_directive(sched.partition, 'scheduler.partition')}")
     directives += [
         "--ntasks=1",
-        f"--cpus-per-task={sched.cpus}",
+        f"--cpus-per-task={sched.cpus * per}",
         f"--mem={amount}{unit}",
     ]
     if sched.gpus > 0:
@@ -190,7 +212,7 @@ def render_slurm(
         directives.append(f"--signal=B:USR1@{sched.signal_seconds}")
     directives.append("--requeue")
 
-    args = ["cycle", manifest_path, "--quiet"]
+    args = ["cycle", manifest_path, "--quiet", *packed_args]
     if sched.image:
         binds = [workdir]
         for path in (m.output, m.dataset.root):
@@ -210,15 +232,19 @@ def render_slurm(
         run_line = shlex.join([*executable, *args]) + " &"
         runner = shlex.join(executable)
 
+    what = ("array index i runs task i." if per <= 1 else
+            f"array index i runs tasks {per}i..{per}i+{per - 1} at once on one GPU ({indexes} indexes).")
+    threads = ('export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"' if per <= 1 else
+               f'export OMP_NUM_THREADS="${{OMP_NUM_THREADS:-{sched.cpus}}}"  # per task process')
     lines = [
         "#!/bin/bash",
-        f"# Rendered by `alctl submit --to slurm` for run '{m.name}': {n} tasks, array index i runs task i.",
+        f"# Rendered by `alctl submit --to slurm` for run '{m.name}': {n} tasks, {what}",
         f"# Manifest: {manifest_path}; runs {runner}. Submit with: sbatch <this file>",
         *(f"#SBATCH {d}" for d in directives),
         "",
         "set -u",
         f"cd {shlex.quote(workdir)} || exit 2",
-        'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"',
+        threads,
         "",
         "# SIGUSR1 (time limit near) and SIGTERM reach this shell: forward them so alctl checkpoints and exits "
         f"{PREEMPTED_EXIT_CODE}.",
@@ -295,15 +321,16 @@ def k8s_objects(
         raise UserError(
             "scheduler.image: a container image is required for --to k8s; set scheduler.image in the manifest or pass --image"
         )
-    n = len(mf.tasks(m))
+    n, packed_args = packing(len(mf.tasks(m)), sched)  # completion indexes (tasks_per_gpu tasks each)
+    per = sched.tasks_per_gpu
     base = k8s_name(m.name)
     job_name = f"alctl-{base}"
     config_name = f"{job_name}-manifest"
     labels = {"app.kubernetes.io/name": "alctl", "app.kubernetes.io/instance": base}
     amount, unit = memory_parts(sched.memory)
-    memory = f"{amount}{unit}i"
-    requests: dict[str, Any] = {"cpu": str(sched.cpus), "memory": memory}
-    limits: dict[str, Any] = {"cpu": str(sched.cpus), "memory": memory}
+    memory = f"{amount * per}{unit}i"
+    requests: dict[str, Any] = {"cpu": str(sched.cpus * per), "memory": memory}
+    limits: dict[str, Any] = {"cpu": str(sched.cpus * per), "memory": memory}
     if sched.gpus > 0:
         limits["nvidia.com/gpu"] = sched.gpus
 
@@ -331,7 +358,7 @@ def k8s_objects(
             "name": CONTAINER_NAME,
             "image": sched.image,
             "command": ["alctl"],
-            "args": ["cycle", manifest_file, "--quiet"],
+            "args": ["cycle", manifest_file, "--quiet", *packed_args],
             "workingDir": POD_WORKDIR,
             "env": [{"name": "OMP_NUM_THREADS", "value": str(sched.cpus)}],
             "resources": {"requests": requests, "limits": limits},
@@ -353,7 +380,7 @@ def k8s_objects(
         "spec": {
             "completionMode": "Indexed",
             "completions": n,
-            "parallelism": min(sched.max_parallel or n, n),
+            "parallelism": min(_packed_parallel(sched) or n, n),
             "backoffLimitPerIndex": sched.backoff_limit,
             "backoffLimit": n * (sched.backoff_limit + 1),
             "podFailurePolicy": {
@@ -383,9 +410,12 @@ def render_k8s(
 ) -> str:
     """The ConfigMap + Indexed Job as one YAML stream (text); pure: the host working directory is explicit."""
     objects = k8s_objects(m, workdir, sched, source)
+    per = (sched or m.scheduler).tasks_per_gpu
+    what = ("completion index i runs task i." if per <= 1 else
+            f"completion index i runs tasks {per}i..{per}i+{per - 1} at once on one GPU.")
     header = (
         f"# Rendered by `alctl submit --to k8s` for run '{m.name}': {len(mf.tasks(m))} tasks,"
-        " completion index i runs task i.\n# Apply with: kubectl apply -f <this file>\n"
+        f" {what}\n# Apply with: kubectl apply -f <this file>\n"
     )
     body = yaml.dump_all(objects, Dumper=_LiteralDumper, sort_keys=False, explicit_start=True, width=120, allow_unicode=True)
     return header + body

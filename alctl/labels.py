@@ -1,8 +1,11 @@
-"""Annotation files a person fills in: read `sample_id,label` CSV rows and check them against the pending selection."""
+"""Annotation files a person fills in: read `sample_id,label` CSV rows; check any annotations (CSV rows, Label Studio's)
+against the pending selection."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,58 @@ def filled_ids(path: Path) -> set[int]:
     return ids
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One label given for one image, and where it was read (a CSV row, a Label Studio annotation)."""
+
+    where: str  # prefix of its problem lines, e.g. "out/to_label.csv:3" or "export.json: task 17 annotation 4"
+    ref: str  # how a conflicting answer names this one, e.g. "line 3" or "task 17 annotation 4"
+    raw_id: str  # the sample id as written
+    raw_label: str  # a class name or index as written
+
+
+def check_answers(
+    answers: Sequence[Answer], pool_ids: np.ndarray, pending_ids: np.ndarray, classes: list[str],
+    problems: Sequence[str] = (), empty: str = "no labels",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sample_ids [m] int64, labels [m] int64) of answers checked against the pending selection: every bad answer
+    (an id that is not an integer, not in the pool or not waiting for a label, an unknown class, a conflicting
+    duplicate) is one problem line; with any problem (those already found by the reader, `problems`, first) or no
+    answer at all (`empty`), a single UserError listing them and nothing is returned."""
+    pool = set(pool_ids.tolist())
+    pending = set(pending_ids.tolist())
+    found = list(problems)
+    kept: dict[int, tuple[int, str]] = {}  # sample_id -> (label, ref of its first answer)
+    for a in answers:
+        try:
+            sid = int(a.raw_id)
+        except ValueError:
+            found.append(f"{a.where}: sample_id {a.raw_id!r} is not an integer")
+            continue
+        label = class_index(a.raw_label, classes)
+        if sid not in pool:
+            found.append(f"{a.where}: sample_id {sid} is not in the pool")
+        elif sid not in pending:
+            found.append(f"{a.where}: sample_id {sid} is not waiting for a label (not in the pending selection)")
+        if label is None:
+            found.append(f"{a.where}: unknown class {a.raw_label!r}; valid: {', '.join(classes)} or"
+                         f" 0..{len(classes) - 1}")
+            continue
+        if sid in kept and kept[sid][0] != label:
+            found.append(f"{a.where}: sample_id {sid} labeled {classes[label]!r} here and"
+                         f" {classes[kept[sid][0]]!r} on {kept[sid][1]}")
+            continue
+        kept.setdefault(sid, (label, a.ref))
+    if not found and not kept:
+        found.append(empty)
+    if found:
+        more = len(found) - MAX_LINES
+        raise UserError(*(found[:MAX_LINES] + ([f"... and {more} more problems"] if more > 0 else [])))
+    ids = np.fromiter(kept, dtype=np.int64, count=len(kept))
+    labels = np.array([kept[int(i)][0] for i in ids], dtype=np.int64)
+    return ids, labels
+
+
 def read_labels(
     path: Path, pool_ids: np.ndarray, pending_ids: np.ndarray, classes: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -60,35 +115,7 @@ def read_labels(
     line each, in a single UserError, and nothing is returned then: unknown ids, ids not waiting for a label,
     unknown classes, conflicting duplicates, an empty file."""
     path = Path(path)
-    pool = set(pool_ids.tolist())
-    pending = set(pending_ids.tolist())
-    problems: list[str] = []
-    answers: dict[int, tuple[int, int]] = {}  # sample_id -> (label, line)
-    for line, raw_id, raw_label in _filled(path, "--labels"):
-        try:
-            sid = int(raw_id)
-        except ValueError:
-            problems.append(f"{path}:{line}: sample_id {raw_id!r} is not an integer")
-            continue
-        label = class_index(raw_label, classes)
-        if sid not in pool:
-            problems.append(f"{path}:{line}: sample_id {sid} is not in the pool")
-        elif sid not in pending:
-            problems.append(f"{path}:{line}: sample_id {sid} is not waiting for a label (not in the pending selection)")
-        if label is None:
-            problems.append(f"{path}:{line}: unknown class {raw_label!r}; valid: {', '.join(classes)} or 0..{len(classes) - 1}")
-            continue
-        if sid in answers and answers[sid][0] != label:
-            first = answers[sid][1]
-            problems.append(f"{path}:{line}: sample_id {sid} labeled {classes[label]!r} here and"
-                            f" {classes[answers[sid][0]]!r} on line {first}")
-            continue
-        answers.setdefault(sid, (label, line))
-    if not problems and not answers:
-        problems.append(f"{path}: no labels: every row's label column is empty")
-    if problems:
-        more = len(problems) - MAX_LINES
-        raise UserError(*(problems[:MAX_LINES] + ([f"... and {more} more problems"] if more > 0 else [])))
-    ids = np.fromiter(answers, dtype=np.int64, count=len(answers))
-    labels = np.array([answers[int(i)][0] for i in ids], dtype=np.int64)
-    return ids, labels
+    answers = [Answer(f"{path}:{line}", f"line {line}", raw_id, raw_label)
+               for line, raw_id, raw_label in _filled(path, "--labels")]
+    return check_answers(answers, pool_ids, pending_ids, classes,
+                         empty=f"{path}: no labels: every row's label column is empty")

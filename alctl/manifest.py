@@ -131,6 +131,23 @@ class TrainConfig(_Section):
     )
     eval_batch_size: int = Field(512, ge=1, description="images per batch at evaluation / feature extraction")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="arithmetic of training, evaluation and feature passes: auto = bf16 autocast on a CUDA device"
+        " that supports it (torch.cuda.is_bf16_supported), else fp32 (always fp32 on the CPU); bf16 / fp16 ="
+        " autocast to that type (weights, probabilities and features stay float32; fp16 uses a gradient scaler"
+        " and needs CUDA)",
+    )
+    channels_last: Literal["auto"] | bool = Field(
+        "auto",
+        description="channels-last (NHWC) memory format for the network and its input batches: auto = on CUDA"
+        " only (measured no faster on the CPU: benchmarks/README.md), true / false = always / never",
+    )
+    compile: bool = Field(
+        False,
+        description="run the network through torch.compile (opt-in: compiling takes tens of seconds per cycle"
+        " and needs a C++ compiler on the CPU)",
+    )
 
     @field_validator("device")
     @classmethod
@@ -331,6 +348,11 @@ class SchedulerConfig(_Section):
     data_claim: str | None = Field(None, description="Kubernetes PersistentVolumeClaim holding dataset.root; null = hostPath")
     backoff_limit: int = Field(3, ge=0, description="Kubernetes retries per index (backoffLimitPerIndex)")
     signal_seconds: int = Field(120, ge=0, description="seconds of warning before a kill (Slurm --signal, k8s grace period)")
+    tasks_per_gpu: int = Field(
+        1, ge=1,
+        description="tasks packed on one array element / pod (one GPU): each runs `alctl cycle --jobs N` over its"
+        " N tasks at once, with N x cpus and N x memory; max_parallel then counts elements (max_parallel // N)",
+    )
     images_per_second: float | None = Field(
         None, gt=0,
         description="measured training throughput of one task on the cluster's device (images/s: e.g. a cycle's"
@@ -349,6 +371,26 @@ class SchedulerConfig(_Section):
         return self
 
 
+class TrackingConfig(_Section):
+    """Experiment tracking: where each task is also recorded. Not part of the task hash (it changes no result)."""
+
+    mlflow: str | None = Field(
+        None,
+        description="MLflow tracking URI, e.g. sqlite:///mlflow.db (artifacts in mlartifacts/ beside the database)"
+        " or http://host:5000; one MLflow run per task, in the experiment named after the run (`name`): the task's"
+        " configuration as params, its metrics per cycle (step = cycle) and its Parquet tables as artifacts. Needs"
+        " pip install 'alctl[mlflow]'; null = off",
+    )
+
+    @field_validator("mlflow")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        """A non-empty URI, or null."""
+        if value is not None and not value.strip():
+            raise ValueError("tracking.mlflow: empty; give a tracking URI such as sqlite:///mlflow.db, or null for off")
+        return value if value is None else value.strip()
+
+
 class Manifest(_Section):
     """One experiment: everything a run needs."""
 
@@ -363,6 +405,10 @@ class Manifest(_Section):
     semi: SemiConfig = Field(default_factory=SemiConfig, description="semi-supervision")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="unsupervised pre-training")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="cluster job settings")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="experiment tracking (MLflow); leaves results and task hashes as they are",
+    )
     sweep: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="grid: dotted field path -> list of values, crossed with repetitions; the reserved key"
@@ -453,6 +499,11 @@ def cross_field_problems(m: Manifest) -> list[str]:
             "semi.warmup: not used with semi.phase2_epochs (phase 1 is the whole of train.epochs on the labels);"
             " set it to 0"
         )
+    if m.train.precision == "fp16" and m.train.device == "cpu":
+        problems.append(
+            "train.precision: fp16 needs a CUDA device (torch's CPU autocast is meant for bf16); use auto, fp32 or"
+            " bf16 with train.device: cpu"
+        )
     if m.semi.labeled_per_batch >= m.semi.batch_size:
         problems.append(
             f"semi.labeled_per_batch: {m.semi.labeled_per_batch} must be smaller than semi.batch_size {m.semi.batch_size}"
@@ -499,7 +550,7 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
 
 
 # Top-level fields of the whole run (one run directory, one task list, one job script): not sweepable.
-_RUN_LEVEL = ("name", "output", "repetitions", "scheduler")
+_RUN_LEVEL = ("name", "output", "repetitions", "scheduler", "tracking")
 
 
 def _section(model: type[BaseModel], field: str) -> type[BaseModel] | None:
@@ -748,6 +799,11 @@ def tasks(m: Manifest) -> list[Task]:
 _HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
     ("active", "initial_strategy"): "random",
     ("active", "initial_features"): "encoder",
+    ("tracking",): TrackingConfig().model_dump(mode="json"),
+    ("train", "precision"): "auto",
+    ("train", "channels_last"): "auto",
+    ("train", "compile"): False,
+    ("scheduler", "tasks_per_gpu"): 1,
 }
 
 

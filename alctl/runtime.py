@@ -1,4 +1,4 @@
-"""Seeding, device choice and scheduler environment: the only place randomness is created."""
+"""Seeding, device and precision choice, scheduler environment: the only place randomness is created."""
 
 from __future__ import annotations
 
@@ -42,6 +42,31 @@ def choose_device(name: str = "auto") -> torch.device:
 
         raise UserError(f"train.device: '{name}' requested but CUDA is not available; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a manifest's train.precision means on `device`: auto = bf16 on a CUDA device that supports it
+    (torch.cuda.is_bf16_supported), else fp32; fp32 / bf16 / fp16 as given where the device runs them (UserError
+    naming train.precision otherwise: fp16 off CUDA, bf16 on a GPU without it)."""
+    from alctl.errors import UserError
+
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise UserError(f"train.precision: fp16 needs a CUDA device, but training runs on {device.type} (torch's CPU"
+                        " autocast is meant for bf16); use auto, fp32 or bf16")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UserError("train.precision: bf16 is not supported by this GPU (torch.cuda.is_bf16_supported() is"
+                        " False); use auto, fp32 or fp16")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"train.precision: expected auto, fp32, bf16 or fp16, got {precision!r}")
+    return precision
+
+
+def resolve_channels_last(channels_last: str | bool, device: torch.device) -> bool:
+    """Whether the network runs in channels-last memory format: auto = on CUDA only; true / false as given."""
+    return device.type == "cuda" if channels_last == "auto" else bool(channels_last)
 
 
 def scheduler_task_index() -> tuple[int | None, str]:

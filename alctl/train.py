@@ -1,7 +1,12 @@
-"""Fit / evaluate / extract features, pure (no file I/O): images uint8 [N, C, H, W], labels int64 [N], probs [n, C], features [n, D]."""
+"""Fit / evaluate / extract features, pure (no file I/O): images uint8 [N, C, H, W], labels int64 [N], probs [n, C], features [n, D].
+
+How the arithmetic runs is a `Compute` (autocast dtype, channels-last memory format, torch.compile); whatever it
+says, probabilities and features come back float32 and the weights stay float32.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -12,6 +17,62 @@ import torch.nn.functional as F
 from torch import nn
 
 from alctl.augment import augment, normalize
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # resolved precisions (the manifest's auto picks one of them)
+_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_BACKEND = "inductor"  # torch.compile's backend (tests use a lighter one)
+_COMPILED_ATTR = "_alctl_compiled"  # where Compute.forward keeps a model's compiled wrapper
+
+
+@dataclass(frozen=True)
+class Compute:
+    """How forward passes run: the autocast precision (fp32 = no autocast), channels-last memory format of the
+    network and its input batches, and torch.compile. The default is plain float32 NCHW eager PyTorch."""
+
+    precision: str = "fp32"  # one of PRECISIONS
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        """Reject an unknown precision (ValueError)."""
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Compute: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype, None for fp32 (no autocast)."""
+        return _DTYPES[self.precision]
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[object]:
+        """A context running the forward pass (and loss) on `device` in this precision; a no-op for fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """The model in this memory format (in place; parameters keep their identity): channels-last when on."""
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """A float batch [n, C, H, W] in this memory format (the same tensor when channels-last is off)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def forward(self, model: nn.Module) -> nn.Module:
+        """What to call for a forward pass: the model, or (compile) its torch.compile'd wrapper, made once per
+        model and kept in the model's own __dict__ (not a submodule: no state-dict key; freed with the model), which
+        shares the model's parameters and modes."""
+        if not self.compile:
+            return model
+        compiled = model.__dict__.get(_COMPILED_ATTR)
+        if compiled is None:
+            compiled = torch.compile(model, backend=COMPILE_BACKEND)
+            model.__dict__[_COMPILED_ATTR] = compiled
+        return compiled
+
+
+FP32 = Compute()
 
 
 @dataclass(frozen=True)
@@ -29,6 +90,7 @@ class TrainSpec:
     flip: bool
     min_steps: int
     eval_batch_size: int
+    compute: Compute = FP32  # precision, memory format, compile (resolved for the device: `engine.settings.compute`)
 
 
 @dataclass
@@ -54,6 +116,7 @@ class FitState:
     step: int = 0  # steps of `epoch` already done
     batches: list[torch.Tensor] | None = None  # the batch order of `epoch` while it is in progress (step > 0)
     stopped: bool = False  # should_stop() ended training before spec.epochs
+    scaler: torch.amp.GradScaler | None = None  # fp16: the loss scaler (its state travels with checkpoints)
 
 
 @dataclass(frozen=True)
@@ -197,15 +260,20 @@ def fit(
     alone, then phase 2 trains on labels and pseudo-labels with its own schedule. `resume` continues a state
     returned earlier (the caller restores the model, optimizer, generator and global RNG states that went with
     it); `should_stop()` is checked after every step and ends training early with state.stopped set, mid-epoch
-    if need be, so that resuming replays the rest exactly.
+    if need be, so that resuming replays the rest exactly. spec.compute sets the arithmetic (autocast, fp16's
+    gradient scaler in state.scaler, channels-last model and batches, torch.compile); its default is plain fp32.
     """
     device = images.device
+    compute = spec.compute
+    compute.prepare_model(model)
     if resume is not None:
         state = resume
         state.model, state.stopped = model, False
     else:
         state = FitState(epoch=0, model=model, optimizer=make_optimizer(model, spec), targets=targets)
-    optimizer = state.optimizer
+    if compute.precision == "fp16" and state.scaler is None:
+        state.scaler = torch.amp.GradScaler(device.type)
+    optimizer, scaler, forward = state.optimizer, state.scaler, compute.forward(model)
     epochs = total_epochs(spec, semi)
     while state.epoch < epochs:
         epoch = state.epoch
@@ -216,17 +284,26 @@ def fit(
             state.step = 0
         pos_t, ys_t, ws_t, class_w = _flat_targets(state.targets, device)
         batches = state.batches
+        # the epoch's batch indices reach the device in one copy, not one per step
+        ends = np.cumsum([0] + [len(b) for b in batches])
+        flat = torch.cat(batches).to(device) if batches else torch.zeros(0, dtype=torch.int64, device=device)
         model.train()
         for step in range(state.step, len(batches)):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(epoch + step / len(batches), spec, semi)
-            b = batches[step].to(device)
+            b = flat[int(ends[step]) : int(ends[step + 1])]
             x = augment(normalize(images[pos_t[b]], mean, std), spec.translate, spec.flip, generator)
-            logits, _ = model(x)
-            loss = weighted_loss(logits, ys_t[b], ws_t[b], class_w)
+            with compute.autocast(device):
+                logits, _ = forward(compute.prepare_input(x))
+                loss = weighted_loss(logits.float(), ys_t[b], ws_t[b], class_w)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:  # fp16: scaled loss, steps with inf/NaN gradients skipped
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             state.step = step + 1
             if should_stop is not None and state.step < len(batches) and should_stop():
                 state.stopped = True
@@ -242,13 +319,18 @@ def fit(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float], batch_size: int = 512
+    model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float], batch_size: int = 512,
+    compute: Compute = FP32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities [n, C] and L2-normalised features [n, D] (float32, on the images' device), eval mode."""
+    """Softmax probabilities [n, C] and L2-normalised features [n, D] of images [n, C, H, W] (float32 whatever
+    compute's precision, on the images' device), eval mode."""
     model.eval()
+    compute.prepare_model(model)
+    forward = compute.forward(model)
     probs, feats = [], []
     for i in range(0, images.shape[0], batch_size):
-        logits, f = model(normalize(images[i : i + batch_size], mean, std))
+        with compute.autocast(images.device):
+            logits, f = forward(compute.prepare_input(normalize(images[i : i + batch_size], mean, std)))
         probs.append(torch.softmax(logits.float(), dim=1))
         feats.append(F.normalize(f.float(), dim=1))
     if not probs:
@@ -265,14 +347,17 @@ _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropou
 @torch.no_grad()
 def predict_mc(
     model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float], passes: int,
-    batch_size: int = 512,
+    batch_size: int = 512, compute: Compute = FP32,
 ) -> torch.Tensor:
     """Softmax probabilities [passes, n, C] float32 (on the images' device) of `passes` stochastic forward passes of
     images [n, C, H, W] with dropout on and every other module in eval mode (batch norm uses its running
     statistics): MC dropout (Gal & Ghahramani 2016). Dropout draws from torch's global generator, batch by batch
-    and pass by pass within a batch: the caller seeds it. Every module's train / eval mode is restored after."""
+    and pass by pass within a batch: the caller seeds it. Every module's train / eval mode is restored after. `compute`
+    sets the precision of the passes (the probabilities are float32 whatever it says)."""
     if int(passes) < 1:
         raise ValueError(f"predict_mc: passes must be >= 1, got {passes}")
+    compute.prepare_model(model)
+    forward = compute.forward(model)
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
@@ -281,9 +366,11 @@ def predict_mc(
                 m.train()
         out: torch.Tensor | None = None
         for i in range(0, images.shape[0], batch_size):
-            x = normalize(images[i : i + batch_size], mean, std)
+            x = compute.prepare_input(normalize(images[i : i + batch_size], mean, std))
             for t in range(int(passes)):
-                p = torch.softmax(model(x)[0].float(), dim=1)
+                with compute.autocast(images.device):
+                    logits = forward(x)[0]
+                p = torch.softmax(logits.float(), dim=1)
                 if out is None:
                     out = torch.empty(int(passes), images.shape[0], p.shape[1], device=images.device)
                 out[t, i : i + p.shape[0]] = p
@@ -303,9 +390,11 @@ def evaluate(
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int = 512,
+    compute: Compute = FP32,
 ) -> tuple[float, float]:
-    """Top-1 accuracy in [0, 1] and mean cross-entropy of the model on (images [n, C, H, W], labels [n])."""
-    probs, _ = predict(model, images, mean, std, batch_size)
+    """Top-1 accuracy in [0, 1] and mean cross-entropy of the model on (images [n, C, H, W], labels [n]), its
+    forward passes as `compute` says."""
+    probs, _ = predict(model, images, mean, std, batch_size, compute)
     labels = labels.to(probs.device)
     accuracy = float((probs.argmax(1) == labels).float().mean().item())
     loss = float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels).item())

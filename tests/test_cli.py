@@ -143,7 +143,8 @@ def test_console_script_help() -> None:
     (["report", "-f", "html"], "error: Invalid value for '--format' / '-f':"),
     (["cycle", "--bogus", "m.yaml"], "error: No such option: --bogus"),
     (["select"], "error: Missing argument 'manifest'."),
-    (["label", "m.yaml"], "error: Missing option '--labels'"),
+    (["label", "m.yaml", "--project", "x"], "error: Invalid value for '--project':"),
+    (["select", "m.yaml", "--format", "xml"], "error: Invalid value for '--format' / '-f':"),
 ])
 def test_usage_mistakes_are_one_line_and_exit_2(args: list[str], expected: str) -> None:
     res = subprocess.run([sys.executable, "-m", "alctl.cli", *args], capture_output=True, text=True, check=False)

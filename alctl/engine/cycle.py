@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from alctl import manifest as mf
-from alctl import runtime
+from alctl import runtime, tracking
 from alctl.console import Ui
 from alctl.data import DatasetSplits
 from alctl.engine import checkpoint, settings
@@ -145,7 +145,7 @@ class CycleTraining:
         self.n_pseudo = len(self.targets.pseudo_pos)
         self.model = new_model(config, ctx.ds, ctx.task.rep, cycle, ctx.device, ctx.encoder)
         self.generator = runtime.torch_generator(config.seed, ctx.task.rep, cycle, "train", device="cpu")
-        self.spec = settings.train_spec(config.train)
+        self.spec = settings.train_spec(config.train, ctx.device)
         self.path = ctx.tables.checkpoints / "train.pt"
         self.seconds: dict[str, float] = {}  # train and propagate, including earlier processes' share
         self.carried = 0.0  # seconds spent on this cycle by earlier processes (resumed from a checkpoint)
@@ -170,8 +170,13 @@ class CycleTraining:
         if ckpt.get("propagation") is not None:
             self.propagation = PropagationOutcome.from_plain(ckpt["propagation"])
         batches = ckpt["batches"]
+        scaler = None
+        if ckpt.get("scaler") is not None:  # fp16's loss scale, carried on
+            scaler = torch.amp.GradScaler(self.ctx.device.type)
+            scaler.load_state_dict(ckpt["scaler"])
         return FitState(epoch=int(ckpt["epoch"]), model=self.model, optimizer=optimizer, targets=targets,
-                        step=int(ckpt["step"]), batches=None if batches is None else [b.cpu() for b in batches])
+                        step=int(ckpt["step"]), batches=None if batches is None else [b.cpu() for b in batches],
+                        scaler=scaler)
 
     def _refresh(self, epoch: int) -> Targets:
         """+SEMI: label propagation on the current model's features (or, once a cycle, on the fixed features of
@@ -211,6 +216,7 @@ class CycleTraining:
             "targets": checkpoint.arrays_to_tensors({k: getattr(state.targets, k) for k in TARGET_ARRAYS}),
             "seconds": dict(self.seconds),
             "propagation": None if self.propagation is None else self.propagation.to_plain(),
+            "scaler": None if state.scaler is None else state.scaler.state_dict(),
         })
         if self.ctx.lock is not None:
             self.ctx.lock.beat()
@@ -252,7 +258,7 @@ def run_cycle(ctx: TaskContext, pool: PoolState, cycle: int, last: bool) -> Cycl
     t0 = time.perf_counter()
     if len(ctx.test_labels):
         accuracy, loss = evaluate(model, ctx.test_images, ctx.test_labels, ds.mean, ds.std,
-                                  config.train.eval_batch_size)
+                                  config.train.eval_batch_size, training.spec.compute)
     else:  # an image folder without a test tree
         accuracy, loss = float("nan"), float("nan")
     seconds["eval"] = time.perf_counter() - t0
@@ -319,7 +325,7 @@ def run_task(task: mf.Task, ui: Ui, manifest_path: str | Path, max_cycles: int |
     tables = TaskTables(task_dir(task), ds)
     total = config.active.cycles if max_cycles is None else min(max_cycles, config.active.cycles)
     tag = f"[task {task.index} {task.key}]"
-    with task_lock(task) as lock:
+    with task_lock(task) as lock, tracking.tracked(task, task_dir(task), ui) as tracker:
         done = tables.finished_cycles()
         if done >= total:
             ui.line(f"{tag} finished: {done}/{config.active.cycles} cycles already done, nothing to do")
@@ -361,6 +367,7 @@ def run_task(task: mf.Task, ui: Ui, manifest_path: str | Path, max_cycles: int |
                     tables.write_pool(pool)
                 res.seconds["total"] = time.perf_counter() - started + res.seconds["carried"]
                 tables.append_metrics(_metrics_row(ctx, cycle, res, seconds_pretrain if cycle == done else 0.0))
+                tracker.cycle_finished()
                 (tables.checkpoints / "train.pt").unlink(missing_ok=True)
                 ran += 1
                 ui.line(_cycle_line(tag, cycle, res))

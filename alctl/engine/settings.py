@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from alctl import manifest as mf
+from alctl import runtime
 from alctl.pretrain import PretrainSpec
 from alctl.propagate import GraphSpec
 from alctl.strategies import StrategyParams
-from alctl.train import Semi, Targets, TrainSpec
+from alctl.train import FP32, Compute, Semi, Targets, TrainSpec
+
+_COMPUTE_FIELDS = {"device", "precision", "channels_last", "compile"}
 
 
-def train_spec(t: mf.TrainConfig) -> TrainSpec:
-    """TrainSpec from the manifest's train section (every field but the device)."""
-    return TrainSpec(**t.model_dump(exclude={"device"}))
+def compute(t: mf.TrainConfig, device: torch.device) -> Compute:
+    """How training, evaluation and feature passes run on `device` (train.precision, channels_last, compile
+    resolved there; UserError for a precision the device cannot run)."""
+    return Compute(precision=runtime.resolve_precision(t.precision, device),
+                   channels_last=runtime.resolve_channels_last(t.channels_last, device), compile=t.compile)
+
+
+def train_spec(t: mf.TrainConfig, device: torch.device | None = None) -> TrainSpec:
+    """TrainSpec from the manifest's train section; its compute resolved for `device` (None: plain fp32)."""
+    return TrainSpec(**t.model_dump(exclude=_COMPUTE_FIELDS), compute=FP32 if device is None else compute(t, device))
 
 
 def graph_spec(s: mf.SemiConfig) -> GraphSpec:

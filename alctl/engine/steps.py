@@ -53,8 +53,10 @@ class PropagationOutcome:
 
 
 def pool_features(config: mf.Manifest, ds: DatasetSplits, model: ConvLarge, images: torch.Tensor) -> torch.Tensor:
-    """L2-normalised features [N, D] float32 of every pool image from `model`, on the images' device."""
-    _, feats = predict(model, images, ds.mean, ds.std, config.train.eval_batch_size)
+    """L2-normalised features [N, D] float32 of every pool image from `model`, on the images' device (forward passes
+    in the train section's precision)."""
+    _, feats = predict(model, images, ds.mean, ds.std, config.train.eval_batch_size,
+                       settings.compute(config.train, images.device))
     return feats
 
 
@@ -102,7 +104,8 @@ def acquire(
     wanted = needs(name, params)
     probs_u = feats = mc_probs = None
     if wanted & {"probs", "features", "graph"}:
-        probs, f = predict(model, images, ds.mean, ds.std, config.train.eval_batch_size)
+        probs, f = predict(model, images, ds.mean, ds.std, config.train.eval_batch_size,
+                           settings.compute(config.train, images.device))
         probs_u = probs[torch.from_numpy(unlabeled).to(probs.device)] if "probs" in wanted else None
         feats = f if wanted & {"features", "graph"} else None
     if "mc_probs" in wanted:
@@ -130,4 +133,4 @@ def mc_dropout_probs(
     with torch.random.fork_rng(devices=devices):
         runtime.seed_torch(config.seed, rep, cycle, "bald")
         return predict_mc(model, images[torch.from_numpy(unlabeled).to(dev)], ds.mean, ds.std,
-                          config.active.bald.passes, config.train.eval_batch_size)
+                          config.active.bald.passes, config.train.eval_batch_size, settings.compute(config.train, dev))

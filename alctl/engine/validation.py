@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from alctl import manifest as mf
-from alctl import plan
+from alctl import plan, tracking
 from alctl.engine.workspace import plan as task_plan
 from alctl.errors import UserError
 
@@ -52,6 +52,11 @@ def validate_command(manifest: str | Path, console: Console, images_per_second: 
     m, tasks = task_plan(manifest)
     console.print(f"{manifest}: valid; run directory {mf.run_dir(m)}; hash {mf.manifest_hash(m)}; {len(tasks)} tasks")
     console.print(grid_line(m, len(tasks)))
+    if m.tracking.mlflow is not None:
+        missing = tracking.missing_packages(m.tracking.mlflow)
+        note = "" if missing is None else f" (alctl cycle exits 2 here: {missing.removeprefix('tracking.mlflow: ')})"
+        console.print(f"tracking: MLflow at {m.tracking.mlflow}, experiment {tracking.experiment_name(m)}, one run per"
+                      f" task{note}", markup=False)
     for entry in m.sweep.get(mf.EXCLUDE, []):
         console.print("  left out: " + ", ".join(f"{k}={v}" for k, v in entry.items()))
     cost = plan.run_cost(m)

@@ -20,16 +20,21 @@ def plan(manifest_path: str | Path) -> tuple[mf.Manifest, list[mf.Task]]:
     return m, mf.tasks(m)
 
 
-def select_task(tasks: list[mf.Task], index: int | None) -> list[mf.Task]:
-    """The tasks to run: one by --task / scheduler index, else all."""
+def select_task(tasks: list[mf.Task], index: int | None, per_index: int = 1) -> list[mf.Task]:
+    """The tasks to run: by --task / scheduler index I, tasks I * per_index .. I * per_index + per_index - 1 (one
+    task when per_index is 1; an index packs several with scheduler.tasks_per_gpu), else all."""
     source = "--task"
     if index is None:
         index, source = runtime.scheduler_task_index()
     if index is None:
         return tasks
-    if not 0 <= index < len(tasks):
-        raise UserError(f"{source}: index {index} is outside the plan (0..{len(tasks) - 1}, {len(tasks)} tasks)")
-    return [tasks[index]]
+    if per_index < 1:
+        raise UserError(f"--tasks-per-index: must be at least 1, got {per_index}")
+    blocks = -(-len(tasks) // per_index)
+    if not 0 <= index < blocks:
+        what = f"{len(tasks)} tasks" + (f" in blocks of {per_index}" if per_index > 1 else "")
+        raise UserError(f"{source}: index {index} is outside the plan (0..{blocks - 1}, {what})")
+    return tasks[index * per_index : (index + 1) * per_index]
 
 
 def one_task(manifest_path: str | Path, task: int | None) -> mf.Task:
@@ -83,8 +88,10 @@ def check_oracle(config: mf.Manifest, ds: DatasetSplits) -> None:
 
 
 def task_config_hash(config: mf.Manifest) -> str:
-    """Hash of what determines a task's results (the resolved config without name/output/sweep/repetitions/scheduler)."""
-    neutral = {"name": "", "output": "", "sweep": {}, "repetitions": 1, "scheduler": mf.SchedulerConfig()}
+    """Hash of what determines a task's results (the resolved config without name/output/sweep/repetitions/scheduler/
+    tracking)."""
+    neutral = {"name": "", "output": "", "sweep": {}, "repetitions": 1, "scheduler": mf.SchedulerConfig(),
+               "tracking": mf.TrackingConfig()}
     return mf.manifest_hash(config.model_copy(update=neutral))
 
 
