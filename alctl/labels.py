@@ -16,16 +16,22 @@ from alctl.errors import UserError
 MAX_LINES = 50  # problems listed before "... and N more"
 
 
-def _filled(path: Path, option: str) -> list[tuple[int, str, str]]:
-    """(line, sample_id text, label text) of each row of a labels CSV whose label is filled in, stripped; the
-    header needs sample_id and label columns (any case, any order). UserError (naming `option`) when the file
-    cannot be read or lacks those columns."""
+def read_labels_text(path: Path, option: str) -> str:
+    """The text of a labels file a person gave (BOM dropped); a one-line UserError naming `option` when it is
+    missing or unreadable."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"{option}: {path} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{option}: cannot read {path} ({type(exc).__name__})") from None
+
+
+def _filled(path: Path, option: str) -> list[tuple[int, str, str]]:
+    """(line, sample_id text, label text) of each row of a labels CSV whose label is filled in, stripped; the
+    header needs sample_id and label columns (any case, any order). UserError (naming `option`) when the file
+    cannot be read or lacks those columns."""
+    text = read_labels_text(path, option)
     rows = [(line, r) for line, r in enumerate(csv.reader(text.splitlines()), start=1) if any(c.strip() for c in r)]
     if not rows:
         raise UserError(f"{path}: empty file; expected a header `sample_id,label` and one row per labeled image")

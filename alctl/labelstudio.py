@@ -27,7 +27,7 @@ import numpy as np
 
 from alctl.data.classes import class_index
 from alctl.errors import AlctlError, UserError
-from alctl.labels import Answer, check_answers
+from alctl.labels import Answer, check_answers, read_labels_text
 
 IMAGE = "image"  # the data key of a task's image and the name of the Image tag
 FROM_NAME = "label"  # the name of the Choices tag (a prediction's and an annotation's from_name)
@@ -88,12 +88,7 @@ def read_export(path: Path, pool_ids: np.ndarray, pending_ids: np.ndarray, class
                 earlier: dict[int, int]) -> LabelImport:
     """The labels of a Label Studio export file (JSON or JSON_MIN), checked as `import_tasks` does."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"--labels: {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--labels: cannot read {path} ({type(exc).__name__})") from None
+    text = read_labels_text(path, "--labels")
     try:
         tasks = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from procmem import reset_peak, status_kib  # benchmarks/procmem.py, beside this script
+
 if TYPE_CHECKING:
     from alctl.strategies.base import PoolView, StrategyParams
 
@@ -234,23 +236,6 @@ def reference_typiclust_pick(features: np.ndarray, clusters: np.ndarray, labeled
 # --------------------------------------------------------------------------- measuring
 
 
-def _status_kib(field: str) -> int:
-    """A field of /proc/self/status in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS; False where the kernel does not allow it."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def _blas_limit(threads: int | None) -> contextlib.AbstractContextManager[Any]:
     """Cap numpy's and scipy's OpenBLAS at `threads` (None: leave them as they are)."""
     if threads is None:
@@ -262,8 +247,8 @@ def _blas_limit(threads: int | None) -> contextlib.AbstractContextManager[Any]:
 
 def measure(fn: Callable[[], Any], repeat: int, blas_threads: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Run fn `repeat` times → (its last result, {times, seconds (median), peak_mib, hwm_reset})."""
-    reset = _reset_peak()
-    rss0 = _status_kib("VmRSS")
+    reset = reset_peak()
+    rss0 = status_kib("VmRSS")
     times = []
     out = None
     with _blas_limit(blas_threads):
@@ -271,7 +256,7 @@ def measure(fn: Callable[[], Any], repeat: int, blas_threads: int | None = None)
             t0 = time.perf_counter()
             out = fn()
             times.append(time.perf_counter() - t0)
-    peak = (_status_kib("VmHWM") - rss0) / 1024
+    peak = (status_kib("VmHWM") - rss0) / 1024
     return out, {"times": times, "seconds": float(np.median(times)), "peak_mib": peak, "hwm_reset": reset}
 
 

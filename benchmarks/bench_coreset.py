@@ -31,20 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+from procmem import reset_peak, status_kib  # benchmarks/procmem.py, beside this script
 
 
 def baseline_kcenter(
@@ -85,8 +72,8 @@ def _worker(method: str, data: str, budget: int, out: str, repeat: int, device: 
     else:
         baseline_kcenter(features[:2000], np.arange(10), np.arange(10, 2000), 2)  # same warm-up
         fn = lambda: baseline_kcenter(features, labeled, unlabeled, budget, timings)  # noqa: E731
-    reset = _reset_peak()
-    rss0 = _status_kib("VmRSS")
+    reset = reset_peak()
+    rss0 = status_kib("VmRSS")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         alloc0 = torch.cuda.memory_allocated(device)
@@ -95,7 +82,7 @@ def _worker(method: str, data: str, budget: int, out: str, repeat: int, device: 
         t0 = time.perf_counter()
         picks = fn()  # numpy picks: the call has synchronised with the device
         times.append(time.perf_counter() - t0)
-    hwm = _status_kib("VmHWM")
+    hwm = status_kib("VmHWM")
     peak_mib = (torch.cuda.max_memory_allocated(device) - alloc0) / 2**20 if cuda else (hwm - rss0) / 1024
     np.save(out + ".npy", picks)
     Path(out + ".json").write_text(

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from procmem import reset_peak, status_kib  # benchmarks/procmem.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -73,12 +74,6 @@ WARMUP_STEPS = 3
 # --------------------------------------------------------------------------- memory
 
 
-def _status_kib(field: str) -> int:
-    """A /proc/self/status field in KiB (VmRSS, VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -86,17 +81,14 @@ def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+    reset_peak()
 
 
 def _peak_mib(device: torch.device) -> float:
     """Peak memory since `_reset_peak`: CUDA allocated bytes, or the process's peak resident set, in MiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return _status_kib("VmHWM") / 1024
+    return status_kib("VmHWM") / 1024
 
 
 def _sync(device: torch.device) -> None:

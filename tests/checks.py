@@ -26,3 +26,20 @@ def kept_and_direct_propagation(path: Path, features: Any) -> tuple[list[int], l
     got = dict(zip(pseudo["sample_id"], pseudo["pseudo_label"]))
     kept = [got[int(i)] for i in ds.train_ids.numpy()[want.unlabeled]]
     return kept, want.labels[want.unlabeled].tolist(), pseudo
+
+
+def load_benchmark(name: str) -> Any:
+    """A script of benchmarks/ imported from its path as module `name` (benchmarks/ is not a package; the
+    folder goes on sys.path for the helper modules the scripts import beside them)."""
+    import importlib.util
+    import sys
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

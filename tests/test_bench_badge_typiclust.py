@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
 from alctl.strategies.coverage import typiclust_pick
+from tests.checks import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_badge_typiclust.py"
 TINY = {"n": 600, "dim": 16, "classes": 10, "labeled": 50, "budget": 40}
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
     """The benchmark script, imported from its path (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_badge_typiclust", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_badge_typiclust")
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -182,6 +182,13 @@ def typiclust_pick(
     return unl[np.concatenate(picks)], typ
 
 
+def _checked(view: PoolView, budget: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """The budget and the labeled `[n_l]` / unlabeled `[n_u]` int64 positions of a view whose features are checked."""
+    b = check_budget(view, budget)
+    check_view(view, need_features=True)
+    return b, np.asarray(view.labeled, dtype=np.int64), np.asarray(view.unlabeled, dtype=np.int64)
+
+
 def typiclust_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
     """TypiClust (Hacohen et al. 2022): k-means of the labeled and unlabeled images' features into |L| + b clusters
     (`typiclust_clusters`, seeded from `rng`), then the most typical unlabeled image of each of the b largest
@@ -191,10 +198,7 @@ def typiclust_select(view: PoolView, budget: int, rng: np.random.Generator, para
     Departures from the authors' code, which follow the paper: no cap of 500 clusters, no skipping of clusters
     of 5 images or fewer, k = min(20, size - 1) neighbours (their code: min(20, size // 2)), Euclidean
     distances (their faiss IndexFlatL2: squared ones), faiss k-means (theirs: scikit-learn)."""
-    b = check_budget(view, budget)
-    check_view(view, need_features=True)
-    unl = np.asarray(view.unlabeled, dtype=np.int64)
-    lab = np.asarray(view.labeled, dtype=np.int64)
+    b, lab, unl = _checked(view, budget)
     if unl.size == 0:
         return make_selection(EMPTY, np.zeros(0, dtype=np.float32))
     nodes = np.concatenate([lab, unl])
@@ -347,10 +351,7 @@ def probcover_select(view: PoolView, budget: int, rng: np.random.Generator, para
     the features change. Scores `[n_u]` float32: a pick's gain (newly covered images) at its turn, any other
     image's gain after every pick, so that sorting by score (equal: lower position) replays the picks. `rng` is
     used only for that k-means."""
-    b = check_budget(view, budget)
-    check_view(view, need_features=True)
-    unl = np.asarray(view.unlabeled, dtype=np.int64)
-    lab = np.asarray(view.labeled, dtype=np.int64)
+    b, lab, unl = _checked(view, budget)
     if unl.size == 0:
         return make_selection(EMPTY, np.zeros(0, dtype=np.float32))
     nodes = np.union1d(lab, unl)  # pool position order: node order breaks ties
