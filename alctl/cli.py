@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from alctl.errors import AlctlError
+from alctl.safe_text import terminal
 
 app = typer.Typer(
     name="alctl",
@@ -48,14 +49,14 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except AlctlError as e:
             for problem in e.problems:
-                err.print(f"error: {problem}", markup=False)
+                err.print(f"error: {terminal(problem)}", markup=False)
             raise typer.Exit(e.exit_code) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as e:  # a runtime failure, not the user's mistake
             if os.environ.get("ALCTL_DEBUG"):
                 traceback.print_exc()
-            err.print(f"error: {type(e).__name__}: {e} (set ALCTL_DEBUG=1 for a traceback)", markup=False)
+            err.print(f"error: {type(e).__name__}: {terminal(e)} (set ALCTL_DEBUG=1 for a traceback)", markup=False)
             raise typer.Exit(1) from None
 
     return wrapper

@@ -1,4 +1,7 @@
-"""Console output of the commands: one log line per cycle, rich progress bars on a terminal, quiet otherwise."""
+"""Console output of the commands: one log line per cycle, rich progress bars on a terminal, quiet otherwise.
+
+Every line goes through `safe_text.terminal`: file names, class names and messages that embed them come from
+outside, and an escape sequence or a newline in them is shown escaped, never interpreted by the terminal."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from alctl.safe_text import terminal
+
 
 @dataclass
 class Ui:
@@ -18,13 +23,13 @@ class Ui:
     quiet: bool = False
 
     def line(self, text: str) -> None:
-        """Print a log line unless quiet."""
+        """Print a log line unless quiet (control characters shown escaped: it stays one line)."""
         if not self.quiet:
-            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+            self.console.print(terminal(text), highlight=False, markup=False, soft_wrap=True)
 
     def warn(self, text: str) -> None:
-        """Print a warning line, even when quiet."""
-        self.console.print(f"warning: {text}", highlight=False, markup=False, soft_wrap=True)
+        """Print a warning line, even when quiet (control characters shown escaped: it stays one line)."""
+        self.console.print(f"warning: {terminal(text)}", highlight=False, markup=False, soft_wrap=True)
 
     @contextmanager
     def progress(self) -> Iterator[Progress]:

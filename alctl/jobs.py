@@ -26,6 +26,12 @@ becomes the pod's `activeDeadlineSeconds` (per task, like Slurm's --time; not th
 `signal_seconds` its `terminationGracePeriodSeconds` (SIGTERM, then SIGKILL). A pod that exits 3
 (checkpointed on SIGTERM) or is disrupted does not count against `backoffLimitPerIndex` (podFailurePolicy
 Ignore): its index is simply restarted and resumes. The Job needs Kubernetes >= 1.29 (backoffLimitPerIndex).
+
+No value from a manifest, an option or a file name can change the structure of a spec: each goes through one
+function per output format: `_comment` (header comments: control characters refused), `_directive` (#SBATCH
+values: control characters and whitespace refused), `_word` (one shell word, alctl.safe_text.shell_word) and the
+YAML dumper (a yaml.SafeDumper; no text is pasted into YAML). A value none of them can hold is a UserError naming
+its field or option, raised before anything is written.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from alctl import manifest as mf
 from alctl import plan
 from alctl.manifest import memory_parts, time_seconds
 from alctl.errors import AlctlError, UserError
+from alctl.safe_text import refuse_control, shell_word, terminal
 from alctl.store import atomic_write_bytes
 
 TARGETS = ("slurm", "k8s")
@@ -89,11 +96,11 @@ class SubmitResult:
     def lines(self) -> list[str]:
         """Human-readable report lines for the CLI."""
         kind = "Slurm job array" if self.target == "slurm" else "Kubernetes Indexed Job"
-        out = [f"wrote {self.path}: {kind} of {self.tasks} task{'s' if self.tasks != 1 else ''}"]
+        out = [f"wrote {terminal(self.path)}: {kind} of {self.tasks} task{'s' if self.tasks != 1 else ''}"]
         if self.job_id is not None:
             out.append(f"submitted Slurm job {self.job_id}")
         if self.applied:
-            out.extend(line for line in self.applied.splitlines() if line.strip())
+            out.extend(terminal(line) for line in self.applied.splitlines() if line.strip())
         return out
 
 
@@ -111,19 +118,31 @@ def resolve_scheduler(m: mf.Manifest, overrides: Mapping[str, Any] | None = None
     data = m.scheduler.model_dump()
     data.update(given)
     problems: list[str] = []
+    reported: set[str] = set()  # fields already named by a problem: the schema's own check is not repeated
+    for field, value in data.items():  # every text field ends up in a spec: no newline, escape, ... in any
+        if isinstance(value, str):
+            try:
+                refuse_control(value, _where(field, set(given)))
+            except UserError as e:
+                problems.extend(e.problems)
+                reported.add(field)
+    for field, check in (("time", time_seconds), ("memory", memory_parts)):
+        if isinstance(data.get(field), str) and field not in reported:
+            try:
+                check(data[field], _where(field, set(given)))
+            except UserError as e:
+                problems.extend(e.problems)
+                reported.add(field)
     try:
         sched = mf.SchedulerConfig.model_validate(data)
     except ValidationError as err:
         sched = None
         for e in err.errors():
-            field = str(e["loc"][0]) if e["loc"] else "scheduler"
-            problems.append(f"{_where(field, set(given))}: {e['msg']} (got {e.get('input')!r})")
-    for field, check in (("time", time_seconds), ("memory", memory_parts)):
-        if isinstance(data.get(field), str):
-            try:
-                check(data[field], _where(field, set(given)))
-            except UserError as e:
-                problems.extend(e.problems)
+            field = str(e["loc"][0]) if e["loc"] else ""
+            if field in reported or (not field and problems):  # said above, naming the option or field
+                continue
+            where = _where(field, set(given)) if field else "scheduler"
+            problems.append(f"{where}: {e['msg']} (got {terminal(repr(e.get('input')), limit=80)})")
     if problems or sched is None:
         raise UserError(*problems)
     return sched
@@ -145,11 +164,23 @@ def _host_path(path: str, workdir: str) -> str:
     return posixpath.normpath(path if posixpath.isabs(path) else posixpath.join(workdir, path))
 
 
-def _check_directive(value: str, what: str) -> str:
-    """A value for an #SBATCH line: no whitespace (sbatch splits directives on it)."""
+def _comment(text: str, what: str) -> str:
+    """Text for a header comment line (Slurm script or YAML): `text` unchanged; control characters (a newline
+    would end the comment and start a command or a YAML document) are a UserError naming `what`."""
+    return refuse_control(str(text), what)
+
+
+def _directive(value: str, what: str) -> str:
+    """A value for an #SBATCH line: no control characters and no whitespace (sbatch splits directives on it)."""
+    refuse_control(value, what)
     if not value or any(ch.isspace() for ch in value):
-        raise UserError(f"{what}: {value!r} contains whitespace, which an #SBATCH line cannot hold; use a path without spaces")
+        raise UserError(f"{what}: {value!r} contains whitespace, which an #SBATCH line cannot hold; use a value without spaces")
     return value
+
+
+def _word(value: str, what: str) -> str:
+    """`value` as one inert shell word (quoted when needed); control characters are a UserError naming `what`."""
+    return shell_word(value, what)
 
 
 def _container_ref(image: str) -> str:
@@ -182,24 +213,27 @@ def render_slurm(
     """The sbatch script (text) running one task per array index (scheduler.tasks_per_gpu of them with packing);
     pure: paths are explicit arguments."""
     sched = sched or m.scheduler
+    name = _comment(m.name, "name")
+    shown_manifest = _comment(manifest_path, "manifest file name")
     n = len(mf.tasks(m))
     per = sched.tasks_per_gpu
     indexes, packed_args = packing(n, sched)
     run = _host_path(str(mf.run_dir(m)), workdir)
-    log = _check_directive(posixpath.join(run, "logs", "%A_%a.out"), "output")
-    _check_directive(workdir, "working directory")
+    _directive(workdir, "working directory")
+    _directive(_host_path(m.output, workdir), "output")
+    log = _directive(posixpath.join(run, "logs", "%A_%a.out"), "name")
     at_once = _packed_parallel(sched)
     array = f"0-{indexes - 1}" + (f"%{at_once}" if at_once else "")
     amount, unit = memory_parts(sched.memory)
     amount *= per
     seconds = time_seconds(sched.time)
     directives = [
-        f"--job-name=alctl-{re.sub(r'[^A-Za-z0-9_.-]+', '-', m.name or 'run')}",
+        f"--job-name=alctl-{re.sub(r'[^A-Za-z0-9_.-]+', '-', name or 'run')}",
         f"--array={array}",
-        f"--time={sched.time.strip() if seconds is not None else 'UNLIMITED'}",
+        f"--time={_directive(sched.time.strip(), 'scheduler.time') if seconds is not None else 'UNLIMITED'}",
     ]
     if sched.partition:
-        directives.append(f"--partition={_check_directive(sched.partition, 'scheduler.partition')}")
+        directives.append(f"--partition={_directive(sched.partition, 'scheduler.partition')}")
     directives += [
         "--ntasks=1",
         f"--cpus-per-task={sched.cpus * per}",
@@ -212,25 +246,26 @@ def render_slurm(
         directives.append(f"--signal=B:USR1@{sched.signal_seconds}")
     directives.append("--requeue")
 
-    args = ["cycle", manifest_path, "--quiet", *packed_args]
+    args = ["cycle", _word(manifest_path, "manifest file name"), "--quiet",
+            *(_word(a, "--tasks-per-gpu") for a in packed_args)]
     if sched.image:
         binds = [workdir]
-        for path in (m.output, m.dataset.root):
-            host = _host_path(path, workdir)
+        for path, field in ((m.output, "output"), (m.dataset.root, "dataset.root")):
+            host = _host_path(refuse_control(path, field), workdir)
             if not (host == workdir or host.startswith(workdir.rstrip("/") + "/")) and host not in binds:
                 binds.append(host)
         runtime_lines = [
             "if command -v apptainer >/dev/null 2>&1; then container=apptainer; else container=singularity; fi",
         ]
         command = ['"$container"', "exec"] + (["--nv"] if sched.gpus > 0 else [])
-        command += ["--bind", shlex.quote(",".join(binds)), "--pwd", shlex.quote(workdir)]
-        command += [shlex.quote(_container_ref(sched.image)), "alctl"] + [shlex.quote(a) for a in args]
+        command += ["--bind", _word(",".join(binds), "output"), "--pwd", _word(workdir, "working directory")]
+        command += [_word(_container_ref(sched.image), "scheduler.image"), "alctl", *args]
         run_line = " ".join(command) + " &"
-        runner = f"the container {sched.image} (alctl inside it)"
+        runner = _comment(f"the container {sched.image} (alctl inside it)", "scheduler.image")
     else:
         runtime_lines = []
-        run_line = shlex.join([*executable, *args]) + " &"
-        runner = shlex.join(executable)
+        run_line = " ".join([*(_word(a, "alctl executable") for a in executable), *args]) + " &"
+        runner = _comment(shlex.join(executable), "alctl executable")
 
     what = ("array index i runs task i." if per <= 1 else
             f"array index i runs tasks {per}i..{per}i+{per - 1} at once on one GPU ({indexes} indexes).")
@@ -238,12 +273,12 @@ def render_slurm(
                f'export OMP_NUM_THREADS="${{OMP_NUM_THREADS:-{sched.cpus}}}"  # per task process')
     lines = [
         "#!/bin/bash",
-        f"# Rendered by `alctl submit --to slurm` for run '{m.name}': {n} tasks, {what}",
-        f"# Manifest: {manifest_path}; runs {runner}. Submit with: sbatch <this file>",
+        f"# Rendered by `alctl submit --to slurm` for run '{name}': {n} tasks, {what}",
+        f"# Manifest: {shown_manifest}; runs {runner}. Submit with: sbatch <this file>",
         *(f"#SBATCH {d}" for d in directives),
         "",
         "set -u",
-        f"cd {shlex.quote(workdir)} || exit 2",
+        f"cd {_word(workdir, 'working directory')} || exit 2",
         threads,
         "",
         "# SIGUSR1 (time limit near) and SIGTERM reach this shell: forward them so alctl checkpoints and exits "
@@ -304,7 +339,7 @@ def configmap_source(m: mf.Manifest, source: tuple[str, str] | None) -> tuple[st
     """
     if source is not None:
         filename, text = source
-        if _CONFIG_KEY_RE.match(filename) and filename not in (".", ".."):
+        if _CONFIG_KEY_RE.fullmatch(filename) and filename not in (".", ".."):
             return filename, text
     return POD_MANIFEST_KEY, mf.to_yaml(m)
 
@@ -409,12 +444,13 @@ def render_k8s(
     source: tuple[str, str] | None = None,
 ) -> str:
     """The ConfigMap + Indexed Job as one YAML stream (text); pure: the host working directory is explicit."""
+    name = _comment(m.name, "name")
     objects = k8s_objects(m, workdir, sched, source)
     per = (sched or m.scheduler).tasks_per_gpu
     what = ("completion index i runs task i." if per <= 1 else
             f"completion index i runs tasks {per}i..{per}i+{per - 1} at once on one GPU.")
     header = (
-        f"# Rendered by `alctl submit --to k8s` for run '{m.name}': {len(mf.tasks(m))} tasks,"
+        f"# Rendered by `alctl submit --to k8s` for run '{name}': {len(mf.tasks(m))} tasks,"
         f" {what}\n# Apply with: kubectl apply -f <this file>\n"
     )
     body = yaml.dump_all(objects, Dumper=_LiteralDumper, sort_keys=False, explicit_start=True, width=120, allow_unicode=True)

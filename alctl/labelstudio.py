@@ -7,13 +7,16 @@ the identity `alctl label` reads back (never a position). A prediction is the mo
 probability as the score, under model_version `<run>/<task key>/cycle <c>`.
 
 The REST client authenticates with a legacy token (`Authorization: Token ...`) or a personal access token (a JWT,
-exchanged at /api/token/refresh/ for a short-lived `Bearer` access token), read from LABEL_STUDIO_API_KEY.
+exchanged at /api/token/refresh/ for a short-lived `Bearer` access token), read from LABEL_STUDIO_API_KEY. The key
+goes only to the origin (scheme, host, port) of the URL the user gave: a redirect elsewhere is refused, never
+followed. Every reply is read up to a limit (EXPORT_LIMIT for a project's export, REPLY_LIMIT for the rest).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,27 +24,64 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import quoteattr
+from xml.etree import ElementTree
 
 import numpy as np
 
 from alctl.data.classes import class_index
 from alctl.errors import AlctlError, UserError
-from alctl.labels import Answer, check_answers, read_labels_text
+from alctl.labels import (
+    JSON_LIMIT, MIB, Answer, Unimported, check_answers, parse_sample_id, read_bounded, read_labels_text, size_text,
+)
+from alctl.safe_text import redact_url, refuse_control, terminal, xml_text
 
 IMAGE = "image"  # the data key of a task's image and the name of the Image tag
 FROM_NAME = "label"  # the name of the Choices tag (a prediction's and an annotation's from_name)
 LOCAL_FILES = "/data/local-files/?d="  # Label Studio's URL of a file under LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT
 API_KEY_ENV = "LABEL_STUDIO_API_KEY"
 TITLE_LIMIT = 50  # characters of a project title
+EXPORT_LIMIT = JSON_LIMIT  # bytes of a project's JSON export (60,000 annotated tasks are ~120 MB)
+REPLY_LIMIT = 16 * MIB  # bytes of any other reply (a project, a task count, storages: a few KB)
+DETAIL_LIMIT = 64 * 1024  # bytes of an error reply read for its one-line detail
+
+
+def choice_value(name: str) -> str:
+    """The value Label Studio shows and answers for class `name`: the name as an XML attribute carries it (the
+    characters XML 1.0 cannot hold, such as most control characters, dropped)."""
+    return str(ElementTree.fromstring(f'<c v="{xml_text(name)}"/>').get("v"))
+
+
+def _by_choice(classes: Sequence[str]) -> dict[str, str]:
+    """Class names by their Label Studio choice value, for the classes whose value differs from the name."""
+    return {choice_value(c): c for c in classes if choice_value(c) != c}
 
 
 def label_config(classes: Sequence[str]) -> str:
-    """The labeling config: the image and one single choice among the classes, in class index order."""
-    choices = "".join(f"    <Choice value={quoteattr(str(c))}/>\n" for c in classes)
+    """The labeling config: the image and one single choice among the classes, in class index order (each name
+    escaped for XML; UserError when two classes would show as the same choice)."""
+    seen: dict[str, str] = {}
+    for c in map(str, classes):
+        other = seen.setdefault(choice_value(c), c)
+        if other != c:
+            raise UserError(f"dataset.classes: {terminal(repr(other))} and {terminal(repr(c))} are the same choice in"
+                            " Label Studio (XML cannot hold their control characters); rename one of them")
+    choices = "".join(f'    <Choice value="{xml_text(c)}"/>\n' for c in map(str, classes))
     return (f'<View>\n  <Image name="{IMAGE}" value="${IMAGE}"/>\n'
             f'  <Choices name="{FROM_NAME}" toName="{IMAGE}" choice="single" showInline="true">\n'
             f"{choices}  </Choices>\n</View>\n")
+
+
+def check_url_prefix(prefix: str, option: str = "--image-url-prefix") -> str:
+    """`prefix` when it is an http(s) URL with a host or a path starting with a single /, without control
+    characters; a one-line UserError naming `option` otherwise (javascript:, data:, file:, //host, ...)."""
+    refuse_control(prefix, option)
+    parts = urllib.parse.urlsplit(prefix)
+    if prefix.startswith("/") and not prefix.startswith("//"):
+        return prefix
+    if parts.scheme.lower() in ("http", "https") and parts.hostname:
+        return prefix
+    raise UserError(f"{option}: {terminal(prefix, limit=80)} is not an http(s) URL or a path starting with /; give"
+                    " e.g. http://host:port/files or /data/images")
 
 
 def relative_posix(path: Path, root: Path) -> str | None:
@@ -88,13 +128,29 @@ def read_export(path: Path, pool_ids: np.ndarray, pending_ids: np.ndarray, class
                 earlier: dict[int, int]) -> LabelImport:
     """The labels of a Label Studio export file (JSON or JSON_MIN), checked as `import_tasks` does."""
     path = Path(path)
-    text = read_labels_text(path, "--labels")
-    try:
-        tasks = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); expected Label Studio's JSON"
-                        " or JSON_MIN export") from None
+    tasks = load_json(read_labels_text(path, "--labels", JSON_LIMIT), str(path))
     return import_tasks(tasks, str(path), pool_ids, pending_ids, classes, earlier)
+
+
+def load_json(text: str, source: str) -> Any:
+    """The JSON value of a file a person gave; a one-line UserError naming `source` when it is not JSON, nests
+    deeper than Python can follow or holds a number too long to read."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{source}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); expected Label Studio's"
+                        " JSON or JSON_MIN export") from None
+    except RecursionError:
+        raise UserError(f"{source}: JSON nested too deeply (over {sys.getrecursionlimit()} levels); expected Label"
+                        " Studio's JSON or JSON_MIN export") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise UserError(f"{source}: not valid JSON ({terminal(exc, limit=120)})") from None
+
+
+def _class_name(choice: str, classes: Sequence[str], by_choice: dict[str, str]) -> str:
+    """The class a chosen value names: itself when it is a class name, else the class whose Label Studio choice
+    value it is (a name XML could not carry whole), else itself (an index, or an unknown class)."""
+    return choice if choice in classes else by_choice.get(choice, choice)
 
 
 def _choices(result: Any) -> list[str]:
@@ -124,7 +180,8 @@ def _annotations(task: dict[str, Any]) -> tuple[list[tuple[Any, list[str]]], boo
     if "data" not in task:  # JSON_MIN: the data keys and the choices (by from_name) side by side
         return ([(task.get("annotation_id"), _min_choices(task[FROM_NAME]))] if FROM_NAME in task else []), False
     kept, cancelled = [], False
-    for ann in task.get("annotations") or []:
+    anns = task.get("annotations")
+    for ann in anns if isinstance(anns, list) else []:
         if not isinstance(ann, dict):
             continue
         if ann.get("was_cancelled"):
@@ -147,6 +204,7 @@ def import_tasks(tasks: Any, source: str, pool_ids: np.ndarray, pending_ids: np.
         raise UserError(f"{source}: expected a list of tasks (Label Studio's JSON or JSON_MIN export), got a JSON"
                         f" {type(tasks).__name__}")
     pending = set(pending_ids.tolist())
+    by_choice = _by_choice(classes)
     answers: list[Answer] = []
     problems: list[str] = []
     left_out = 0
@@ -160,10 +218,7 @@ def import_tasks(tasks: Any, source: str, pool_ids: np.ndarray, pending_ids: np.
             problems.append(f"{source}: {name}: no sample_id in its data (not a task alctl exported)")
             continue
         raw_id = str(data["sample_id"])
-        try:
-            sid: int | None = int(raw_id)
-        except ValueError:
-            sid = None
+        sid = parse_sample_id(raw_id)
         before = sid is not None and sid in earlier and sid not in pending
         given, cancelled = _annotations(task)
         if not given:
@@ -181,7 +236,7 @@ def import_tasks(tasks: Any, source: str, pool_ids: np.ndarray, pending_ids: np.
                 what = "no class" if not chosen else f"{len(set(chosen))} classes ({', '.join(sorted(set(chosen)))})"
                 problems.append(f"{source}: {ref} (sample_id {raw_id}): chooses {what}; choose exactly one")
                 continue
-            mine.append(Answer(f"{source}: {ref}", ref, raw_id, chosen[0]))
+            mine.append(Answer(f"{source}: {ref}", ref, raw_id, _class_name(chosen[0], classes, by_choice)))
         if before and sid is not None:
             old = earlier[sid]
             differ = [a for a in mine if class_index(a.raw_label, classes) != old]
@@ -196,6 +251,29 @@ def import_tasks(tasks: Any, source: str, pool_ids: np.ndarray, pending_ids: np.
     return LabelImport(ids, labels, len(tasks), left_out)
 
 
+def unimported_annotations(tasks: Any, labeled: dict[int, int], classes: list[str], show: int = 3) -> Unimported:
+    """The annotations (with a chosen class) of Label Studio tasks whose label the task does not hold already
+    (`labeled`: sample_id -> class of every labeled image); those would be lost if the file were replaced. alctl's
+    own tasks.json has predictions but no annotation: none."""
+    by_choice = _by_choice(classes)
+    count, first = 0, []
+    for i, task in enumerate(tasks if isinstance(tasks, list) else [], start=1):
+        if not isinstance(task, dict):
+            continue
+        data = task.get("data", task)
+        sid = parse_sample_id(str(data.get("sample_id"))) if isinstance(data, dict) else None
+        for _, chosen in _annotations(task)[0]:
+            if not chosen:
+                continue
+            names = {class_index(_class_name(c, classes, by_choice), classes) for c in chosen}
+            if sid is not None and sid in labeled and names == {labeled[sid]}:
+                continue
+            count += 1
+            if len(first) < show:
+                first.append(f"task {terminal(task.get('id', f'#{i}'), limit=40)} (sample_id {sid})")
+    return Unimported(count, first)
+
+
 def api_key(url: str) -> str:
     """The API key of a Label Studio server from LABEL_STUDIO_API_KEY; UserError saying where to find one."""
     key = os.environ.get(API_KEY_ENV, "").strip()
@@ -205,14 +283,49 @@ def api_key(url: str) -> str:
     return key
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the port filled in from the scheme; what a redirect must keep."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # not a port: never the same origin
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+class _SameOrigin(urllib.request.HTTPRedirectHandler):
+    """Follows redirects within the origin of the server's URL only, where the API key may go; a redirect to
+    another origin is a one-line UserError, and the request is not sent there."""
+
+    def __init__(self, url: str, option: str) -> None:
+        """Keep the server URL the user gave and the option it came from."""
+        super().__init__()
+        self.url = url
+        self.option = option
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        """The request to the redirect target when it has the server's origin; UserError otherwise."""
+        if _origin(newurl) != _origin(self.url):
+            fp.close()
+            path = urllib.parse.urlsplit(req.full_url).path
+            raise UserError(f"{self.option}: {self.url} redirected {req.get_method()} {path} (HTTP {code}) to"
+                            f" {terminal(redact_url(newurl), limit=120)}, another server; the API key is sent only"
+                            " to the URL given: give the server's own address (scheme, host and port) instead")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 class LabelStudio:
     """A Label Studio server's REST API over plain HTTP (urllib): projects, task import, JSON export, local-files
-    storages, annotations. HTTP 400/401/403/404 and an unreachable server are UserErrors (exit 2) naming the
-    server, other failures AlctlErrors (exit 1)."""
+    storages, annotations. HTTP 400/401/403/404, an unreachable server and a redirect to another origin are
+    UserErrors (exit 2) naming the server, other failures (a reply over its size limit included) AlctlErrors
+    (exit 1)."""
 
     def __init__(self, url: str, key: str, timeout: float = 300.0, option: str = "--url") -> None:
         """Bind to a server root such as http://localhost:8080 with an API key (legacy token or personal access
         token); `option` names the command-line option the URL came from, in error lines."""
+        refuse_control(url, option)
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise UserError(f"{option}: {url!r} is not a Label Studio URL; expected http(s)://host:port")
@@ -221,6 +334,7 @@ class LabelStudio:
         self.timeout = timeout
         self.option = option
         self._access: str | None = None
+        self._opener = urllib.request.build_opener(_SameOrigin(self.url, option))
 
     def _authorization(self) -> str:
         """The Authorization header: `Token <key>` for a legacy token, `Bearer <access>` for a personal access
@@ -235,9 +349,9 @@ class LabelStudio:
         return f"Bearer {self._access}"
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
-                auth: bool = True) -> Any:
+                auth: bool = True, limit: int = REPLY_LIMIT) -> Any:
         """One request to an API path such as /api/projects (a JSON body, query parameters); the decoded JSON
-        reply, None when empty."""
+        reply (at most `limit` bytes), None when empty."""
         url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
         headers = {"Accept": "application/json"}
         data = None
@@ -248,8 +362,8 @@ class LabelStudio:
             headers["Authorization"] = self._authorization()
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - http(s) only
-                raw = response.read()
+            with self._opener.open(request, timeout=self.timeout) as response:  # noqa: S310 - http(s) only
+                raw = read_bounded(response, limit)
         except urllib.error.HTTPError as exc:
             detail = _detail(exc)
             if exc.code in (401, 403):
@@ -263,11 +377,14 @@ class LabelStudio:
             reason = getattr(exc, "reason", exc)
             raise UserError(f"{self.option}: cannot reach Label Studio at {self.url} ({reason}); is it"
                             " running?") from None
+        if raw is None:
+            raise AlctlError(f"{self.option}: {method} {path} on {self.url}: the reply is larger than"
+                             f" {size_text(limit)}, the most alctl reads of it")
         if not raw.strip():
             return None
         try:
             return json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, nested too deeply, a number too long
             raise AlctlError(f"{self.option}: {method} {path} on {self.url}: the reply is not JSON") from None
 
     def project(self, project: int) -> dict[str, Any]:
@@ -293,7 +410,8 @@ class LabelStudio:
         """A project's tasks in Label Studio's JSON export format (every task, or only those with annotations)."""
         self.project(project)  # a missing project: one clear line
         reply = self.request("GET", f"/api/projects/{int(project)}/export",
-                           query={"exportType": "JSON", "download_all_tasks": str(all_tasks).lower()})
+                           query={"exportType": "JSON", "download_all_tasks": str(all_tasks).lower()},
+                           limit=EXPORT_LIMIT)
         if not isinstance(reply, list):
             raise AlctlError(f"{self.option}: the export of project {project} on {self.url} is not a list of tasks")
         return reply
@@ -321,11 +439,14 @@ class LabelStudio:
 def _detail(exc: urllib.error.HTTPError) -> str:
     """A short one-line description of an HTTP error reply (Label Studio's `detail` and validation errors)."""
     try:
-        body = json.loads(exc.read() or b"{}")
-    except (json.JSONDecodeError, OSError, ValueError):
-        return exc.reason if isinstance(exc.reason, str) else "error"
+        raw = read_bounded(exc, DETAIL_LIMIT)  # type: ignore[arg-type]
+        body = json.loads(raw or b"{}") if raw is not None else None
+    except (OSError, ValueError, RecursionError):
+        body = None
+    if body is None:
+        return terminal(exc.reason, limit=200) if isinstance(exc.reason, str) else "error"
     if not isinstance(body, dict):
-        return str(body)[:200]
+        return terminal(str(body), limit=200)
     text = str(body.get("detail") or exc.reason)
     errors = body.get("validation_errors")
     if errors:

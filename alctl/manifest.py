@@ -5,15 +5,20 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import os
 import re
+import reprlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from alctl.errors import ManifestError, UserError
+from alctl.safe_text import has_control, redact_url, terminal
 from alctl.strategies.registry import NAMES as STRATEGY_NAMES
 from alctl.strategies.registry import POWER_BASES
 
@@ -28,6 +33,20 @@ DATASET_FACTS: dict[str, tuple[int, int]] = {
 }
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 _MEMORY_RE = re.compile(r"^(\d+)\s*(?:([KMGT])i?B?)?$", re.IGNORECASE)
+SHOWN_LIMIT = 80  # characters of a value from the manifest echoed in a message
+MAX_YAML_NODES = 100_000  # values of a manifest file once its aliases are expanded (the shipped ones hold < 200)
+MAX_TASKS = 10_000  # sweep grid x repetitions (the paper's full grid is 90 tasks; see `grid_problem`)
+EXTENDS_ANYWHERE = "ALCTL_EXTENDS_ANYWHERE"  # =1: `extends:` may name a file anywhere (see `_read_data`)
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict, _SHOWN.maxset = 3, 8, 8, 8, 8
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = SHOWN_LIMIT, SHOWN_LIMIT, SHOWN_LIMIT
+
+
+def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
+    """A value from a manifest as a message shows it: its repr, bounded however large or deeply aliased the value
+    is (reprlib never walks more than a few elements), control characters escaped, at most `limit` characters."""
+    return terminal(_SHOWN.repr(value), limit=limit)
 
 
 def time_seconds(value: str, where: str = "scheduler.time") -> int | None:
@@ -37,7 +56,7 @@ def time_seconds(value: str, where: str = "scheduler.time") -> int | None:
         return None
     match = _TIME_RE.match(text)
     if not match:
-        raise UserError(f"{where}: {value!r} is not a time limit; use HH:MM:SS, MM, MM:SS or D-HH[:MM[:SS]]")
+        raise UserError(f"{where}: {shown(value)} is not a time limit; use HH:MM:SS, MM, MM:SS or D-HH[:MM[:SS]]")
     days, a, b, c = match.groups()
     nums = [int(x) for x in (a, b, c) if x is not None]
     if days is not None:
@@ -50,7 +69,7 @@ def time_seconds(value: str, where: str = "scheduler.time") -> int | None:
     else:
         total = nums[0] * 60
     if total <= 0:
-        raise UserError(f"{where}: {value!r} is zero; give a positive time limit")
+        raise UserError(f"{where}: {shown(value)} is zero; give a positive time limit")
     return total
 
 
@@ -58,8 +77,25 @@ def memory_parts(value: str, where: str = "scheduler.memory") -> tuple[int, str]
     """Amount and unit (K, M, G or T; Slurm's default unit is M) of a memory size such as 16G or 16Gi."""
     match = _MEMORY_RE.match(value.strip())
     if not match or int(match.group(1)) <= 0:
-        raise UserError(f"{where}: {value!r} is not a memory size; use a positive integer with K, M, G or T, e.g. 16G")
+        raise UserError(f"{where}: {shown(value)} is not a memory size; use a positive integer with K, M, G or T,"
+                        " e.g. 16G")
     return int(match.group(1)), (match.group(2) or "M").upper()
+
+
+def _no_control(value: str, where: str, what: str) -> str:
+    """`value`, or a ValueError naming `where` when it holds a control character (NUL, newline, escape, ...)."""
+    if has_control(value):
+        found = next(ch for ch in value if has_control(ch))
+        raise ValueError(f"{where}: must be {what} without control characters (found {ascii(found)} in"
+                         f" {shown(value)})")
+    return value
+
+
+def _no_nul(value: str | None, where: str) -> str | None:
+    """`value`, or a ValueError naming `where` when it holds a NUL character, which no file path can hold."""
+    if value is not None and "\0" in value:
+        raise ValueError(f"{where}: a path cannot contain a NUL character (got {shown(value)})")
+    return value
 
 
 class _Section(BaseModel):
@@ -96,6 +132,12 @@ class DatasetConfig(_Section):
     classes: list[str] | None = Field(
         None, description="imagefolder: class names in index order; null = the folder names of labeled/test, sorted"
     )
+
+    @field_validator("root", "pool", "labeled", "test", "truth")
+    @classmethod
+    def _path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A path without a NUL character."""
+        return _no_nul(value, f"dataset.{info.field_name}")
 
 
 class ModelConfig(_Section):
@@ -154,7 +196,7 @@ class TrainConfig(_Section):
     def _device(cls, value: str) -> str:
         """One of the devices this tool can train on."""
         if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is None:
-            raise ValueError(f"train.device: expected auto, cpu, cuda or cuda:N, got {value!r}")
+            raise ValueError(f"train.device: expected auto, cpu, cuda or cuda:N, got {shown(value)}")
         return value
 
 
@@ -208,7 +250,7 @@ class ProbCoverConfig(_Section):
         if v == "auto":
             return v
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 2:
-            raise ValueError(f"active.probcover.delta: must be a number in (0, 2] or auto, got {v!r}")
+            raise ValueError(f"active.probcover.delta: must be a number in (0, 2] or auto, got {shown(v)}")
         return float(v)
 
 
@@ -328,6 +370,12 @@ class PretrainConfig(_Section):
         None, description="encoder weights written by `alctl pretrain` (a .pt file) to use instead of training them"
     )
 
+    @field_validator("weights")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        """A path without a NUL character."""
+        return _no_nul(value, "pretrain.weights")
+
 
 class SchedulerConfig(_Section):
     """How `alctl submit` renders cluster jobs (Slurm array / Kubernetes Indexed Job); options override these."""
@@ -360,15 +408,25 @@ class SchedulerConfig(_Section):
         " estimate (`alctl validate --images-per-second` prints the plan)",
     )
 
-    @model_validator(mode="after")
-    def _formats(self) -> "SchedulerConfig":
-        """time and memory in the forms Slurm and Kubernetes accept."""
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        """A time limit in a form Slurm and Kubernetes accept."""
         try:
-            time_seconds(self.time)
-            memory_parts(self.memory)
+            time_seconds(value)
         except UserError as exc:
             raise ValueError(exc.problems[0]) from None
-        return self
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        """A memory size in a form Slurm and Kubernetes accept."""
+        try:
+            memory_parts(value)
+        except UserError as exc:
+            raise ValueError(exc.problems[0]) from None
+        return value
 
 
 class TrackingConfig(_Section):
@@ -379,7 +437,9 @@ class TrackingConfig(_Section):
         description="MLflow tracking URI, e.g. sqlite:///mlflow.db (artifacts in mlartifacts/ beside the database)"
         " or http://host:5000; one MLflow run per task, in the experiment named after the run (`name`): the task's"
         " configuration as params, its metrics per cycle (step = cycle) and its Parquet tables as artifacts. Needs"
-        " pip install 'alctl[mlflow]'; null = off",
+        " pip install 'alctl[mlflow]'; null = off. A password in the URI (http://user:secret@host) goes to the"
+        " MLflow client only: alctl prints and stores it as ***, so jobs run from the stored copy need"
+        " MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, the better place for credentials",
     )
 
     @field_validator("mlflow")
@@ -419,10 +479,17 @@ class Manifest(_Section):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
-        """A run name is one directory under `output`: no path separators, not . or .."""
+        """A run name is one directory under `output`: no path separators or control characters, not . or .."""
+        _no_control(value, "name", "a plain folder name")
         if "/" in value or "\\" in value or value.strip() in (".", ".."):
-            raise ValueError(f"name: {value!r} must be a plain folder name (no / or \\, not . or ..)")
+            raise ValueError(f"name: {shown(value)} must be a plain folder name (no / or \\, not . or ..)")
         return value
+
+    @field_validator("output")
+    @classmethod
+    def _plain_output(cls, value: str) -> str:
+        """The folder of run directories: a path without control characters."""
+        return _no_control(value, "output", "a folder path")
 
     @model_validator(mode="after")
     def _cross_field(self) -> "Manifest":
@@ -580,11 +647,50 @@ def _section_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _format_validation(err: ValidationError, prefix: str = "") -> list[str]:
-    """One line per pydantic error: dotted field path, message and the offending input."""
+Origins = dict[tuple[str, ...], Path]  # key path of a value -> the extended (base) file it was taken from
+
+
+def _origin(origins: Origins | None, loc: tuple[Any, ...]) -> Path | None:
+    """The base file a value at `loc` (or one of its parents or children) came from, None for this file's own."""
+    if not origins:
+        return None
+    where = tuple(str(part) for part in loc)
+    for path, source in origins.items():
+        n = min(len(path), len(where))
+        if n and path[:n] == where[:n]:
+            return source
+    return None
+
+
+def _known_where(loc: tuple[Any, ...]) -> str:
+    """The dotted path of the longest start of `loc` that names schema fields ("manifest" when none does)."""
+    model: type[BaseModel] | None = Manifest
+    known: list[str] = []
+    for part in loc:
+        if model is None or str(part) not in model.model_fields:
+            break
+        known.append(str(part))
+        model = _section(model, str(part))
+    return ".".join(known) or "manifest"
+
+
+def hidden_note(source: Path) -> str:
+    """What a message about an extended file says instead of its keys and values."""
+    return (f"set in {terminal(source)} (the keys and values of extended files are never shown; run `alctl validate"
+            f" {terminal(source)}` to see them)")
+
+
+def _format_validation(err: ValidationError, prefix: str = "", origins: Origins | None = None) -> list[str]:
+    """One line per pydantic error: dotted field path, message and the offending input (bounded, terminal-safe);
+    an error about a value an extended file set names that file instead of the key or value."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        source = _origin(origins, e["loc"])
+        if source is not None:
+            kind = "unknown key" if e["type"] == "extra_forbidden" else "invalid value"
+            lines.append(f"{prefix}{_known_where(e['loc'])}: {kind} {hidden_note(source)}")
+            continue
+        loc = ".".join(terminal(p, limit=SHOWN_LIMIT) for p in e["loc"])
         where = prefix + loc if loc else (prefix.rstrip(".") or "manifest")
         msg = e["msg"]
         if msg.startswith("Value error, "):
@@ -594,13 +700,31 @@ def _format_validation(err: ValidationError, prefix: str = "") -> list[str]:
         if e["type"] == "extra_forbidden":
             msg = f"unknown key (valid here: {', '.join(_section_keys(e['loc'][:-1]))})"
         elif "input" in e and not isinstance(e["input"], dict):
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"{where}: {msg}")
+            msg = f"{msg} (got {shown(e['input'])})"
+        lines.append(f"{where}: {terminal(msg, limit=4 * SHOWN_LIMIT)}")
     return lines
 
 
-def parse(data: Any, source: str = "manifest") -> Manifest:
-    """Validate a mapping (already parsed YAML) into a Manifest, checking every sweep point."""
+def grid_size(m: Manifest) -> int:
+    """Tasks of the full sweep grid x repetitions, from the axis lengths alone (sweep.exclude not applied)."""
+    return math.prod(len(values) for values in sweep_axes(m).values()) * m.repetitions
+
+
+def grid_problem(m: Manifest) -> str | None:
+    """The one-line problem of a grid over MAX_TASKS tasks, None otherwise. 10,000 tasks is 100 times the paper's
+    full grid of 90: each is a task directory, a lock and a scheduler array index (Slurm's default MaxArraySize is
+    1001), and expanding and validating 10,000 points already takes seconds; a larger study is several runs."""
+    total = grid_size(m)
+    if total <= MAX_TASKS:
+        return None
+    shape = " x ".join(f"{terminal(path, limit=SHOWN_LIMIT)} ({len(values)})" for path, values in sweep_axes(m).items())
+    return (f"sweep: {shape or 'no sweep'} x {m.repetitions} repetitions = {total:,} tasks, more than the {MAX_TASKS:,}"
+            " one run may plan; sweep fewer values (or split the study into several manifests)")
+
+
+def parse(data: Any, source: str = "manifest", origins: Origins | None = None) -> Manifest:
+    """Validate a mapping (already parsed YAML) into a Manifest, checking every sweep point; `origins` marks the
+    values an extended file set (errors about them never show them)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -608,25 +732,31 @@ def parse(data: Any, source: str = "manifest") -> Manifest:
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as err:
-        raise ManifestError(*_format_validation(err)) from None
+        raise ManifestError(*_format_validation(err, origins=origins)) from None
+    sweep_source = _origin(origins, ("sweep",))
     problems: list[str] = []
     for path, values in sweep_axes(manifest).items():
+        where = f"sweep.{terminal(path, limit=SHOWN_LIMIT)}"
         if not _known_path(path):
-            problems.append(f"sweep.{path}: not a manifest field (use a dotted path such as active.strategy)")
+            problems.append(f"{where}: not a manifest field (use a dotted path such as active.strategy)")
         elif path.split(".")[0] in _RUN_LEVEL:
-            problems.append(f"sweep.{path}: set once per run, cannot vary between its tasks")
+            problems.append(f"{where}: set once per run, cannot vary between its tasks")
         elif not values:
-            problems.append(f"sweep.{path}: needs at least one value")
+            problems.append(f"{where}: needs at least one value")
         else:  # values may be unhashable (mappings): compare with the earlier ones
             twice = [v for i, v in enumerate(values) if v in values[:i]]
             if twice:
-                problems.append(f"sweep.{path}: value {twice[0]!r} given twice (tasks would share one directory)")
+                problems.append(f"{where}: value {shown(twice[0])} given twice (tasks would share one directory)")
     if not problems:
         problems = _exclude_problems(manifest)
+    if not problems and (too_large := grid_problem(manifest)) is not None:
+        problems = [too_large]
+    if problems and sweep_source is not None:
+        raise ManifestError(f"sweep: {len(problems)} problem(s) in the sweep {hidden_note(sweep_source)}")
     if problems:
         raise ManifestError(*problems)
     for point in sweep_points(manifest):
-        resolve_point(manifest, point)
+        resolve_point(manifest, point, sweep_source)
     return manifest
 
 
@@ -642,16 +772,76 @@ def _exclude_problems(m: Manifest) -> list[str]:
             continue
         for path, value in entry.items():
             if path not in axes:
-                problems.append(f"{where}.{path}: not swept (swept: {', '.join(axes) or 'nothing'})")
+                swept = ", ".join(terminal(a, limit=SHOWN_LIMIT) for a in axes) or "nothing"
+                problems.append(f"{where}.{terminal(path, limit=SHOWN_LIMIT)}: not swept (swept: {swept})")
             elif value not in axes[path]:
-                problems.append(f"{where}.{path}: {value!r} is not one of the swept values {axes[path]}")
-    if not problems and entries and not sweep_points(m):
+                problems.append(f"{where}.{path}: {shown(value)} is not one of the swept values"
+                                f" {shown(axes[path], limit=2 * SHOWN_LIMIT)}")
+    if not problems and entries and grid_problem(m) is None and not sweep_points(m):
         problems.append("sweep.exclude: leaves no task in the grid")
     return problems
 
 
+class _ExpansionError(yaml.YAMLError):
+    """A document whose aliases expand past MAX_YAML_NODES values, or refer to themselves."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        """Keep the problem and where the document (or the alias) starts."""
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+def expanded_nodes(root: yaml.Node, limit: int = MAX_YAML_NODES) -> int:
+    """How many values a composed YAML document holds once every alias is expanded (each shared node counted at
+    each use, without expanding anything: a node's count is computed once); _ExpansionError past `limit` or for
+    an alias that contains itself."""
+    counts: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        if children_done:
+            on_path.discard(key)
+            counts[key] = 1 + sum(counts[id(c)] for c in children)
+            if counts[key] > limit:
+                raise _ExpansionError(
+                    f"more than {limit:,} values once its YAML aliases (*name) are expanded, where a manifest needs"
+                    " a few hundred; alias fewer and smaller sections", root.start_mark)
+            continue
+        if key in counts:
+            continue
+        if key in on_path:
+            raise _ExpansionError("a YAML alias (*name) refers to a section that contains it; a manifest cannot"
+                                  " hold a recursive structure", node.start_mark)
+        on_path.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in on_path:
+                raise _ExpansionError("a YAML alias (*name) refers to a section that contains it; a manifest"
+                                      " cannot hold a recursive structure", child.start_mark)
+            if id(child) not in counts:
+                stack.append((child, False))
+    return counts[id(root)]
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently) and a
+    document whose aliases expand past MAX_YAML_NODES values (a "billion laughs")."""
+
+    def get_single_data(self) -> Any:
+        """The document's data, once its expanded size is known to be bounded."""
+        node = self.get_single_node()
+        if node is None:
+            return None
+        expanded_nodes(node)
+        return self.construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         """The mapping, after checking its keys are distinct."""
@@ -663,7 +853,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             try:
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key!r} given twice in one section", key_node.start_mark
+                        None, None, f"key {shown(key)} given twice in one section", key_node.start_mark
                     )
                 seen.add(key)
             except TypeError:  # an unhashable key: the base class reports it
@@ -685,48 +875,112 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _read_data(p: Path, chain: tuple[Path, ...] = ()) -> Any:
-    """The parsed YAML of a manifest file, with its `extends:` chain merged in (base first)."""
-    if not p.is_file():
-        if chain:
-            raise ManifestError(f"{chain[-1]}: extends: {p} not found")
-        raise ManifestError(f"{p}: manifest file not found")
+def _leaves(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(key path, value) of every value of nested mappings that is not itself a non-empty mapping."""
+    for key, value in data.items():
+        path = (*prefix, str(key))
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, path)
+        else:
+            yield path, value
+
+
+def _at(data: Any, path: tuple[str, ...]) -> Any:
+    """The value at a key path of nested mappings; a fresh object (never a value of `data`) when absent."""
+    for key in path:
+        found = [value for k, value in data.items() if str(k) == key] if isinstance(data, dict) else []
+        if not found:
+            return object()
+        data = found[0]
+    return data
+
+
+def extends_anywhere() -> bool:
+    """Whether the person running alctl allowed `extends:` outside the manifest's folder and the current directory
+    (ALCTL_EXTENDS_ANYWHERE=1: the environment, never the manifest, which is the untrusted input)."""
+    return os.environ.get(EXTENDS_ANYWHERE, "").strip().lower() in ("1", "true", "yes")
+
+
+def _read_yaml(p: Path, base: bool) -> Any:
+    """The parsed YAML of one file; the errors of an extended (`base`) file show its position, never its text."""
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise ManifestError(f"{p}: not UTF-8 text (byte {err.start}: {err.reason}); save the manifest as UTF-8") from None
+    except OSError as err:
+        raise ManifestError(f"{p}: cannot be read ({err.strerror or type(err).__name__})") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ManifestError(f"{p}: YAML nested too deeply for a manifest") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        if isinstance(err, _ExpansionError):
+            raise ManifestError(f"{where}: {err.problem}") from None
+        if base:
+            raise ManifestError(f"{where}: YAML syntax error in an extended file (its text is never shown; run"
+                                f" `alctl validate {p}` to see the problem)") from None
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ManifestError(f"{where}: YAML syntax error: {problem}") from None
+        raise ManifestError(f"{where}: YAML syntax error: {terminal(problem, limit=4 * SHOWN_LIMIT)}") from None
+
+
+def _read_data(p: Path, chain: tuple[Path, ...] = (), trees: tuple[Path, ...] = ()) -> tuple[Any, Origins]:
+    """The parsed YAML of a manifest file, with its `extends:` chain merged in (base first), and which key paths
+    took their value from which base file.
+
+    Every base must resolve (symlinks followed) inside `trees`: the folder of the manifest named on the command
+    line, or the current directory (the project alctl runs in, which holds runs/ and data/): the two places the
+    person running alctl chose, where the manifest, the untrusted input, may not. ALCTL_EXTENDS_ANYWHERE=1 (the
+    environment, never the manifest) lifts it."""
+    if not p.is_file():
+        if chain:
+            raise ManifestError(f"{chain[-1]}: extends: {p} not found")
+        raise ManifestError(f"{p}: manifest file not found")
+    data = _read_yaml(p, base=bool(chain))
     if not isinstance(data, dict) or EXTENDS not in data:
-        return data
+        return data, {}
     data = dict(data)
     base_ref = data.pop(EXTENDS)
     if not isinstance(base_ref, str) or not base_ref.strip():
-        raise ManifestError(f"{p}: extends: expected the path of a base manifest, got {base_ref!r}")
+        raise ManifestError(f"{p}: extends: expected the path of a base manifest, got {shown(base_ref)}")
+    if "\0" in base_ref:
+        raise ManifestError(f"{p}: extends: a path cannot contain a NUL character (got {shown(base_ref)})")
+    if not trees:
+        cwd = Path.cwd().resolve()
+        trees = (p.parent.resolve(),) + ((cwd,) if cwd != Path(cwd.anchor) else ())  # never the whole file system
     base_path = (p.parent / base_ref).resolve()
     if base_path in chain or base_path == p.resolve():
-        raise ManifestError(f"{p}: extends: {base_ref} leads back to itself")
-    base = _read_data(base_path, (*chain, p.resolve()))
+        raise ManifestError(f"{p}: extends: {terminal(base_ref)} leads back to itself")
+    if not any(base_path.is_relative_to(tree) for tree in trees) and not extends_anywhere():
+        raise ManifestError(
+            f"{p}: extends: {shown(base_ref)} resolves to {terminal(base_path)}, outside {terminal(trees[0])} (the"
+            " manifest's folder) and the current directory; move the base manifest into one of them, or set"
+            f" {EXTENDS_ANYWHERE}=1 to allow bases anywhere"
+        )
+    base, base_origins = _read_data(base_path, (*chain, p.resolve()), trees)
     if base is None:
         base = {}
     if not isinstance(base, dict):
         raise ManifestError(f"{base_path}: the manifest must be a mapping of sections, got {type(base).__name__}")
     # a base's name names its own run; a sweep given here is this manifest's whole grid (with its exclude list)
     base = {key: value for key, value in base.items() if key != "name" and not (key == "sweep" and "sweep" in data)}
-    return _deep_merge(base, data)
+    merged = _deep_merge(base, data)
+    origins: Origins = {}
+    for path, value in _leaves(base):  # what the base set and this file did not override
+        if _at(merged, path) is value:
+            origins[path] = _origin(base_origins, path) or base_path
+    if "sweep" in base and _at(merged, ("sweep",)) is base["sweep"]:
+        origins[("sweep",)] = _origin(base_origins, ("sweep",)) or base_path
+    return merged, origins
 
 
 def load(path: str | Path) -> Manifest:
     """Read and validate a YAML manifest (merged over its `extends:` base, if any); every problem becomes a
     ManifestError line."""
     p = Path(path)
-    data = _read_data(p)
-    manifest = parse(data, str(p))
+    data, origins = _read_data(p)
+    manifest = parse(data, str(p), origins)
     if not manifest.name:
         manifest = manifest.model_copy(update={"name": p.stem})
     return manifest
@@ -750,15 +1004,18 @@ def excluded(m: Manifest, point: dict[str, Any]) -> bool:
 
 def sweep_points(m: Manifest) -> list[dict[str, Any]]:
     """The sweep grid as a list of {path: value}, in manifest order (last path varies fastest), less the points
-    that sweep.exclude leaves out."""
+    that sweep.exclude leaves out; ManifestError past MAX_TASKS tasks, before anything is expanded."""
+    if (problem := grid_problem(m)) is not None:
+        raise ManifestError(problem)
     axes = sweep_axes(m)
     paths = list(axes)
     points = [dict(zip(paths, combo)) for combo in itertools.product(*(axes[p] for p in paths))]
     return [point for point in points if not excluded(m, point)]
 
 
-def resolve_point(m: Manifest, point: dict[str, Any]) -> Manifest:
-    """The manifest with one sweep point applied and the sweep removed, validated."""
+def resolve_point(m: Manifest, point: dict[str, Any], sweep_source: Path | None = None) -> Manifest:
+    """The manifest with one sweep point applied and the sweep removed, validated; `sweep_source`: the extended
+    file the sweep came from (its values are then never shown)."""
     data = m.model_dump(mode="json")
     data["sweep"] = {}
     for path, value in point.items():
@@ -766,12 +1023,36 @@ def resolve_point(m: Manifest, point: dict[str, Any]) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as err:
-        where = ", ".join(f"{k}={v}" for k, v in point.items())
+        if sweep_source is not None:
+            origins: Origins = {tuple(path.split(".")): sweep_source for path in point}
+            lines = _format_validation(err, origins=origins)
+            raise ManifestError(*(f"{line} (a sweep point of {terminal(sweep_source)})" for line in lines)) from None
+        where = ", ".join(f"{terminal(k, limit=SHOWN_LIMIT)}={terminal(v, limit=SHOWN_LIMIT)}" for k, v in point.items())
         raise ManifestError(*(f"{line} (sweep point {where})" for line in _format_validation(err))) from None
 
 
+# Characters a task key's component may not hold as they are: path separators, the escape character itself and
+# control characters; each is written as %XX (its UTF-8 bytes), so that a value is always one path component.
+_KEY_UNSAFE = re.compile("[/\\%\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_KEY_COMPONENT_BYTES = 200  # file systems allow 255 bytes per name; longer components end in a hash of the whole
+
+
+def key_component(field: str, value: Any) -> str:
+    """One folder name `field=value` of a task key: exactly one path component whatever the value (/ \\ % and
+    control characters percent-encoded), at most _KEY_COMPONENT_BYTES bytes (a longer one is cut and ends in a
+    hash of the whole, so distinct values stay distinct)."""
+    text = f"{field}={value}"
+    text = _KEY_UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), text)
+    if len(text.encode()) <= _KEY_COMPONENT_BYTES:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    cut = text.encode()[: _KEY_COMPONENT_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{cut}~{digest}"
+
+
 def task_key(config: Manifest, point: dict[str, Any], rep: int) -> str:
-    """Stable directory key, e.g. strategy=coreset/semi=lp/pretrain=none/rep=2."""
+    """Stable directory key, e.g. strategy=coreset/semi=lp/pretrain=none/rep=2: one path component per part,
+    whatever the swept values (`key_component`)."""
     parts = [
         f"strategy={config.active.strategy}",
         f"semi={_VALUE_SHORT.get(config.semi.method, config.semi.method)}",
@@ -779,7 +1060,7 @@ def task_key(config: Manifest, point: dict[str, Any], rep: int) -> str:
     ]
     for path, value in point.items():
         if path not in _SHORT:
-            parts.append(f"{path.split('.')[-1]}={value}")
+            parts.append(key_component(path.split(".")[-1], value))
     parts.append(f"rep={rep}")
     return "/".join(parts)
 
@@ -850,5 +1131,9 @@ def run_dir(m: Manifest) -> Path:
 
 
 def to_yaml(m: Manifest) -> str:
-    """The resolved manifest as YAML text."""
-    return yaml.safe_dump(m.model_dump(mode="json"), sort_keys=False)
+    """The resolved manifest as YAML text, as alctl stores and shows it: the password of a tracking URI replaced by
+    *** (the MLflow client is given the manifest's own URI; see TrackingConfig)."""
+    data = m.model_dump(mode="json")
+    if data["tracking"]["mlflow"] is not None:
+        data["tracking"]["mlflow"] = redact_url(data["tracking"]["mlflow"])
+    return yaml.safe_dump(data, sort_keys=False)

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 
 from alctl import manifest as mf
+from alctl.errors import UserError
 from alctl.strategies.registry import needs
 
 # Test-split sizes of the named datasets (the pool sizes are manifest.DATASET_FACTS).
@@ -188,10 +189,21 @@ def run_cost(m: mf.Manifest) -> RunCost | None:
     return out
 
 
+def throughput(value: float | None, option: str) -> float | None:
+    """A measured throughput (images/s) given by `option`: None, or a finite positive number; UserError naming the
+    option otherwise (nan, inf, 0 or negative would print nonsense hours)."""
+    if value is not None and not math.isfinite(value):
+        raise UserError(f"{option}: {value} is not a number of images per second; give a finite positive one,"
+                        " e.g. 2000")
+    if value is not None and value <= 0:
+        raise UserError(f"{option}: {value} must be positive")
+    return value
+
+
 def seconds(train: int, inference: int, images_per_second: float, inference_per_second: float | None = None) -> float:
     """Estimated seconds for `train` training and `inference` forward-only images at the given throughputs."""
-    if images_per_second <= 0:
-        raise ValueError(f"images_per_second must be > 0, got {images_per_second}")
+    if not (math.isfinite(images_per_second) and images_per_second > 0):
+        raise ValueError(f"images_per_second must be > 0 and finite, got {images_per_second}")
     fwd = inference_per_second if inference_per_second else INFERENCE_SPEEDUP * images_per_second
     return train / images_per_second + inference / fwd
 

@@ -28,6 +28,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from alctl.augment import augment, normalize
 from alctl.knn import knn_vote
 from alctl.models import ConvLarge
+from alctl.train import check_finite
 
 CLASSIFIER_PREFIX = "classifier."
 
@@ -274,24 +275,37 @@ def encoder_state(model: ConvLarge) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(CLASSIFIER_PREFIX)}
 
 
-def load_encoder(model: ConvLarge, weights: dict[str, torch.Tensor]) -> None:
-    """Load encoder weights into `model` in place, leaving its classifier untouched; a key or shape mismatch raises ValueError."""
+def encoder_problem(model: ConvLarge, weights: object) -> str | None:
+    """Why `weights` cannot be `model`'s encoder (not a mapping, a key or shape mismatch, a value that is not a
+    tensor, NaN or infinite values), or None when they fit."""
+    if not isinstance(weights, dict):
+        return f"encoder weights are a {type(weights).__name__}, not a mapping of tensors"
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(CLASSIFIER_PREFIX)}
-    given = {k: v for k, v in weights.items() if not k.startswith(CLASSIFIER_PREFIX)}
+    given = {k: v for k, v in weights.items() if not str(k).startswith(CLASSIFIER_PREFIX)}
     missing = [k for k in own if k not in given]
     unexpected = [k for k in given if k not in own]
     if missing or unexpected:
         first = missing[0] if missing else unexpected[0]
-        raise ValueError(
-            f"encoder weights do not match the model: {len(missing)} missing key(s), {len(unexpected)} unexpected "
-            f"key(s), first {'missing' if missing else 'unexpected'}: {first!r}"
-        )
+        return (f"encoder weights do not match the model: {len(missing)} missing key(s), {len(unexpected)} unexpected "
+                f"key(s), first {'missing' if missing else 'unexpected'}: {ascii(first)}")
     for k, v in own.items():
+        if not isinstance(given[k], torch.Tensor):
+            return f"encoder weight {k!r} is a {type(given[k]).__name__}, not a tensor"
         if tuple(given[k].shape) != tuple(v.shape):
-            raise ValueError(
-                f"encoder weights do not match the model at {k!r}: saved shape {tuple(given[k].shape)}, "
-                f"model shape {tuple(v.shape)} (other width or channels?)"
-            )
+            return (f"encoder weights do not match the model at {k!r}: saved shape {tuple(given[k].shape)}, "
+                    f"model shape {tuple(v.shape)} (other width or channels?)")
+        if given[k].is_floating_point() and not bool(torch.isfinite(given[k]).all()):
+            return f"encoder weight {k!r} holds NaN or infinite values"
+    return None
+
+
+def load_encoder(model: ConvLarge, weights: dict[str, torch.Tensor]) -> None:
+    """Load encoder weights into `model` in place, leaving its classifier untouched; weights that do not fit
+    (`encoder_problem`: keys, shapes, non-tensors, NaN or infinite values) raise ValueError."""
+    problem = encoder_problem(model, weights)
+    if problem is not None:
+        raise ValueError(problem)
+    given = {k: v for k, v in weights.items() if not k.startswith(CLASSIFIER_PREFIX)}
     result = model.load_state_dict(given, strict=False)
     assert not result.unexpected_keys and all(k.startswith(CLASSIFIER_PREFIX) for k in result.missing_keys)
 
@@ -342,7 +356,8 @@ def deepcluster(
       lr over the epochs, the head kept from epoch to epoch, images drawn uniformly (passes shuffled passes over
       the pool), k-means on the features of augmented images.
 
-    should_stop is checked before each epoch; the returned state is that of the last finished epoch. Labels int64 [N] are only used to report NMI, and `probe` only to measure the encoder after
+    should_stop is checked before each epoch; the returned state is that of the last finished epoch. A loss or
+    weights that become NaN or infinite raise FloatingPointError naming the epoch, before on_epoch sees it. Labels int64 [N] are only used to report NMI, and `probe` only to measure the encoder after
     every epoch (EpochStats.knn_accuracy); neither is used for training.
     """
     if images.dtype != torch.uint8 or images.ndim != 4:
@@ -427,6 +442,7 @@ def deepcluster(
                     head_opt.step()
                 total += float(loss.detach()) * b.numel()
                 count += b.numel()
+        check_finite(model, not math.isfinite(total), epoch, spec.epochs)  # FloatingPointError when it diverged
 
         prev = state.previous_assign
         stats = EpochStats(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +215,12 @@ def read_metrics_dataset(run: Path) -> pa.Table:
 # ----------------------------------------------------------------------------- locks
 
 STALE_SECONDS = 600.0  # a lock of another host whose heartbeat is older than this is taken over
+# A malformed lock file younger than this may be one an older alctl is writing (it created the file, then wrote
+# the record); it is waited for that long, then taken over. This version never leaves a partial record: every
+# decision is taken under the guard and the record is written whole (temporary file + rename).
+GRACE_SECONDS = 1.0
+_MAX_RECORD_BYTES = 64 * 1024  # a lock record is a few dozen bytes; anything longer is not one
+_MAX_PID = 2**31  # os.kill refuses larger pids; 0 and negatives address process groups, never one owner
 
 
 def _pid_alive(pid: int) -> bool:
@@ -225,11 +234,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def parse_lock_record(raw: bytes) -> dict[str, Any] | None:
+    """The owner record {"pid": int > 0, "host": str, "since": str} in a lock file's bytes; None when the bytes are
+    empty, not JSON, or not such a record (a crash or a full disk left them, or someone else wrote them)."""
+    if not raw or len(raw) > _MAX_RECORD_BYTES:
+        return None
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    if not isinstance(record, dict):
+        return None
+    pid, host, since = record.get("pid"), record.get("host"), record.get("since", "")
+    if type(pid) is not int or not 0 < pid < _MAX_PID or not isinstance(host, str) or not host:
+        return None
+    if not isinstance(since, str):
+        return None
+    return record
+
+
 class Lock:
     """An exclusive lock file (pid, host, start time) with heartbeats; a dead owner's lock is taken over.
 
     Same host: the owner is alive when its pid exists. Other host (shared run directory): the lock is stale when
-    its heartbeat (file mtime, refreshed by `beat()`) is older than STALE_SECONDS.
+    its heartbeat (file mtime, refreshed by `beat()`) is older than STALE_SECONDS. Every decision (take a free or
+    stale lock, release) is made while holding an exclusive fcntl lock on the guard file `<lock>.guard` beside it,
+    which the kernel releases when its process dies, so two contenders never both take over one dead owner's lock;
+    the record is written to a temporary file and renamed over the lock, so it is never seen empty or partial.
+    An empty or malformed lock file (a crash or a full disk while an older version wrote it) is taken over.
     """
 
     def __init__(self, path: Path, what: str) -> None:
@@ -238,50 +270,73 @@ class Lock:
         self.what = what
         self.held = False
 
-    def owner(self) -> dict[str, Any] | None:
-        """The current owner record, or None when the file vanished or is unreadable (being written)."""
+    @property
+    def guard_path(self) -> Path:
+        """The guard file whose fcntl lock serialises every acquire and release of this lock."""
+        return self.path.with_name(f"{self.path.name}.guard")
+
+    @contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Hold the guard file's exclusive fcntl lock (blocking: it is only ever held for a moment)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.guard_path, os.O_CREAT | os.O_RDWR, 0o666)
         try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _read(self) -> tuple[bytes, float] | None:
+        """The lock file's bytes (at most one more than a record may have) and mtime; None when there is none."""
+        try:
+            with open(self.path, "rb") as fh:
+                return fh.read(_MAX_RECORD_BYTES + 1), os.fstat(fh.fileno()).st_mtime
+        except FileNotFoundError:
             return None
+        except OSError as exc:  # a folder or an unreadable file where the lock should be
+            raise UserError(f"{self.path}: cannot read this lock ({exc.strerror}); remove it if no alctl process"
+                            f" runs {self.what}") from None
+
+    def owner(self) -> dict[str, Any] | None:
+        """The current owner record, or None when there is no lock file or it holds no valid record."""
+        found = self._read()
+        return None if found is None else parse_lock_record(found[0])
 
     def is_stale(self, owner: dict[str, Any]) -> bool:
         """True when the owner is dead (same host) or silent for STALE_SECONDS (other host)."""
         if owner.get("host") == socket.gethostname():
-            return not _pid_alive(int(owner.get("pid", -1)))
+            pid = owner.get("pid")
+            return type(pid) is not int or not 0 < pid < _MAX_PID or not _pid_alive(pid)
         try:
             return time.time() - self.path.stat().st_mtime > STALE_SECONDS
         except FileNotFoundError:
             return True
 
+    def _live_owner(self) -> dict[str, Any] | None:
+        """Under the guard: the record of a live owner, or None when the lock is free to take (absent, stale, or
+        malformed and older than GRACE_SECONDS)."""
+        waited = time.monotonic()
+        while (found := self._read()) is not None:
+            raw, mtime = found
+            owner = parse_lock_record(raw)
+            if owner is not None:
+                return None if self.is_stale(owner) else owner
+            age = time.time() - mtime
+            if not 0.0 <= age < GRACE_SECONDS or time.monotonic() - waited >= GRACE_SECONDS:
+                return None  # empty or malformed, and nobody is writing it
+            time.sleep(0.05)
+        return None
+
     def try_acquire(self) -> dict[str, Any] | None:
         """Take the lock; returns None on success, else the live owner's record."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        for _ in range(5):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self.owner()
-                if owner is None:
-                    time.sleep(0.05)
-                    continue
-                if not self.is_stale(owner):
-                    return owner
-                # take a stale lock over: only one contender wins the rename
-                grave = self.path.with_name(f"{self.path.name}.stale.{os.getpid()}")
-                try:
-                    os.replace(self.path, grave)
-                except FileNotFoundError:
-                    continue
-                grave.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(json.dumps(record))
+        with self._guarded():
+            owner = self._live_owner()
+            if owner is not None:
+                return owner
+            atomic_write_bytes(self.path, json.dumps(record).encode())  # replaces a stale or malformed record
             self.held = True
-            return None
-        owner = self.owner()
-        return owner or {"pid": "?", "host": "?", "since": "?"}
+        return None
 
     def acquire(self) -> "Lock":
         """Take the lock or raise TaskLockedError (exit 2) naming the owner."""
@@ -311,9 +366,10 @@ class Lock:
     def release(self) -> None:
         """Remove the lock if this process holds it."""
         if self.held:
-            owner = self.owner()
-            if owner is not None and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
-                self.path.unlink(missing_ok=True)
+            with self._guarded():
+                owner = self.owner()
+                if owner is not None and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+                    self.path.unlink(missing_ok=True)
             self.held = False
 
     def __enter__(self) -> "Lock":

@@ -7,6 +7,11 @@ appended (the mark that a cycle is finished, so a redone cycle is never logged t
 MLflow run lacks (a crash between the two writes, tracking added to a run that already has cycles) are logged
 first. Artifacts are the task's Parquet tables and resolved configuration, uploaded again after every cycle.
 MLflow is an optional extra (`pip install 'alctl[mlflow]'`); nothing here imports it unless tracking is on.
+
+A password in the tracking URI (http://user:secret@host) is given to the MLflow client and nowhere else: every
+line alctl prints and every file it writes (manifest.yaml, task.yaml, mlflow.json, Kubernetes specs) holds the URI
+with the password replaced by *** (`shown_uri`). Jobs that run from such a copy need the credentials in
+MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, where MLflow reads them, which is the better place anyway.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse, urlsplit
 
 from alctl import manifest as mf
 from alctl import store
 from alctl.console import Ui
 from alctl.errors import Preempted, UserError
+from alctl.safe_text import redact_url, terminal
 
 RUN_FILE = "mlflow.json"  # in the task directory: {"tracking_uri", "experiment_id", "run_id"}
 INSTALL = "pip install 'alctl[mlflow]'"
@@ -40,6 +46,38 @@ PARAM_VALUE_LIMIT = 500  # characters: what every MLflow server version accepts 
 PARAMS_PER_BATCH = 100  # MLflow's limit of params (and tags) in one log_batch call
 METRICS_PER_BATCH = 1000  # MLflow's limit of metrics in one log_batch call
 _DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # tracking stores that need SQLAlchemy and Alembic
+
+
+CREDENTIALS_HINT = ("put the user name and password in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD rather than"
+                    " in tracking.mlflow")
+
+
+def shown_uri(uri: str) -> str:
+    """A tracking URI as alctl prints and stores it: its password replaced by ***, control characters escaped."""
+    return terminal(redact_url(uri))
+
+
+def has_password(uri: str) -> bool:
+    """Whether a tracking URI carries a password in its user-info (http://user:secret@host)."""
+    try:
+        return urlsplit(uri).password is not None
+    except ValueError:
+        return False
+
+
+def scrub(text: str, uri: str) -> str:
+    """`text` (e.g. an MLflow error message) with the URI's password, as given or percent-decoded or -encoded,
+    replaced by ***."""
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        return text
+    if not password:
+        return text
+    for form in sorted({password, unquote(password), quote(unquote(password), safe="")}, key=len, reverse=True):
+        if form:
+            text = text.replace(form, "***")
+    return text
 
 
 def missing_packages(uri: str) -> str | None:
@@ -135,15 +173,17 @@ class MlflowTracker(Tracker):
         except ImportError as exc:  # found but broken
             raise UserError(f"tracking.mlflow: MLflow cannot be imported ({exc}); {INSTALL}") from None
         self.task, self.tdir, self.ui = task, tdir, ui
-        self.uri: str = task.config.tracking.mlflow or ""
+        self.uri: str = task.config.tracking.mlflow or ""  # the real URI: for the client only
+        self.shown = shown_uri(self.uri)  # what is printed and stored
         self.tag = f"[task {task.index} {task.key}]"
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
             self.run_id, self.logged = self._open_run()
             self._log_params_and_tags()
         except MlflowException as exc:
-            raise UserError(f"tracking.mlflow: {self.uri}: {_first_line(exc)}") from None
-        ui.line(f"{self.tag} MLflow run {self.run_id} ({self.uri}, experiment {experiment_name(task.config)})")
+            hint = f" ({CREDENTIALS_HINT})" if has_password(self.uri) else ""
+            raise UserError(f"tracking.mlflow: {self.shown}: {self._first_line(exc)}{hint}") from None
+        ui.line(f"{self.tag} MLflow run {self.run_id} ({self.shown}, experiment {experiment_name(task.config)})")
         self._sync_or_warn()
 
     def _experiment_id(self) -> str:
@@ -160,7 +200,7 @@ class MlflowTracker(Tracker):
                 if experiment is None:
                     raise
         if experiment.lifecycle_stage == "deleted":
-            raise UserError(f"tracking.mlflow: {self.uri}: experiment {name!r} is deleted; restore it"
+            raise UserError(f"tracking.mlflow: {self.shown}: experiment {name!r} is deleted; restore it"
                             f" (mlflow experiments restore --experiment-id {experiment.experiment_id}) or purge it")
         return str(experiment.experiment_id)
 
@@ -174,18 +214,29 @@ class MlflowTracker(Tracker):
                 recorded = json.loads(path.read_text())
             except (OSError, ValueError):
                 recorded = {}
-        if recorded.get("tracking_uri") == self.uri and recorded.get("run_id"):
+        stored = redact_url(self.uri)  # mlflow.json never holds the password
+        if recorded.get("tracking_uri") in (stored, self.uri) and recorded.get("run_id"):
             run = self._existing_run(str(recorded["run_id"]))
             if run is not None:
+                if recorded["tracking_uri"] != stored:  # written before passwords were kept out of it
+                    self._record(path, str(recorded.get("experiment_id")), run.info.run_id)
                 self.client.update_run(run.info.run_id, status="RUNNING")
                 steps = {int(m.step) for m in self.client.get_metric_history(run.info.run_id, MARKER)}
                 return run.info.run_id, steps
         experiment_id = self._experiment_id()
         run = self.client.create_run(experiment_id, run_name=f"{self.task.index}:{self.task.key}",
                                      tags=run_tags(self.task))
-        record = {"tracking_uri": self.uri, "experiment_id": experiment_id, "run_id": run.info.run_id}
-        store.atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
+        self._record(path, experiment_id, run.info.run_id)
         return run.info.run_id, set()
+
+    def _record(self, path: Path, experiment_id: str, run_id: str) -> None:
+        """Write mlflow.json: the tracking URI (password redacted), the experiment and the run."""
+        record = {"tracking_uri": redact_url(self.uri), "experiment_id": experiment_id, "run_id": run_id}
+        store.atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
+
+    def _first_line(self, exc: BaseException) -> str:
+        """An exception as one line (`_first_line`), the tracking URI's password scrubbed."""
+        return terminal(scrub(_first_line(exc), self.uri), limit=300)
 
     def _existing_run(self, run_id: str) -> Any:
         """The MLflow run of that id when it exists and is not deleted, else None."""
@@ -239,7 +290,7 @@ class MlflowTracker(Tracker):
         try:
             self.sync()
         except Exception as exc:  # noqa: BLE001 - whatever the tracking client raises
-            self.ui.warn(f"{self.tag} MLflow: {_first_line(exc)}; the next cycle or run retries")
+            self.ui.warn(f"{self.tag} MLflow: {self._first_line(exc)}; the next cycle or run retries")
 
     def cycle_finished(self) -> None:
         """Log the cycle just finished and upload the tables (a failure is a warning)."""
@@ -255,7 +306,7 @@ class MlflowTracker(Tracker):
             else:
                 self.client.set_terminated(self.run_id, status=status)
         except Exception as exc:  # noqa: BLE001
-            self.ui.warn(f"{self.tag} MLflow: could not set the run's status to {status}: {_first_line(exc)}")
+            self.ui.warn(f"{self.tag} MLflow: could not set the run's status to {status}: {self._first_line(exc)}")
 
 
 @contextmanager

@@ -238,6 +238,23 @@ def weighted_loss(
     return (per_sample * cw).sum() / cw.sum().clamp_min(1e-12)
 
 
+def check_finite(model: nn.Module, nonfinite_loss: torch.Tensor | bool, epoch: int, epochs: int) -> None:
+    """Raise FloatingPointError naming `epoch` (0-based, shown 1-based of `epochs`) when `nonfinite_loss` is set or
+    a parameter or floating-point buffer of `model` (batch-norm statistics) holds NaN or an infinity (the training
+    diverged: a learning rate far too high, say). One device synchronisation."""
+    tensors = [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]
+    if not tensors:
+        bad = bool(nonfinite_loss)
+    else:
+        device = tensors[0].device
+        flags = [torch.as_tensor(nonfinite_loss, device=device).reshape(())]
+        flags += [~torch.isfinite(t.detach()).all() for t in tensors]
+        bad = bool(torch.stack(flags).any())
+    if bad:
+        what = "loss" if bool(nonfinite_loss) else "weights"
+        raise FloatingPointError(f"training diverged at epoch {epoch + 1}/{epochs}: the {what} became NaN or infinite")
+
+
 def fit(
     model: nn.Module,
     images: torch.Tensor,
@@ -262,6 +279,8 @@ def fit(
     it); `should_stop()` is checked after every step and ends training early with state.stopped set, mid-epoch
     if need be, so that resuming replays the rest exactly. spec.compute sets the arithmetic (autocast, fp16's
     gradient scaler in state.scaler, channels-last model and batches, torch.compile); its default is plain fp32.
+    A loss (fp32, bf16: fp16's scaler skips those steps itself) or weights that are NaN or infinite at the end of an
+    epoch, or when stopping, raise FloatingPointError naming the epoch, before on_epoch sees the state.
     """
     device = images.device
     compute = spec.compute
@@ -277,6 +296,7 @@ def fit(
     epochs = total_epochs(spec, semi)
     while state.epoch < epochs:
         epoch = state.epoch
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # a step's loss was NaN / inf (no sync)
         if state.batches is None:  # a new epoch
             if semi is not None and semi.due(epoch, spec.epochs):
                 state.targets = semi.refresh(epoch)
@@ -298,6 +318,7 @@ def fit(
                 loss = weighted_loss(logits.float(), ys_t[b], ws_t[b], class_w)
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
+                nonfinite |= ~torch.isfinite(loss.detach())
                 loss.backward()
                 optimizer.step()
             else:  # fp16: scaled loss, steps with inf/NaN gradients skipped
@@ -306,8 +327,10 @@ def fit(
                 scaler.update()
             state.step = step + 1
             if should_stop is not None and state.step < len(batches) and should_stop():
+                check_finite(model, nonfinite, epoch, epochs)
                 state.stopped = True
                 return state
+        check_finite(model, nonfinite, epoch, epochs)
         state.epoch, state.step, state.batches = epoch + 1, 0, None
         if on_epoch is not None:
             on_epoch(state)

@@ -43,3 +43,32 @@ def load_benchmark(name: str) -> Any:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def digits_human_manifest(folder: Path, name: str) -> Path:
+    """A one-task digits manifest (human oracle, uncertainty, 2 cycles, tiny training) writing under `folder`."""
+    import yaml
+
+    from tests.conftest import TINY, deep_update
+
+    data = deep_update(TINY, {"name": name, "output": str(folder / "runs"), "repetitions": 1,
+                              "train": {"epochs": 2, "min_steps": 3, "rampdown_epochs": 3},
+                              "active": {"cycles": 2, "strategy": "uncertainty", "oracle": "human"}})
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def single_task_dir(manifest: Path) -> Path:
+    """The task directory of a one-task manifest."""
+    from alctl import manifest as mf
+
+    m = mf.load(manifest)
+    return mf.run_dir(m) / "tasks" / mf.tasks(m)[0].key
+
+
+def pool_table(manifest: Path) -> dict[str, list[Any]]:
+    """The pool.parquet of a one-task manifest as columns."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(single_task_dir(manifest) / "pool.parquet").to_pydict()

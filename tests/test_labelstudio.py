@@ -25,7 +25,7 @@ from alctl import labelstudio as ls
 from alctl import manifest as mf
 from alctl.cli import app
 from alctl.errors import UserError
-from tests.conftest import TINY, deep_update
+from tests.checks import digits_human_manifest, pool_table, single_task_dir
 
 runner = CliRunner()
 CLASSES = [str(d) for d in range(10)]
@@ -33,12 +33,7 @@ CLASSES = [str(d) for d in range(10)]
 
 def _digits_manifest(folder: Path, name: str = "lsd") -> Path:
     """A one-task digits manifest (human oracle, 2 cycles, tiny training) writing under `folder`."""
-    data = deep_update(TINY, {"name": name, "output": str(folder / "runs"), "repetitions": 1,
-                              "train": {"epochs": 2, "min_steps": 3, "rampdown_epochs": 3},
-                              "active": {"cycles": 2, "strategy": "uncertainty", "oracle": "human"}})
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return digits_human_manifest(folder, name)
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +52,8 @@ def waiting(waiting_template: Path, workdir: Path) -> Path:
     return _digits_manifest(workdir)
 
 
-def _task_dir(manifest: Path) -> Path:
-    m = mf.load(manifest)
-    return mf.run_dir(m) / "tasks" / mf.tasks(m)[0].key
-
-
-def _pool(manifest: Path) -> dict[str, list[Any]]:
-    return pq.read_table(_task_dir(manifest) / "pool.parquet").to_pydict()
+_task_dir = single_task_dir
+_pool = pool_table
 
 
 def _truth() -> dict[int, int]:
@@ -164,10 +154,11 @@ def test_image_folder_initial_set_has_no_predictions_and_file_references(workdir
         assert t["data"]["image"] == "/data/local-files/?d=images/" + t["data"]["path"].replace(" ", "%20")
         assert t["data"]["path"].startswith("pool/b")
     res = runner.invoke(app, ["select", str(manifest), "--export", "out", "-f", "label-studio",
-                              "--image-url-prefix", "s3://bucket/my images"])
+                              "--image-url-prefix", "https://files.example.org/my images"])
     tasks = json.loads((workdir / "out" / "tasks.json").read_text())
     assert res.exit_code == 0 and all(
-        t["data"]["image"] == "s3://bucket/my images/" + t["data"]["path"].replace(" ", "%20") for t in tasks)
+        t["data"]["image"] == "https://files.example.org/my images/" + t["data"]["path"].replace(" ", "%20")
+        for t in tasks)
 
 
 def test_select_option_mistakes_exit_2(waiting: Path) -> None:

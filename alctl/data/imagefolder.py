@@ -257,7 +257,7 @@ def _convert(img: Image.Image, mode: str) -> Image.Image:
 def _decode(path: Path, size: int, mode: str) -> np.ndarray | str:
     """One file as uint8 [S, S, C]: EXIF-upright, centre square crop, antialiased resize; or why it failed."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=("PNG", "JPEG")) as img:  # never EPS & co., which Pillow hands to Ghostscript
             img.draft("L" if mode == "L" else None, (size, size))  # JPEG: decode at a reduced scale
             img.load()
             ImageOps.exif_transpose(img, in_place=True)

@@ -24,12 +24,58 @@ from alctl import labelstudio as ls
 from alctl import manifest as mf
 from alctl import store
 from alctl.data import DatasetSplits
+from alctl.engine.tables import PoolState
 from alctl.errors import UserError
+from alctl.labels import JSON_LIMIT, Unimported, read_labels_text, unimported_labels
 from alctl.models import ConvLarge
 from alctl.train import predict
 
 MIN_SIDE = 128  # pixels: PNGs of small array images are scaled up (nearest, integer factor) to at least this side
 TASKS_FILE, CONFIG_FILE, IMAGES_DIR = "tasks.json", "label_config.xml", "images"
+SHEET_FILE = "to_label.csv"
+
+
+def labeled_classes(ids: np.ndarray, pool: PoolState | None) -> dict[int, int]:
+    """sample_id -> class of every labeled image of a task's pool (ids [N] by pool position); empty before it."""
+    if pool is None:
+        return {}
+    known = np.flatnonzero(pool.label >= 0)
+    return dict(zip(ids[known].tolist(), pool.label[known].tolist()))
+
+
+def _unimported(path: Path, fmt: str, labeled: dict[int, int], classes: list[str]) -> Unimported:
+    """The labels a person gave in an export file (to_label.csv, or Label Studio's tasks.json) that the task does
+    not hold; UserError when the file is not one alctl writes."""
+    try:
+        if fmt == "csv":
+            return unimported_labels(path, labeled, classes)
+        tasks = ls.load_json(read_labels_text(path, "--export", JSON_LIMIT), str(path))
+    except UserError as exc:
+        raise UserError(f"--export: {path} exists but is not a file alctl exported ({exc.problems[0]}); move it away"
+                        " or --export another folder") from None
+    if not isinstance(tasks, list):
+        raise UserError(f"--export: {path} exists but is not a list of Label Studio tasks; move it away or --export"
+                        " another folder")
+    return ls.unimported_annotations(tasks, labeled, classes)
+
+
+def guard_export(export: Path, fmt: str, labeled: dict[int, int], classes: list[str], label_cmd: str) -> None:
+    """Refuse (UserError, before anything is written) an export that would replace a person's work: the
+    to_label.csv (fmt csv) or tasks.json (label-studio: a Label Studio export saved there holds annotations) in
+    `export` when it holds a label that the task does not hold already (`labeled`, from `labeled_classes`): a
+    row of another selection or another task, or one not imported yet. `label_cmd` is the task's `alctl label`
+    command, without its source."""
+    path = export / (SHEET_FILE if fmt == "csv" else TASKS_FILE)
+    if not path.exists():
+        return
+    found = _unimported(path, fmt, labeled, classes)
+    if not found.count:
+        return
+    what = "filled-in label(s)" if fmt == "csv" else "annotation(s)"
+    listed = ", ".join(found.first) + (", ..." if found.count > len(found.first) else "")
+    raise UserError(f"--export: {path} already holds {found.count} {what} not imported into this task ({listed});"
+                    f" import them first with `{label_cmd} --labels {path}` (or with `alctl label` of the task they"
+                    " were exported for), or --export another folder")
 
 
 def top_predictions(model: ConvLarge | None, images: torch.Tensor, ds: DatasetSplits,
@@ -76,6 +122,8 @@ def export_label_studio(
     folder) when a prefix is given, else as a Label Studio local file relative to `local_root` (its
     LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT); UserError, before anything is written, when an image is not under it."""
     config = task.config
+    if url_prefix:
+        ls.check_url_prefix(url_prefix)
     ids = ds.train_ids.numpy()[chosen]
     if ds.train_paths is not None:
         relative = [ds.train_paths[int(p)] for p in chosen]
@@ -109,7 +157,8 @@ def export_label_studio(
             extra["path"] = ds.train_paths[pos]
         if (score := score_of.get(int(sid))) is not None:
             extra["acquisition_score"] = round(float(score), 6)
-        guess = None if guesses is None else (ds.classes[int(guesses[1][row, 0])], float(guesses[0][row, 0]))
+        guess = None if guesses is None else (ls.choice_value(ds.classes[int(guesses[1][row, 0])]),
+                                               float(guesses[0][row, 0]))
         tasks.append(ls.make_task(refs[row], sid, extra, guess, version))
     store.atomic_write_bytes(export / TASKS_FILE, (json.dumps(tasks, indent=1) + "\n").encode())
     store.atomic_write_bytes(export / CONFIG_FILE, ls.label_config(ds.classes).encode())

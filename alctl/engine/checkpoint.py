@@ -8,13 +8,17 @@ number, a string, a bool, None, or a list / tuple / dict of those, so a crafted 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from alctl.errors import UserError
+from alctl.safe_text import terminal
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
@@ -42,7 +46,82 @@ def load(path: Path, what: str, device: torch.device | str = "cpu", field: str =
         raise UserError(f"{where}: not {what} ({reason}); refused without running it") from None
     if not isinstance(payload, dict):
         raise UserError(f"{where}: not {what} (a {type(payload).__name__}, not a mapping)")
-    return payload
+    return Payload(payload, where, what)
+
+
+class Payload(dict[str, Any]):
+    """A loaded checkpoint's dict: reading an entry it lacks is a UserError naming the file, not a KeyError."""
+
+    def __init__(self, entries: dict[str, Any], where: str, what: str) -> None:
+        """The entries of the file `where` (named in messages as holding `what`)."""
+        super().__init__(entries)
+        self.where, self.what = where, what
+
+    def __missing__(self, key: str) -> Any:
+        """Refuse the file: it has no entry `key`."""
+        raise UserError(f"{self.where}: not {self.what} (no {key!r} entry); it is damaged or from another program")
+
+
+def refusal(where: str | Path, what: str, problem: str) -> UserError:
+    """The UserError refusing the file `where` as `what` because of `problem` (one line)."""
+    return UserError(f"{where}: not usable as {what}: {problem}")
+
+
+@contextmanager
+def reading(where: str | Path, what: str) -> Iterator[None]:
+    """Restore state from the file `where`: a KeyError, TypeError, ValueError, IndexError, AttributeError or
+    RuntimeError while doing so (an entry of the wrong kind or shape) is a UserError naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = terminal(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, limit=200)
+        raise refusal(where, what, f"an entry does not fit ({detail}); it is damaged or from another version") from None
+
+
+def nonfinite_entry(tensors: Mapping[str, Any]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or an infinity among `tensors`; None when all
+    are finite."""
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+            if not bool(torch.isfinite(value).all()):
+                return str(name)
+    return None
+
+
+def weights_problem(module: nn.Module, state: object, entry: str = "model") -> str | None:
+    """Why `state` (the file's `entry`) cannot be `module`'s weights: not a mapping, a missing or unexpected
+    entry, a value that is not a tensor, another shape, NaN or infinite values; None when it fits."""
+    if not isinstance(state, Mapping):
+        return f"its {entry!r} entry is a {type(state).__name__}, not a mapping of weights"
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        first = f"missing {missing[0]!r}" if missing else f"unexpected {terminal(repr(unexpected[0]), limit=80)}"
+        return (f"its {entry!r} weights do not match the model ({len(missing)} missing, {len(unexpected)} unexpected;"
+                f" first {first})")
+    for key, mine in own.items():
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            return f"{entry} weight {key!r} is a {type(value).__name__}, not a tensor"
+        if tuple(value.shape) != tuple(mine.shape):
+            return f"{entry} weight {key!r} has shape {tuple(value.shape)}, the model needs {tuple(mine.shape)}"
+    bad = nonfinite_entry(state)
+    if bad is not None:
+        return f"{entry} weight {bad!r} holds NaN or infinite values"
+    return None
+
+
+def load_weights(module: nn.Module, state: object, where: str | Path, what: str, entry: str = "model") -> None:
+    """Load `state` (the file's `entry`) into `module` strictly; a UserError naming the file and what is wrong
+    (`weights_problem`) when it does not fit."""
+    problem = weights_problem(module, state, entry)
+    if problem is not None:
+        raise refusal(where, what, problem)
+    assert isinstance(state, Mapping)
+    with reading(where, what):
+        module.load_state_dict(state)
 
 
 def arrays_to_tensors(arrays: dict[str, np.ndarray | None]) -> dict[str, torch.Tensor | None]:

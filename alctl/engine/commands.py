@@ -16,8 +16,10 @@ from alctl import labelstudio as ls
 from alctl.console import Ui
 from alctl.data import DatasetSplits
 from alctl.engine import checkpoint, parallel, settings
-from alctl.engine.annotation import export_label_studio, push_label_studio, top_predictions
-from alctl.engine.cycle import new_model, run_task
+from alctl.engine.annotation import (
+    export_label_studio, guard_export, labeled_classes, push_label_studio, top_predictions,
+)
+from alctl.engine.cycle import new_model, run_task, say_pool_changes
 from alctl.engine.pretraining import ensure_pretrained, pretrain_key, pretrain_paths
 from alctl.engine.steps import PropagationOutcome, acquire, pool_features, propagate_pool
 from alctl.engine.tables import TaskTables
@@ -25,9 +27,10 @@ from alctl.engine.workspace import (
     check_oracle, dataset_for, one_task, plan, select_task, task_config_hash, task_dir, task_lock, write_run_manifest,
 )
 from alctl.errors import UserError
-from alctl.labels import filled_ids, read_labels
+from alctl.labels import read_labels
 from alctl.models import ConvLarge
 from alctl.pretrain import PROBE_K
+from alctl.safe_text import csv_cell
 from alctl.sheet import contact_sheet
 
 
@@ -79,6 +82,12 @@ def pretrain_command(manifest_path: str | Path, ui: Ui) -> int:
     m, all_tasks = plan(manifest_path)
     seen: set[str] = set()
     trained = 0
+    needing = [t for t in all_tasks if mf.uses_encoder(t.config) and t.config.pretrain.weights is None]
+    for t in needing:  # fail early (exit 2) on missing data or device, before anything is written
+        dataset_for(t.config)
+        runtime.choose_device(t.config.train.device)
+    if needing:
+        write_run_manifest(m)
     with runtime.Preemption() as stop:
         for t in all_tasks:
             if not mf.uses_encoder(t.config) or t.config.pretrain.weights is not None:
@@ -88,7 +97,6 @@ def pretrain_command(manifest_path: str | Path, ui: Ui) -> int:
             if key in seen:
                 continue
             seen.add(key)
-            write_run_manifest(m)
             path = pretrain_paths(t.config, key)["weights"]
             if path.is_file():
                 ui.line(f"pre-training {key}: already done ({path})")
@@ -123,7 +131,7 @@ def load_task_model(task: mf.Task, ds: DatasetSplits, tables: TaskTables, device
     if ckpt.get("task_hash") != task_config_hash(task.config):
         raise UserError(f"{path}: trained with another configuration (hash {ckpt.get('task_hash')}); rerun `alctl cycle`")
     model = new_model(task.config, ds, task.rep, int(ckpt["cycle"]), device)
-    model.load_state_dict(ckpt["model"])
+    checkpoint.load_weights(model, ckpt["model"], path, "an alctl model checkpoint")
     return model, int(ckpt["cycle"])
 
 
@@ -150,6 +158,8 @@ def select_command(
                             " image files, are written there first)")
     if url_prefix and fmt != "label-studio":
         raise UserError("--image-url-prefix: only with --format label-studio")
+    if url_prefix:
+        ls.check_url_prefix(url_prefix, "--image-url-prefix")
     if fmt != "csv" and export is None:
         raise UserError(f"--format: {fmt} writes files; give --export DIR")
     client = None if push_url is None else ls.LabelStudio(push_url, ls.api_key(push_url), option="--to-label-studio")
@@ -161,6 +171,7 @@ def select_command(
     device = runtime.choose_device(config.train.device)
     tables = TaskTables(task_dir(task), ds)
     pool = tables.read_pool()
+    say_pool_changes(ui, f"[task {task.index} {task.key}]", tables)
     images = ds.train_images.to(device)
     pending = np.zeros(0, np.int64) if pool is None else pool.pending()
     if client is not None and not len(pending):
@@ -187,9 +198,11 @@ def select_command(
     ui.line(" ".join(str(int(i)) for i in ids))
     simulated = ("this task's oracle is simulated (active.oracle), so `alctl cycle` labels these itself: nothing to"
                  " import")
+    if export is not None:  # a person's labels the task does not hold are never overwritten
+        guard_export(export, fmt, labeled_classes(tables.ids, pool), ds.classes,
+                     f"alctl label {manifest_path} --task {task.index}")
     if export is not None and fmt == "csv":
         import_cmd = f"alctl label {manifest_path} --task {task.index} --labels {export / 'to_label.csv'}"
-        _check_export_dir(export, ids, import_cmd)
         export_selection(export, ds, model, images, chosen, score_of)
         then = simulated if config.active.oracle == "simulated" else f"fill the label column and run `{import_cmd}`"
         ui.line(f"wrote {export / 'to_label.csv'} and {export / 'contact_sheet.png'}; {then}")
@@ -222,23 +235,11 @@ def select_command(
     return chosen
 
 
-def _check_export_dir(export: Path, ids: np.ndarray | None = None, import_hint: str = "") -> None:
-    """--export must be a directory or not exist yet; given the sample ids about to be exported [b], its
-    to_label.csv, if any, must hold no filled-in label for any of them (a person's work not imported yet is never
-    overwritten; UserError naming the import command otherwise)."""
+def _check_export_dir(export: Path) -> None:
+    """--export must be a directory or not exist yet (the files a person filled in there are checked by
+    `annotation.guard_export` before anything is written)."""
     if export.exists() and not export.is_dir():
         raise UserError(f"--export: {export} is a file; give a directory (to_label.csv and contact_sheet.png go there)")
-    sheet = export / "to_label.csv"
-    if ids is None or not sheet.is_file():
-        return
-    try:
-        filled = filled_ids(sheet) & set(ids.tolist())
-    except UserError as exc:
-        raise UserError(f"--export: {sheet} exists but is not a labels sheet ({exc.problems[0]}); move it away"
-                        " first") from None
-    if filled:
-        raise UserError(f"--export: {sheet} already holds {len(filled)} filled-in label(s) of these images; import"
-                        f" them with `{import_hint}` or move the file away, then export again")
 
 
 def export_selection(
@@ -263,10 +264,11 @@ def export_selection(
         if guesses is None:
             preds, guess = [""] * (2 * k), ""
         else:
-            preds = [v for j in range(k) for v in (ds.classes[int(top_c[row, j])], f"{float(top_p[row, j]):.4f}")]
-            guess = f"\n{preds[0]} {float(top_p[row, 0]):.2f}"
+            preds = [v for j in range(k)
+                     for v in (csv_cell(ds.classes[int(top_c[row, j])]), f"{float(top_p[row, j]):.4f}")]
+            guess = f"\n{ds.classes[int(top_c[row, 0])]} {float(top_p[row, 0]):.2f}"
         score = score_of.get(int(sid))
-        writer.writerow([sid, "" if paths is None else paths[pos], "" if score is None else f"{score:.6g}"] + preds
+        writer.writerow([sid, "" if paths is None else csv_cell(paths[pos]), "" if score is None else f"{score:.6g}"] + preds
                         + [""])
         captions.append(f"{sid}{guess}")
     store.atomic_write_bytes(export / "to_label.csv", buf.getvalue().encode())
@@ -317,6 +319,7 @@ def label_command(
         pool = tables.read_pool()
         if pool is None:
             raise UserError(f"--task: task {task.index} has not started; run `alctl cycle {manifest_path}` first")
+        say_pool_changes(ui, f"[task {task.index} {task.key}]", tables)
         pending_ids = tables.ids[pool.pending()]
         if pulled is not None or (labels_file is not None and _is_json(labels_file)):
             known = np.flatnonzero(pool.label >= 0)
@@ -354,6 +357,7 @@ def propagate_command(manifest_path: str | Path, task_index: int | None, ui: Ui)
         model, cycle = load_task_model(task, ds, tables, device, manifest_path)  # the latest, under the lock
         pool = tables.read_pool()
         assert pool is not None
+        say_pool_changes(ui, f"[task {task.index} {task.key}]", tables)
         labeled = pool.labeled_at(cycle)
         t0 = time.perf_counter()
         feats = pool_features(config, ds, model, ds.train_images.to(device))

@@ -25,7 +25,8 @@ from alctl.engine.pretraining import ensure_pretrained
 from alctl.engine.steps import PropagationOutcome, acquire, pixel_features, pool_features, propagate_pool
 from alctl.engine.tables import PoolState, TaskTables, new_pool
 from alctl.engine.workspace import check_task_dir, dataset_for, task_config_hash, task_dir, task_lock
-from alctl.errors import Preempted, UserError
+from alctl.errors import AlctlError, Preempted, UserError
+from alctl.safe_text import terminal
 from alctl.models import ConvLarge, build_model
 from alctl.pretrain import load_encoder
 from alctl.propagate import class_weights, sample_by_certainty
@@ -160,7 +161,14 @@ class CycleTraining:
         ckpt = checkpoint.load(self.path, "an alctl training checkpoint", self.ctx.device)
         if ckpt.get("cycle") != self.cycle or ckpt.get("task_hash") != self.ctx.hash:
             return None
-        self.model.load_state_dict(ckpt["model"])
+        if ckpt.get("pool_key", self.ctx.tables.pool_key) != self.ctx.tables.pool_key:
+            return None  # positions of another set of pool images (see drop_stale_training)
+        checkpoint.load_weights(self.model, ckpt["model"], self.path, "an alctl training checkpoint")
+        with checkpoint.reading(self.path, "an alctl training checkpoint"):  # an entry of another kind: exit 2
+            return self._restore(ckpt)
+
+    def _restore(self, ckpt: checkpoint.Payload) -> FitState:
+        """The optimizer, generator and RNG states, targets, seconds and propagation of a training checkpoint."""
         optimizer = make_optimizer(self.model, self.spec)
         optimizer.load_state_dict(ckpt["optimizer"])
         self.generator.set_state(ckpt["generator"].cpu())
@@ -210,7 +218,8 @@ class CycleTraining:
         """Save everything needed to resume after this step (tensors, numbers, strings only)."""
         self._account()
         checkpoint.save(self.path, {
-            "cycle": self.cycle, "task_hash": self.ctx.hash, "epoch": state.epoch, "step": state.step,
+            "cycle": self.cycle, "task_hash": self.ctx.hash, "pool_key": self.ctx.tables.pool_key,
+            "epoch": state.epoch, "step": state.step,
             "batches": state.batches, "model": self.model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "generator": self.generator.get_state(), "rng": checkpoint.rng_states(self.ctx.device),
             "targets": checkpoint.arrays_to_tensors({k: getattr(state.targets, k) for k in TARGET_ARRAYS}),
@@ -235,8 +244,12 @@ class CycleTraining:
             self._checkpoint(state)
             ctx.on_epoch()
 
-        state = fit(self.model, ctx.images, self.targets, self.spec, ctx.ds.mean, ctx.ds.std, self.generator,
-                    semi=semi, resume=resume, on_epoch=on_epoch, should_stop=ctx.stop)
+        try:
+            state = fit(self.model, ctx.images, self.targets, self.spec, ctx.ds.mean, ctx.ds.std, self.generator,
+                        semi=semi, resume=resume, on_epoch=on_epoch, should_stop=ctx.stop)
+        except FloatingPointError as exc:  # the loss or the weights became NaN or infinite: nothing is recorded
+            raise AlctlError(f"task {ctx.task.index} ({ctx.task.key}) cycle {self.cycle}: {exc}; lower train.lr"
+                             f" (now {ctx.config.train.lr:g})") from None
         if state.stopped:
             self._checkpoint(state)
             where = f"epoch {state.epoch}" + (f" step {state.step}" if state.step else "")
@@ -315,6 +328,25 @@ def waiting_message(task: mf.Task, manifest_path: str | Path, n: int, cycle: int
     )
 
 
+def say_pool_changes(ui: Ui, tag: str, tables: TaskTables) -> None:
+    """Warn, one line each, how the dataset's images differ from the task's stored pool (after `read_pool`)."""
+    for line in tables.changes.lines() if tables.changes is not None else []:
+        ui.warn(terminal(f"{tag} {line}"))
+
+
+def drop_stale_training(ui: Ui, tag: str, tables: TaskTables) -> None:
+    """Delete checkpoints/train.pt when it was written for another set of pool images (its targets and
+    propagation are pool positions, which move when image files are added or removed): that cycle trains anew."""
+    path = tables.checkpoints / "train.pt"
+    if not path.is_file():
+        return
+    recorded = checkpoint.load(path, "an alctl training checkpoint", torch.device("cpu")).get("pool_key")
+    if recorded is not None and recorded != tables.pool_key:
+        path.unlink()
+        ui.warn(f"{tag} the interrupted training of the cycle was made on another set of pool images; that cycle"
+                " is trained from the start")
+
+
 def run_task(task: mf.Task, ui: Ui, manifest_path: str | Path, max_cycles: int | None = None,
              stop: Callable[[], bool] = lambda: False) -> int:
     """Run (or resume) one task's cycles under its lock; returns the number of cycles run now."""
@@ -334,6 +366,8 @@ def run_task(task: mf.Task, ui: Ui, manifest_path: str | Path, max_cycles: int |
             ui.warn(f"skipped unreadable image {line}")
         truth = ds.train_labels.numpy()
         pool = tables.read_pool()
+        say_pool_changes(ui, tag, tables)
+        drop_stale_training(ui, tag, tables)
         encoder, seconds_pretrain = None, 0.0
         if pool is None or config.pretrain.method != "none":
             if mf.uses_encoder(config):

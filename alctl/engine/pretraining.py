@@ -19,9 +19,9 @@ from alctl import runtime, store
 from alctl.console import Ui
 from alctl.data import DatasetSplits
 from alctl.engine import checkpoint, settings
-from alctl.errors import Preempted, UserError
+from alctl.errors import AlctlError, Preempted, UserError
 from alctl.models import ConvLarge, build_model
-from alctl.pretrain import PROBE_K, EpochStats, PretrainState, Probe, deepcluster, encoder_state
+from alctl.pretrain import PROBE_K, EpochStats, PretrainState, Probe, deepcluster, encoder_problem, encoder_state
 
 ENCODER_FILE = "an alctl encoder file"
 
@@ -48,7 +48,7 @@ def pretrain_paths(config: mf.Manifest, key: str) -> dict[str, Path]:
 
 def load_encoder_file(path: Path, config: mf.Manifest, ds: DatasetSplits) -> dict[str, torch.Tensor]:
     """Encoder weights from a file written by `alctl pretrain` (weights_only), checked against the task's
-    dataset and model."""
+    dataset and model (settings, then every weight's name, shape and finiteness); a UserError naming the file."""
     if not path.is_file():
         raise UserError(f"pretrain.weights: {path} not found; run `alctl pretrain MANIFEST` or fix the path")
     payload = checkpoint.load(path, ENCODER_FILE, field="pretrain.weights")
@@ -63,6 +63,13 @@ def load_encoder_file(path: Path, config: mf.Manifest, ds: DatasetSplits) -> dic
                 f"pretrain.weights: {path} was pre-trained with {name} {saved.get(name)!r}, this task has {value!r};"
                 " pre-train for this configuration (`alctl pretrain MANIFEST`) or use matching weights"
             )
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # shapes only: no memory, no trace on the RNG
+        model = build_model(ds.train_images.shape[1], ds.num_classes, config.model.width, config.model.dropout,
+                            config.model.l2_features)
+    problem = encoder_problem(model, payload["encoder"])
+    if problem is not None:
+        raise checkpoint.refusal(f"pretrain.weights: {path}", ENCODER_FILE, f"{problem}; pre-train again (`alctl"
+                                 " pretrain MANIFEST`, after removing the file) or use other weights")
     return payload["encoder"]
 
 
@@ -124,10 +131,12 @@ def _run_pretrain(
                         l2).to(device)
     state = None
     if paths["checkpoint"].is_file():
-        ckpt = checkpoint.load(paths["checkpoint"], "an alctl pre-training checkpoint", device)
+        what = "an alctl pre-training checkpoint"
+        ckpt = checkpoint.load(paths["checkpoint"], what, device)
         model.reset_classifier(spec.clusters)
-        model.load_state_dict(ckpt["model"])
-        state = _state_from_plain(ckpt["state"])
+        checkpoint.load_weights(model, ckpt["model"], paths["checkpoint"], what)
+        with checkpoint.reading(paths["checkpoint"], what):
+            state = _state_from_plain(ckpt["state"])
         ui.line(f"pre-training {key}: resuming after epoch {state.epoch}/{spec.epochs}")
     truth = ds.train_labels.numpy()
     labels = truth if (truth >= 0).all() else None
@@ -157,8 +166,11 @@ def _run_pretrain(
     elif state is None:
         paths["metrics"].unlink(missing_ok=True)
     images = ds.train_images.to(device)
-    final = deepcluster(model, images, ds.mean, ds.std, spec, config.seed, labels=labels, state=state,
-                        on_epoch=on_epoch, should_stop=stop, probe=probe)
+    try:
+        final = deepcluster(model, images, ds.mean, ds.std, spec, config.seed, labels=labels, state=state,
+                            on_epoch=on_epoch, should_stop=stop, probe=probe)
+    except FloatingPointError as exc:  # the loss or the weights became NaN or infinite: that epoch is not kept
+        raise AlctlError(f"pre-training {key}: {exc}; lower pretrain.lr (now {config.pretrain.lr:g})") from None
     if final.epoch < spec.epochs:
         raise Preempted(f"pre-training {key} stopped after epoch {final.epoch}/{spec.epochs}; rerun to resume")
     checkpoint.save(paths["weights"], {"encoder": encoder_state(model), "settings": encoder_settings})

@@ -1,13 +1,18 @@
 """A task's pool and its tables: every read, write, append and rollback rule of pool/scores/pseudo/metrics.
 
 Arrays follow the dataset's pool positions: label `[N]` int64 (-1 unknown), labeled_cycle `[N]` int32 (-1 never
-selected), source `[N]` object str. Tables are keyed by sample_id, never by position. In pseudo.parquet a row with
-epoch < 0 (`CEAL_EPOCH`) holds a CEAL pseudo-label chosen at the previous selection for this cycle's training;
-epoch >= 0 rows are label propagation's at that epoch.
+selected), source `[N]` object str. Tables are keyed by sample_id, never by position, and joined to the dataset
+by sample_id on every read (`join_ids`): a row whose image is gone (an image-folder file removed or renamed) maps
+onto no position; pool.parquet keeps it verbatim on every write, so a file that comes back gets its row back, and
+scores / pseudo rows of gone ids are ignored. Dataset images no pool row names join as never selected. In
+pseudo.parquet a row with epoch < 0 (`CEAL_EPOCH`) holds a CEAL pseudo-label chosen at the previous selection for
+this cycle's training; epoch >= 0 rows are label propagation's at that epoch.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,10 +28,86 @@ from alctl import runtime, store
 from alctl.data import DatasetSplits
 from alctl.engine import settings
 from alctl.errors import AlctlError, UserError
+from alctl.safe_text import terminal
 from alctl.strategies.registry import cold_start
 
 PENDING = "pending"  # label_source of images selected for a human annotator and not answered yet
 CEAL_EPOCH = -1  # pseudo.parquet epoch of CEAL's pseudo-labels (label propagation uses epochs >= 0)
+LISTED = 5  # sample ids / file names named in a pool-change line before "... and N more"
+# what a pool row whose image is gone was, by label_source (a row never selected is "never selected" whatever it says)
+GONE_KINDS = {"human": "labeled by a person", "initial": "of the initial labeled set",
+              "oracle": "labeled by the simulated oracle", PENDING: "selected and waiting for a label"}
+NEVER_SELECTED = "never selected"
+
+
+@dataclass(frozen=True)
+class PoolJoin:
+    """A table's sample ids joined to the dataset's by value (never by position)."""
+
+    rows: np.ndarray  # [R] int64 dataset position of each table row; -1 where the dataset has no such image
+    new: np.ndarray  # [n_new] int64 dataset positions that no table row names, ascending
+
+    @property
+    def present(self) -> np.ndarray:
+        """[R] bool: the row's image is in the dataset."""
+        return self.rows >= 0
+
+    @property
+    def gone(self) -> np.ndarray:
+        """[g] int64 indices of the rows whose image is not in the dataset."""
+        return np.flatnonzero(self.rows < 0)
+
+
+def join_ids(dataset_ids: np.ndarray, table_ids: np.ndarray) -> PoolJoin:
+    """Join table rows' sample ids [R] to the dataset's [N] (unique): each row's position or -1, and the positions
+    no row names."""
+    dataset_ids = np.asarray(dataset_ids, dtype=np.int64)
+    table_ids = np.asarray(table_ids, dtype=np.int64)
+    n = len(dataset_ids)
+    rows = np.full(len(table_ids), -1, np.int64)
+    if n and len(table_ids):
+        order = np.argsort(dataset_ids, kind="stable")
+        at = np.searchsorted(dataset_ids, table_ids, sorter=order)
+        inside = at < n
+        found = np.zeros(len(table_ids), bool)
+        found[inside] = dataset_ids[order[at[inside]]] == table_ids[inside]
+        rows[found] = order[at[found]]
+    named = np.zeros(n, bool)
+    named[rows[rows >= 0]] = True
+    return PoolJoin(rows, np.flatnonzero(~named).astype(np.int64))
+
+
+def _listed(items: list[str]) -> str:
+    """The first LISTED items joined by commas, then "... and N more"."""
+    more = len(items) - LISTED
+    return ", ".join(items[:LISTED]) + (f", ... and {more} more" if more > 0 else "")
+
+
+@dataclass(frozen=True)
+class PoolChanges:
+    """How the dataset's images differ from the stored pool (found by `TaskTables.read_pool`)."""
+
+    gone_ids: np.ndarray  # [g] int64 sample ids of pool rows whose image is gone (rows kept in the store)
+    gone_kinds: list[str]  # [g] what each of them was: labeled by a person, never selected, ...
+    new_names: list[str]  # [n] file path (or sample id) of each image no pool row named: joined as never selected
+
+    def lines(self) -> list[str]:
+        """One line per change: the images gone, the images new; none when the pool matches the dataset."""
+        out = []
+        if len(self.gone_ids):
+            counts = Counter(self.gone_kinds)
+            order = [*GONE_KINDS.values(), NEVER_SELECTED]
+            kinds = sorted(counts, key=lambda k: order.index(k) if k in order else len(order))
+            what = kinds[0] if len(kinds) == 1 else ", ".join(f"{counts[k]} {k}" for k in kinds)
+            g = len(self.gone_ids)
+            ids = _listed([str(int(i)) for i in self.gone_ids])
+            out.append(f"pool: {g} image{'s' * (g != 1)} gone since the last cycle ({what}: kept in the store, not"
+                       f" trained on): sample id{'s' * (g != 1)} {ids}")
+        if self.new_names:
+            n = len(self.new_names)
+            out.append(f"pool: {n} new image{'s' * (n != 1)} joined as unlabeled:"
+                       f" {_listed([terminal(name, limit=200) for name in self.new_names])}")
+        return out
 
 
 def initial_labeled(labels: np.ndarray, n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -132,6 +213,7 @@ class TaskTables:
         self.store = store.TaskStore(root)
         self.ds = ds
         self.ids = ds.train_ids.numpy()  # [N] int64 sample id of each pool position
+        self.changes: PoolChanges | None = None  # set by read_pool: how the dataset differs from the stored pool
 
     @property
     def checkpoints(self) -> Path:
@@ -142,30 +224,56 @@ class TaskTables:
         """Path of a table file."""
         return self.store.path(name)
 
+    @property
+    def pool_key(self) -> str:
+        """A digest of the dataset's sample ids in position order: what position-keyed state (a training
+        checkpoint's targets) is valid for."""
+        return hashlib.blake2b(np.ascontiguousarray(self.ids, dtype=np.int64).tobytes(), digest_size=16).hexdigest()
+
     def positions(self, sample_ids: np.ndarray) -> np.ndarray:
-        """Pool positions of sample ids (every id must exist) [m]."""
-        order = np.argsort(self.ids)
-        return order[np.searchsorted(self.ids, sample_ids, sorter=order)]
+        """Pool positions of sample ids [m]; ValueError when one is not in the dataset (check ids first)."""
+        rows = join_ids(self.ids, sample_ids).rows
+        if (rows < 0).any():
+            raise ValueError(f"positions: {int((rows < 0).sum())} sample ids are not in the dataset's pool")
+        return rows
 
     # ------------------------------------------------------------------ pool
 
     def read_pool(self) -> PoolState | None:
-        """The pool table mapped onto dataset positions (None when absent)."""
+        """The pool table joined to the dataset by sample_id (None when absent): rows whose image is gone are left
+        out (kept in the store), images no row names are never selected; `changes` says what differed."""
         if not self.store.exists("pool"):
+            self.changes = None
             return None
         t = self.store.read("pool")
-        pos = self.positions(t["sample_id"].to_numpy())
+        join = join_ids(self.ids, t["sample_id"].to_numpy())
+        here, pos = join.present, join.rows[join.present]
         state = PoolState.empty(len(self.ids))
-        state.label[pos] = t["label"].to_numpy()
-        state.labeled_cycle[pos] = t["labeled_cycle"].to_numpy()
-        state.source[pos] = np.asarray(t["label_source"].to_pylist(), dtype=object)
+        state.label[pos] = t["label"].to_numpy()[here]
+        state.labeled_cycle[pos] = t["labeled_cycle"].to_numpy()[here]
+        source = np.asarray(t["label_source"].to_pylist(), dtype=object)
+        state.source[pos] = source[here]
+        gone = join.gone
+        cycles = t["labeled_cycle"].to_numpy()[gone]
+        kinds = [NEVER_SELECTED if c < 0 else GONE_KINDS.get(str(src), f"labeled ({terminal(src, limit=40)})")
+                 for c, src in zip(cycles.tolist(), source[gone].tolist())]
+        paths = self.ds.train_paths
+        names = [paths[p] if paths is not None else f"sample id {int(self.ids[p])}" for p in join.new.tolist()]
+        self.changes = PoolChanges(t["sample_id"].to_numpy()[gone].astype(np.int64), kinds, names)
         return state
 
     def write_pool(self, state: PoolState) -> None:
-        """Write the pool table (all pool images, dataset order)."""
-        self.store.write("pool", store.to_table("pool", {
+        """Write the pool table: every dataset image in dataset order, then, verbatim, the stored rows whose image
+        is gone (a file that comes back finds its row again)."""
+        rows = store.to_table("pool", {
             "sample_id": self.ids, "label": state.label, "labeled_cycle": state.labeled_cycle,
-            "label_source": state.source.tolist()}))
+            "label_source": state.source.tolist()})
+        if self.store.exists("pool"):
+            old = self.store.read("pool")
+            gone = join_ids(self.ids, old["sample_id"].to_numpy()).gone
+            if len(gone):
+                rows = pa.concat_tables([rows, old.take(pa.array(gone))])
+        self.store.write("pool", rows)
 
     # ------------------------------------------------------------------ progress and rollback
 
@@ -205,17 +313,21 @@ class TaskTables:
     def scores_of(self, cycle: int) -> dict[int, float]:
         """sample_id -> score of the selection made at `cycle`."""
         scores = self.store.read("scores")
-        last = scores.filter(pa.array(scores["cycle"].to_numpy() == cycle))
+        rows = scores["cycle"].to_numpy() == cycle
+        rows &= join_ids(self.ids, scores["sample_id"].to_numpy()).present  # gone images' scores are ignored
+        last = scores.filter(pa.array(rows))
         return dict(zip(last["sample_id"].to_pylist(), last["score"].to_pylist()))
 
     def ceal_pseudo(self, cycle: int) -> tuple[np.ndarray, np.ndarray]:
-        """CEAL's pseudo-labels for the training of `cycle`: positions [m] int64 and labels [m] int64."""
+        """CEAL's pseudo-labels for the training of `cycle`: positions [m] int64 and labels [m] int64 (rows of
+        images gone from the dataset are ignored)."""
         if not self.store.exists("pseudo"):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         t = self.store.read("pseudo")
         mask = (t["cycle"].to_numpy() == cycle) & (t["epoch"].to_numpy() == CEAL_EPOCH)
-        pos = self.positions(t["sample_id"].to_numpy()[mask]).astype(np.int64)
-        return pos, t["pseudo_label"].to_numpy()[mask].astype(np.int64)
+        rows = join_ids(self.ids, t["sample_id"].to_numpy()[mask]).rows
+        here = rows >= 0
+        return rows[here].astype(np.int64), t["pseudo_label"].to_numpy()[mask][here].astype(np.int64)
 
     def _pseudo_rows(self, cycle: int, epoch: int, positions: np.ndarray, labels: np.ndarray,
                      weights: np.ndarray) -> pa.Table:

@@ -1,4 +1,5 @@
-"""`alctl validate`: the resolved grid of a manifest and what it costs (steps, images, estimated hours)."""
+"""`alctl validate`: the resolved grid of a manifest, what it costs (steps, images, estimated hours), and how the
+image folders of started tasks changed since their pools were written."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from rich.table import Table
 
 from alctl import manifest as mf
 from alctl import plan, tracking
+from alctl.engine.tables import TaskTables
+from alctl.engine.workspace import dataset_for, task_dir
 from alctl.engine.workspace import plan as task_plan
-from alctl.errors import UserError
+from alctl.safe_text import terminal
 
 
 def _n(x: float) -> str:
@@ -42,21 +45,34 @@ def grid_line(m: mf.Manifest, n_tasks: int) -> str:
     return f"grid: {shape} = {full} point{'s' * (full != 1)}{left_out} -> {points} x {m.repetitions} repetitions = {n_tasks} tasks"
 
 
+def pool_change_lines(tasks: list[mf.Task]) -> list[str]:
+    """'[task i key] pool: ...' lines of the started image-folder tasks whose files were removed, renamed or added
+    since their pool was written (other datasets' sample ids never change; unstarted tasks have no pool)."""
+    lines = []
+    for t in tasks:
+        tables_dir = task_dir(t)
+        if t.config.dataset.name != "imagefolder" or not (tables_dir / "pool.parquet").is_file():
+            continue
+        tables = TaskTables(tables_dir, dataset_for(t.config))
+        tables.read_pool()
+        if tables.changes is not None:
+            lines += [terminal(f"[task {t.index} {t.key}] {line}") for line in tables.changes.lines()]
+    return lines
+
+
 def validate_command(manifest: str | Path, console: Console, images_per_second: float | None = None,
                      inference_per_second: float | None = None) -> None:
     """Check a manifest and print its header, grid, per-point task plan, DeepCluster's share and the run's totals."""
-    if images_per_second is not None and images_per_second <= 0:
-        raise UserError(f"--images-per-second: {images_per_second} must be positive")
-    if inference_per_second is not None and inference_per_second <= 0:
-        raise UserError(f"--inference-images-per-second: {inference_per_second} must be positive")
+    plan.throughput(images_per_second, "--images-per-second")
+    plan.throughput(inference_per_second, "--inference-images-per-second")
     m, tasks = task_plan(manifest)
     console.print(f"{manifest}: valid; run directory {mf.run_dir(m)}; hash {mf.manifest_hash(m)}; {len(tasks)} tasks")
     console.print(grid_line(m, len(tasks)))
     if m.tracking.mlflow is not None:
         missing = tracking.missing_packages(m.tracking.mlflow)
         note = "" if missing is None else f" (alctl cycle exits 2 here: {missing.removeprefix('tracking.mlflow: ')})"
-        console.print(f"tracking: MLflow at {m.tracking.mlflow}, experiment {tracking.experiment_name(m)}, one run per"
-                      f" task{note}", markup=False)
+        console.print(f"tracking: MLflow at {tracking.shown_uri(m.tracking.mlflow)}, experiment"
+                      f" {tracking.experiment_name(m)}, one run per task{note}", markup=False)
     for entry in m.sweep.get(mf.EXCLUDE, []):
         console.print("  left out: " + ", ".join(f"{k}={v}" for k, v in entry.items()))
     cost = plan.run_cost(m)
@@ -93,6 +109,8 @@ def validate_command(manifest: str | Path, console: Console, images_per_second: 
             if timed and cost is not None and cost.pretrains else ":"))
         for line in lines:
             console.print("  " + line)
+    for line in pool_change_lines(tasks):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if cost is None:
         console.print("plan: the pool size of an image folder is known once it is read; steps and images not estimated")
         return

@@ -12,6 +12,7 @@ from alctl import manifest as mf
 from alctl import runtime, store
 from alctl.data import DatasetSplits, load_dataset
 from alctl.errors import UserError
+from alctl.safe_text import terminal
 
 
 def plan(manifest_path: str | Path) -> tuple[mf.Manifest, list[mf.Task]]:
@@ -96,7 +97,12 @@ def task_config_hash(config: mf.Manifest) -> str:
 
 
 def task_dir(task: mf.Task) -> Path:
-    """runs/<name>/tasks/<task-key>."""
+    """runs/<name>/tasks/<task-key>; a UserError for a key that would lead elsewhere (absolute, or with an empty,
+    . or .. component), which `manifest.task_key` never forms."""
+    parts = task.key.split("/")
+    if task.key.startswith("/") or any(part in ("", ".", "..") or "\\" in part or "\0" in part for part in parts):
+        raise UserError(f"task {task.index}: key {terminal(task.key, limit=200)} does not name a folder inside"
+                        f" {mf.run_dir(task.config) / 'tasks'}; a swept value must not hold path components")
     return mf.run_dir(task.config) / "tasks" / task.key
 
 
@@ -119,12 +125,39 @@ def check_task_dir(task: mf.Task, write: bool = True) -> str:
     return h
 
 
+def result_keys(run: Path) -> list[str]:
+    """The keys of the task directories under run/tasks that hold results (a metrics.parquet), sorted."""
+    tasks_root = run / "tasks"
+    if not tasks_root.is_dir():
+        return []
+    return sorted(f.parent.relative_to(tasks_root).as_posix() for f in tasks_root.glob("**/metrics.parquet"))
+
+
+def foreign_results(m: mf.Manifest, planned: list[mf.Task]) -> str | None:
+    """The one-line problem when the run directory holds results of tasks the manifest does not plan (another
+    manifest with the same name and output, or an earlier version of this one with other sweep values): writing
+    this manifest over the run's would hide them from `report`; None when every result is planned."""
+    keys = {t.key for t in planned}
+    foreign = [key for key in result_keys(mf.run_dir(m)) if key not in keys]
+    if not foreign:
+        return None
+    shown = ", ".join(terminal(key, limit=120) for key in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    return (f"{mf.run_dir(m)}: holds results of {len(foreign)} task(s) this manifest does not plan ({shown}),"
+            f" written by another manifest with name: {terminal(m.name, limit=80)} or an earlier version of this"
+            " one; give this manifest its own `name:` (or `output:`), or move those task folders out of"
+            f" {mf.run_dir(m) / 'tasks'} first")
+
+
 def write_run_manifest(m: mf.Manifest) -> Path:
     """Write runs/<name>/manifest.yaml (resolved) and manifest.sha256 atomically; returns the run directory.
-    First, a task directory of the run holding another configuration of its task is a user error, raised before
-    anything is written (the run's manifest is what `report` reads the finished tasks back with)."""
-    for task in mf.tasks(m):
+    First, a task directory of the run holding another configuration of its task, or results of a task the
+    manifest does not plan, is a user error, raised before anything is written (the run's manifest is what
+    `report` reads the finished tasks back with)."""
+    planned = mf.tasks(m)
+    for task in planned:
         check_task_dir(task, write=False)
+    if (problem := foreign_results(m, planned)) is not None:
+        raise UserError(problem)
     run = mf.run_dir(m)
     store.atomic_write_bytes(run / "manifest.yaml", mf.to_yaml(m).encode())
     store.atomic_write_bytes(run / "manifest.sha256", (mf.manifest_hash(m) + "\n").encode())
