@@ -12,7 +12,7 @@ import reprlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -31,6 +31,9 @@ DATASET_FACTS: dict[str, tuple[int, int]] = {
     "cifar10": (10, 50000),
     "cifar100": (100, 50000),
 }
+# Channels of the named datasets' images as stored (imagefolder: RGB unless dataset.channels is 1).
+NATIVE_CHANNELS: dict[str, int] = {"mnist5k": 1, "digits": 1, "mnist": 1, "svhn": 3, "cifar10": 3, "cifar100": 3,
+                                   "imagefolder": 3}
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 _MEMORY_RE = re.compile(r"^(\d+)\s*(?:([KMGT])i?B?)?$", re.IGNORECASE)
 SHOWN_LIMIT = 80  # characters of a value from the manifest echoed in a message
@@ -145,14 +148,14 @@ class ModelConfig(_Section):
 
     width: float = Field(1.0, gt=0, le=4, description="channel multiplier; 1.0 = the paper (128/256/512 channels)")
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout probability after each pooling block")
-    l2_features: bool = Field(
-        True,
-        description="L2-normalise the pooled features before the weight-normalised classifier, a cosine classifier"
-        " with a learned scale (the authors' code, isL2, on by default there). Measured on mnist5k (docs/options.md):"
-        " better for plain and +SEMI at 20-60 labels and when fine-tuning the DeepCluster encoder; worse from"
-        " scratch at 1-5 labels per class at lr 0.05. false = the classifier sees the raw features, as in Laine &"
-        " Aila's network and Iscen et al.'s code. Features for kNN, CoreSet, jLP and propagation are L2-normalised either way;"
-        " DeepCluster's own head follows it only with pretrain.recipe: rethinking",
+    l2_features: Literal["auto"] | bool = Field(
+        "auto",
+        description="true = L2-normalise the pooled features before the weight-normalised classifier, a cosine"
+        " classifier with a learned scale (the authors' code, isL2, on by default there); false = the classifier"
+        " sees the raw features, as in Laine & Aila's network and Iscen et al.'s code; auto = the cosine head when"
+        " the network starts from a pre-trained encoder (+PRE: better at every budget measured), the raw head from"
+        " scratch (better at 1-5 labels per class; docs/options.md). Features for kNN, CoreSet, jLP and propagation"
+        " are L2-normalised either way; DeepCluster's own head follows it only with pretrain.recipe: rethinking",
     )
 
 
@@ -166,8 +169,16 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov)")
     nesterov: bool = Field(True, description="Nesterov momentum")
     weight_decay: float = Field(2e-4, ge=0, description="L2 weight decay")
-    translate: int = Field(4, ge=0, description="pixels; max random translation with reflection padding")
-    flip: bool = Field(False, description="random horizontal flips (off for digits)")
+    translate: Literal["auto"] | Annotated[int, Field(ge=0)] = Field(
+        "auto",
+        description="pixels; max random translation with reflection padding; auto = about 7% of the image side,"
+        " max(1, round(side / 14)): 1 pixel of 8, 2 of 28 or 32 (the paper's code: 4 at 32)",
+    )
+    flip: Literal["auto"] | bool = Field(
+        "auto",
+        description="random horizontal flips; auto = on for colour images (photographs), off for grey ones (digits,"
+        " characters, scans: a flipped digit is another digit or none)",
+    )
     min_steps: int = Field(
         0, ge=0, description="optimizer steps; lower bound per epoch so tiny labeled sets still train (0 = one pass)"
     )
@@ -266,11 +277,12 @@ class ActiveConfig(_Section):
         " repetition share the set, since neither choice depends on the variant. A dataset's labeled folder tree"
         " is the initial set whatever this says",
     )
-    initial_features: Literal["encoder", "pixels"] = Field(
+    initial_features: Literal["encoder", "deepcluster", "simclr", "pixels"] = Field(
         "encoder",
-        description="the features typiclust / probcover pick the initial set on: encoder = the run's DeepCluster"
-        " encoder (pretrain settings; trained once for plain variants too, the one +PRE uses); pixels = the images"
-        " centred and L2-normalised (no pre-training)",
+        description="the features typiclust / probcover pick the initial set on: encoder = the task's pre-trained"
+        " encoder (pretrain.method's; DeepCluster's when the task has none); deepcluster / simclr = that encoder"
+        " (pretrain settings), trained once and shared by every variant, plain ones included, so that they share"
+        " the set; pixels = the images centred and L2-normalised (no pre-training)",
     )
     budget: int = Field(100, ge=1, description="images selected for labelling per cycle (b)")
     cycles: int = Field(5, ge=1, description="train+evaluate cycles; a selection of b follows every cycle but the last")
@@ -319,13 +331,14 @@ class SemiConfig(_Section):
     phase2_lr: float | None = Field(
         None, gt=0, description="phase 2's initial learning rate (cosine ramp-down to 0); null = train.lr"
     )
-    features: Literal["model", "encoder", "pixels"] = Field(
-        "model",
+    features: Literal["auto", "model", "encoder", "pixels"] = Field(
+        "auto",
         description="what the kNN graph of training's propagations is built on: model = the features of the network"
         " being trained, recomputed at every propagation (the paper); encoder = with +PRE, the DeepCluster encoder's"
         " features, learned from every pool image before any label (the model's without +PRE); pixels = the images"
         " themselves, centred and L2-normalised (scikit-learn LabelSpreading's space: strong on small aligned images"
-        " such as digits, weak on photographs). encoder and pixels are fixed, so a cycle propagates once."
+        " such as digits, weak on photographs); auto = encoder with +PRE, else pixels for grey images and model for colour"
+        " ones. encoder and pixels are fixed, so a cycle propagates once."
         " `alctl propagate` always uses the task's model",
     )
     class_weights: bool = Field(
@@ -341,10 +354,35 @@ class SemiConfig(_Section):
     )
 
 
-class PretrainConfig(_Section):
-    """DeepCluster pre-training (+PRE), once per dataset/model/settings/seed."""
+class SimclrConfig(_Section):
+    """SimCLR contrastive pre-training (pretrain.method: simclr); its augmentation follows the images' size and
+    channels (`augment.view_spec`)."""
 
-    method: Literal["none", "deepcluster"] = Field("none", description="none or deepcluster")
+    epochs: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        "auto",
+        description="passes over the pool; auto = about `steps` optimizer steps whatever the pool's size,"
+        " max(1, round(steps x batch_size / pool images)): many passes over a small pool, few over a large one",
+    )
+    steps: int = Field(
+        500, ge=1,
+        description="optimizer steps that epochs: auto aims at (500 x 256 images: 15 minutes on 2 CPU cores at"
+        " model.width 0.25 for 28-pixel images)",
+    )
+    batch_size: int = Field(256, ge=2, description="images per step (each seen in two views)")
+    lr: float = Field(0.002, gt=0, description="AdamW's initial learning rate, cosine ramp-down to 0")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW's decoupled weight decay")
+    temperature: float = Field(0.2, gt=0, description="NT-Xent temperature")
+    projection_dim: int = Field(64, ge=1, description="output size of the projection head, dropped after training")
+
+
+class PretrainConfig(_Section):
+    """Pre-training of the network on the unlabeled pool (+PRE), once per dataset/model/settings/seed."""
+
+    method: Literal["none", "deepcluster", "simclr"] = Field(
+        "none",
+        description="none; deepcluster (Caron et al. 2018, the paper's: k-means pseudo-classes, the fields below);"
+        " simclr (Chen et al. 2020: contrastive views, the simclr section)",
+    )
     recipe: Literal["deepcluster", "rethinking"] = Field(
         "deepcluster",
         description="how DeepCluster trains. deepcluster = Caron et al. 2018: a fresh head each epoch, the body's"
@@ -369,6 +407,7 @@ class PretrainConfig(_Section):
     weights: str | None = Field(
         None, description="encoder weights written by `alctl pretrain` (a .pt file) to use instead of training them"
     )
+    simclr: SimclrConfig = Field(default_factory=SimclrConfig, description="SimCLR settings")
 
     @field_validator("weights")
     @classmethod
@@ -570,6 +609,13 @@ def cross_field_problems(m: Manifest) -> list[str]:
         problems.append(
             "train.precision: fp16 needs a CUDA device (torch's CPU autocast is meant for bf16); use auto, fp32 or"
             " bf16 with train.device: cpu"
+        )
+    a = m.active
+    if (a.initial_strategy != "random" and a.initial_features in ("deepcluster", "simclr")
+            and m.pretrain.method not in ("none", a.initial_features)):
+        problems.append(
+            f"active.initial_features: {a.initial_features} with pretrain.method {m.pretrain.method}: a task has one"
+            f" encoder; use initial_features: {m.pretrain.method} (or encoder), or pretrain.method: {a.initial_features}"
         )
     if m.semi.labeled_per_batch >= m.semi.batch_size:
         problems.append(
@@ -1085,6 +1131,7 @@ _HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
     ("train", "channels_last"): "auto",
     ("train", "compile"): False,
     ("scheduler", "tasks_per_gpu"): 1,
+    ("pretrain", "simclr"): SimclrConfig().model_dump(mode="json"),
 }
 
 
@@ -1102,25 +1149,91 @@ def manifest_hash(m: Manifest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def uses_encoder(config: Manifest) -> bool:
-    """Whether a task needs the run's DeepCluster encoder: +PRE, or a cold start on the encoder's features."""
+# ----------------------------------------------------------------------------- auto settings: rules from the images
+
+ImageShape = tuple[int, int, int]  # (channels, height, width) of the pool images
+
+
+def image_channels(d: DatasetConfig) -> int:
+    """Channels of the pool images the dataset section gives (dataset.channels, else the native ones)."""
+    return d.channels if d.channels is not None else NATIVE_CHANNELS[d.name]
+
+
+def translate(t: TrainConfig, shape: ImageShape) -> int:
+    """train.translate in pixels; auto = max(1, round(side / 14)) of the larger image side (about 7%)."""
+    return t.translate if t.translate != "auto" else max(1, round(max(shape[1], shape[2]) / 14))
+
+
+def flip(t: TrainConfig, shape: ImageShape) -> bool:
+    """train.flip; auto = flips for colour (3-channel) images only."""
+    return t.flip if t.flip != "auto" else shape[0] == 3
+
+
+def l2_features(config: Manifest) -> bool:
+    """model.l2_features; auto = the cosine head when the network starts from a pre-trained encoder (+PRE)."""
+    value = config.model.l2_features
+    return config.pretrain.method != "none" if value == "auto" else bool(value)
+
+
+def semi_features(config: Manifest, shape: ImageShape) -> str:
+    """semi.features resolved: auto = encoder with +PRE, else pixels for grey images and model for colour ones."""
+    value = config.semi.features
+    if value != "auto":
+        return value
+    if config.pretrain.method != "none":
+        return "encoder"
+    return "pixels" if shape[0] == 1 else "model"
+
+
+def simclr_epochs(s: SimclrConfig, pool: int) -> int:
+    """pretrain.simclr.epochs; auto = max(1, round(steps x batch_size / pool)), about `steps` steps on any pool."""
+    return s.epochs if s.epochs != "auto" else max(1, round(s.steps * s.batch_size / max(pool, 1)))
+
+
+def encoder_method(config: Manifest) -> str | None:
+    """The pre-training whose encoder a task needs: pretrain.method for +PRE; for a cold start on an encoder's
+    features, active.initial_features (encoder: DeepCluster's when the task has no pretrain.method); else None."""
     a = config.active
-    return config.pretrain.method != "none" or (a.initial_strategy != "random" and a.initial_features == "encoder")
+    cold = a.initial_strategy != "random" and a.initial_features != "pixels"
+    if cold and a.initial_features in ("deepcluster", "simclr"):
+        if config.pretrain.method not in ("none", a.initial_features):
+            return config.pretrain.method  # cross-field rules refuse this pairing; the task's own encoder
+        return a.initial_features
+    if config.pretrain.method != "none":
+        return config.pretrain.method
+    return "deepcluster" if cold else None
+
+
+def uses_encoder(config: Manifest) -> bool:
+    """Whether a task needs a pre-trained encoder: +PRE, or a cold start on an encoder's features."""
+    return encoder_method(config) is not None
 
 
 def encoder_settings(config: Manifest) -> dict[str, Any]:
-    """What determines a DeepCluster encoder besides the image shape: dataset, model, augmentation, pretrain
-    settings, seed (`engine.pretraining.pretrain_key` hashes it with the shape; `plan` counts encoders by it).
+    """What determines the task's encoder (`encoder_method`) besides the image shape: dataset, model,
+    augmentation, its method's settings, seed (`engine.pretraining.pretrain_key` hashes it with the shape; `plan`
+    counts encoders by it).
 
-    With the deepcluster recipe, neither model.l2_features (its head sees the raw features) nor the recipe itself
-    enters: encoders cached before those options existed were trained exactly so, and stay found."""
+    DeepCluster's settings are those of the fields it reads, as before SimCLR existed (neither the method, nor
+    model.l2_features with the deepcluster recipe, nor the simclr section enter), so that encoders cached before
+    stay found; SimCLR's are the simclr section and the method."""
+    method = encoder_method(config)
+    if method == "simclr":
+        return {
+            "method": "simclr",
+            "dataset": config.dataset.model_dump(mode="json"),
+            "model": config.model.model_dump(mode="json", exclude={"l2_features"}),
+            "augment": {"flip": config.train.flip},
+            "simclr": config.pretrain.simclr.model_dump(mode="json"),
+            "seed": config.seed,
+        }
     rethinking = config.pretrain.recipe == "rethinking"
     return {
         "dataset": config.dataset.model_dump(mode="json"),
         "model": config.model.model_dump(mode="json", exclude=set() if rethinking else {"l2_features"}),
         "augment": {"translate": config.train.translate, "flip": config.train.flip},
-        "pretrain": config.pretrain.model_dump(mode="json", exclude={"method", "weights"} | (set() if rethinking
-                                                                                            else {"recipe"})),
+        "pretrain": config.pretrain.model_dump(mode="json", exclude={"method", "weights", "simclr"}
+                                               | (set() if rethinking else {"recipe"})),
         "seed": config.seed,
     }
 

@@ -66,12 +66,14 @@ class TaskCost:
 
 @dataclass(frozen=True)
 class PretrainCost:
-    """One DeepCluster pre-training: per epoch a feature pass for k-means, `passes` training passes, the probe."""
+    """One pre-training: DeepCluster (per epoch a feature pass for k-means, `passes` training passes, the probe) or
+    SimCLR (per epoch two views of the pool, the NMI k-means' and the probe's feature passes)."""
 
     epochs: int
     steps: int
     train: int
     features: int  # k-means features + the probe's pool and test features
+    method: str = "deepcluster"  # deepcluster | simclr
 
 
 @dataclass
@@ -139,10 +141,11 @@ def cycle_cost(config: mf.Manifest, cycle: int, pool: int, test: int) -> CycleCo
         steps += first_mixed * plain_steps + mixed_epochs * m_steps
         images += first_mixed * plain_images + mixed_epochs * m_images
         propagations = math.ceil(mixed_epochs / s.every) if mixed_epochs else 0
-        fixed = s.features == "pixels" or (s.features == "encoder" and config.pretrain.method != "none")
+        graph = mf.semi_features(config, (mf.image_channels(config.dataset), 0, 0))  # the rule reads channels only
+        fixed = graph == "pixels" or (graph == "encoder" and config.pretrain.method != "none")
         if fixed:
             propagations = min(propagations, 1)  # fixed features: one propagation per cycle
-            if cycle == 0 and s.features == "encoder":
+            if cycle == 0 and graph == "encoder":
                 features += pool  # the encoder's features, once per task
         else:
             features += propagations * pool
@@ -158,8 +161,16 @@ def cycle_cost(config: mf.Manifest, cycle: int, pool: int, test: int) -> CycleCo
 
 
 def pretrain_cost(config: mf.Manifest, pool: int, test: int) -> PretrainCost:
-    """DeepCluster's cost: per epoch the k-means features of the pool, passes x pool training images, the probe."""
+    """The encoder's cost. DeepCluster: per epoch the k-means features of the pool, passes x pool training images,
+    the probe. SimCLR: per epoch two views of every pool image (the last partial batch dropped), the features of
+    the pool for the NMI k-means and the probe's."""
     p = config.pretrain
+    if mf.encoder_method(config) == "simclr":
+        sc = p.simclr
+        epochs = mf.simclr_epochs(sc, pool)
+        per_epoch = max(1, pool // min(sc.batch_size, pool))
+        return PretrainCost(epochs=epochs, steps=epochs * per_epoch, train=epochs * per_epoch * min(sc.batch_size, pool) * 2,
+                            features=epochs * (pool + pool + test), method="simclr")
     per_epoch = max(1, math.ceil(pool * p.passes / p.batch_size))
     return PretrainCost(epochs=p.epochs, steps=p.epochs * per_epoch, train=p.epochs * pool * p.passes,
                         features=p.epochs * (pool + pool + test))

@@ -313,7 +313,7 @@ def load_encoder(model: ConvLarge, weights: dict[str, torch.Tensor]) -> None:
 # --------------------------------------------------------------------------- training
 
 
-def _epoch_seed(seed: int, epoch: int, tag: int) -> int:
+def epoch_seed(seed: int, epoch: int, tag: int) -> int:
     """A 63-bit seed for one random stream of one epoch, derived from (seed, epoch, tag)."""
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, epoch, tag]).generate_state(2, np.uint64)[0] >> 1)
 
@@ -324,7 +324,7 @@ def _body_parameters(model: ConvLarge) -> list[torch.nn.Parameter]:
 
 
 @contextmanager
-def _seeded_global_rng(device: torch.device, seed: int) -> Iterator[None]:
+def seeded_global_rng(device: torch.device, seed: int) -> Iterator[None]:
     """Seed torch's global RNG (dropout, layer init) for the block, restoring the caller's RNG state afterwards."""
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -377,7 +377,7 @@ def deepcluster(
     device = images.device
     rethinking = spec.recipe == "rethinking"
     if rethinking and (state is None or state.epoch == 0):
-        with _seeded_global_rng(device, _epoch_seed(seed, 0, _TAG_HEAD)):
+        with seeded_global_rng(device, epoch_seed(seed, 0, _TAG_HEAD)):
             model.reset_classifier(k)  # one K-way head for the whole run
     if rethinking and model.num_classes != k:
         raise ValueError(f"resuming the rethinking recipe needs the model's {k}-way head, it has {model.num_classes}")
@@ -399,14 +399,14 @@ def deepcluster(
         feature_augmentation = None
         if rethinking:
             feature_augmentation = (spec.translate, spec.flip,
-                                    torch.Generator().manual_seed(_epoch_seed(seed, epoch, _TAG_FEATURES)))
+                                    torch.Generator().manual_seed(epoch_seed(seed, epoch, _TAG_FEATURES)))
         feats = cluster_features(model, images, mean, std, spec.eval_batch_size, spec.pca, feature_augmentation)
         t1 = time.perf_counter()
-        km = kmeans(feats, k, spec.kmeans_iters, _epoch_seed(seed, epoch, _TAG_KMEANS))
+        km = kmeans(feats, k, spec.kmeans_iters, epoch_seed(seed, epoch, _TAG_KMEANS))
         seconds_kmeans = time.perf_counter() - t1
         del feats
 
-        generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch, _TAG_SAMPLER))
+        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch, _TAG_SAMPLER))
         if rethinking:
             order = torch.cat([torch.randperm(n, generator=generator) for _ in range(spec.passes)])
         else:
@@ -415,7 +415,7 @@ def deepcluster(
         steps = max(1, math.ceil(n * spec.passes / spec.batch_size))
         batches = torch.tensor_split(order, steps)  # sizes differ by at most one: no tiny last batch
 
-        with _seeded_global_rng(device, _epoch_seed(seed, epoch, _TAG_TORCH)):
+        with seeded_global_rng(device, epoch_seed(seed, epoch, _TAG_TORCH)):
             head_opt = None
             if not rethinking:
                 model.reset_classifier(k)  # a fresh K-way head, initialised from (seed, epoch)

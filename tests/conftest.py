@@ -17,10 +17,11 @@ TINY: dict[str, Any] = {
     "seed": 0,
     "repetitions": 2,
     "dataset": {"name": "digits"},
-    "model": {"width": 0.125},
+    "model": {"width": 0.125, "l2_features": True},  # the paper's choices pinned (the defaults are auto rules)
     "train": {"epochs": 10, "batch_size": 16, "min_steps": 5, "lr": 0.05, "rampdown_epochs": 12, "translate": 1,
-              "device": "cpu"},
+              "flip": False, "device": "cpu"},
     "active": {"initial": 10, "budget": 10, "cycles": 3, "strategy": "random"},
+    "semi": {"features": "model"},
 }
 
 

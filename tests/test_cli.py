@@ -200,7 +200,7 @@ def test_validate_shows_the_grid_less_its_exclusions_and_the_plan(options: str, 
     assert out.count("propagations 0;") + out.count("propagations 0 ") == 2
     steps = sum(t.steps for t in run.tasks)
     assert f"run: 18 tasks, {steps:,} optimizer steps, {run.train:,} training images" in out
-    assert "DeepCluster's share 0.0%" in out
+    assert "pre-training's share 0.0%" in out
     assert "time: give --images-per-second" in out and "h per task" not in out
     assert not (workdir / "runs").exists()  # validating writes nothing
 

@@ -42,7 +42,7 @@ def new_model(config: mf.Manifest, ds: DatasetSplits, rep: int, cycle: int, devi
     """A freshly initialised network for one cycle (seeded from seed, repetition, cycle), from `encoder` when +PRE."""
     runtime.seed_torch(config.seed, rep, cycle, "init")
     model = build_model(ds.train_images.shape[1], ds.num_classes, config.model.width, config.model.dropout,
-                        config.model.l2_features)
+                        mf.l2_features(config))
     if encoder is not None:
         try:
             load_encoder(model, encoder)
@@ -54,7 +54,8 @@ def new_model(config: mf.Manifest, ds: DatasetSplits, rep: int, cycle: int, devi
 def initial_features(config: mf.Manifest, ds: DatasetSplits, rep: int, device: torch.device,
                      encoder: dict[str, torch.Tensor] | None) -> torch.Tensor:
     """What active.initial_strategy picks the cycle-0 set on: L2-normalised features `[N, D]` float32 of every pool
-    image from the DeepCluster encoder (active.initial_features: encoder), or the centred pixels (pixels)."""
+    image from the pre-trained encoder (active.initial_features: encoder, deepcluster or simclr), or the centred
+    pixels (pixels)."""
     images = ds.train_images.to(device)
     if config.active.initial_features == "pixels":
         return pixel_features(images)
@@ -99,13 +100,13 @@ class TaskContext:
     def fixed_features(self) -> torch.Tensor | None:
         """The features [N, D] that semi.features fixes for every propagation of the task (the +PRE encoder's, or
         the pixels), computed once; None when the graph follows the model being trained."""
-        s = self.config.semi
-        if self._fixed_features is None and s.features == "encoder" and self.encoder is not None:
+        features = mf.semi_features(self.config, tuple(self.ds.train_images.shape[1:]))  # type: ignore[arg-type]
+        if self._fixed_features is None and features == "encoder" and self.encoder is not None:
             cuda = [self.device.index or 0] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):  # the classifier's initialisation leaves no trace
                 model = new_model(self.config, self.ds, self.task.rep, 0, self.device, self.encoder)
             self._fixed_features = pool_features(self.config, self.ds, model, self.images)
-        elif self._fixed_features is None and s.features == "pixels":
+        elif self._fixed_features is None and features == "pixels":
             self._fixed_features = pixel_features(self.images)
         return self._fixed_features
 
@@ -146,7 +147,7 @@ class CycleTraining:
         self.n_pseudo = len(self.targets.pseudo_pos)
         self.model = new_model(config, ctx.ds, ctx.task.rep, cycle, ctx.device, ctx.encoder)
         self.generator = runtime.torch_generator(config.seed, ctx.task.rep, cycle, "train", device="cpu")
-        self.spec = settings.train_spec(config.train, ctx.device)
+        self.spec = settings.train_spec(config.train, ctx.device, tuple(ctx.ds.train_images.shape[1:]))  # type: ignore[arg-type]
         self.path = ctx.tables.checkpoints / "train.pt"
         self.seconds: dict[str, float] = {}  # train and propagate, including earlier processes' share
         self.carried = 0.0  # seconds spent on this cycle by earlier processes (resumed from a checkpoint)

@@ -8,12 +8,15 @@ import torch
 
 from alctl import manifest as mf
 from alctl import runtime
+from alctl.augment import view_spec
 from alctl.pretrain import PretrainSpec
+from alctl.simclr import SimclrSpec
 from alctl.propagate import GraphSpec
 from alctl.strategies import StrategyParams
 from alctl.train import FP32, Compute, Semi, Targets, TrainSpec
 
 _COMPUTE_FIELDS = {"device", "precision", "channels_last", "compile"}
+ImageShape = mf.ImageShape
 
 
 def compute(t: mf.TrainConfig, device: torch.device) -> Compute:
@@ -23,9 +26,12 @@ def compute(t: mf.TrainConfig, device: torch.device) -> Compute:
                    channels_last=runtime.resolve_channels_last(t.channels_last, device), compile=t.compile)
 
 
-def train_spec(t: mf.TrainConfig, device: torch.device | None = None) -> TrainSpec:
-    """TrainSpec from the manifest's train section; its compute resolved for `device` (None: plain fp32)."""
-    return TrainSpec(**t.model_dump(exclude=_COMPUTE_FIELDS), compute=FP32 if device is None else compute(t, device))
+def train_spec(t: mf.TrainConfig, device: torch.device | None = None, shape: ImageShape = (1, 32, 32)) -> TrainSpec:
+    """TrainSpec from the manifest's train section for images of `shape` (translate and flip resolved for it);
+    its compute resolved for `device` (None: plain fp32)."""
+    fields = t.model_dump(exclude=_COMPUTE_FIELDS | {"translate", "flip"})
+    return TrainSpec(**fields, translate=mf.translate(t, shape), flip=mf.flip(t, shape),
+                     compute=FP32 if device is None else compute(t, device))
 
 
 def graph_spec(s: mf.SemiConfig) -> GraphSpec:
@@ -41,14 +47,26 @@ def strategy_params(config: mf.Manifest) -> StrategyParams:
                           power_base=a.power.base, power_exponent=a.power.exponent, probcover_delta=None if a.probcover.delta == "auto" else a.probcover.delta)
 
 
-def pretrain_spec(config: mf.Manifest, num_classes: int) -> PretrainSpec:
+def pretrain_spec(config: mf.Manifest, num_classes: int, shape: ImageShape = (1, 32, 32)) -> PretrainSpec:
     """DeepCluster settings: the pretrain section, K = clusters_per_class x classes, the train section's
-    augmentation and evaluation batch."""
+    augmentation (resolved for images of `shape`) and evaluation batch."""
     p, t = config.pretrain, config.train
     return PretrainSpec(
         epochs=p.epochs, clusters=p.clusters_per_class * num_classes, kmeans_iters=p.kmeans_iters, lr=p.lr,
         batch_size=p.batch_size, passes=p.passes, momentum=p.momentum, weight_decay=p.weight_decay, pca=p.pca,
-        translate=t.translate, flip=t.flip, eval_batch_size=t.eval_batch_size, recipe=p.recipe,
+        translate=mf.translate(t, shape), flip=mf.flip(t, shape), eval_batch_size=t.eval_batch_size, recipe=p.recipe,
+    )
+
+
+def simclr_spec(config: mf.Manifest, num_classes: int, shape: ImageShape, pool: int) -> SimclrSpec:
+    """SimCLR settings: the pretrain.simclr section (epochs resolved for a pool of `pool` images), the views for
+    images of `shape` (`augment.view_spec`, flips as train.flip resolves), k-means into as many clusters as classes
+    for the NMI report."""
+    s = config.pretrain.simclr
+    return SimclrSpec(
+        epochs=mf.simclr_epochs(s, pool), batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay, temperature=s.temperature,
+        projection_dim=s.projection_dim, views=view_spec(max(shape[1], shape[2]), shape[0], mf.flip(config.train, shape)),
+        clusters=num_classes, eval_batch_size=config.train.eval_batch_size,
     )
 
 

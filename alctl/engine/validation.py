@@ -116,12 +116,13 @@ def validate_command(manifest: str | Path, console: Console, images_per_second: 
         return
     for i, (key, p) in enumerate(cost.pretrains.items()):
         users = sum(1 for t in cost.tasks if t.pretrain_key == key)
-        console.print(f"DeepCluster encoder {i + 1} of {len(cost.pretrains)} ({users} tasks): {p.epochs} epochs,"
+        name = "SimCLR" if p.method == "simclr" else "DeepCluster"
+        console.print(f"{name} encoder {i + 1} of {len(cost.pretrains)} ({users} tasks): {p.epochs} epochs,"
                       f" {_n(p.steps)} steps, {_n(p.train)} training images, {_n(p.features)} feature images")
     console.print(
         f"run: {len(cost.tasks)} tasks, {_n(sum(t.steps for t in cost.tasks) + sum(p.steps for p in cost.pretrains.values()))}"
         f" optimizer steps, {_n(cost.train)} training images, {_n(cost.inference)} feature and test images;"
-        f" DeepCluster's share {100 * cost.pretrain_share:.1f}% (a training image counted as {plan.INFERENCE_SPEEDUP:g}"
+        f" pre-training's share {100 * cost.pretrain_share:.1f}% (a training image counted as {plan.INFERENCE_SPEEDUP:g}"
         " forward passes)"
     )
     if timed:
