@@ -354,7 +354,7 @@ class TaskTables:
         self.store.append("metrics", store.to_table("metrics", {k: [v] for k, v in row.items()}))
 
     def fill_pseudo_accuracy(self, cycle: int, accuracy: float, top_half: float | None) -> bool | None:
-        """Fill the cycle's pseudo-label accuracy where its training recorded none (a plain task). Returns True
+        """Fill the cycle's pseudo-label accuracy where its training recorded none (no pseudo-labels). Returns True
         when filled, False when the cycle keeps a value its training recorded, None when the cycle has no row."""
         if not self.store.exists("metrics"):
             return None
