@@ -149,3 +149,35 @@ def test_ceal_pseudo_labels_are_counted_scored_and_reported_after_a_resume(write
     section = text.split("Pseudo-labels:")[1]
     assert f"| tiny | ceal{report._extra(agg['ceal', 1])} | plain | 0 | {n} ({100 * want:.1f}%) |" in section
     assert "| random" not in section  # a setting without pseudo-labels has no line
+
+
+def test_ceal_cap_and_weight_reach_the_stored_pseudo_labels_and_the_training_targets(write_manifest) -> None:
+    import torch
+
+    from alctl.engine.cycle import CycleTraining, TaskContext
+    from alctl.engine.workspace import task_dir
+
+    path = write_manifest({"repetitions": 1, "train": {"epochs": 2, "rampdown_epochs": 3},
+                           "active": {"strategy": "ceal", "cycles": 2,
+                                      "ceal": {"threshold": 1.0, "cap": 0.5, "weight": 0.5}}})
+    (task,) = mf.tasks(mf.load(path))
+    commands.cycle_command(path, task.index, 1, _ui())  # cycle 0 and its selection, which pseudo-labels cycle 1's
+    tdir = _task_dir(path, task.index)
+    pseudo = pq.read_table(tdir / "pseudo.parquet").to_pydict()
+    assert set(pseudo["cycle"]) == {1} and set(pseudo["epoch"]) == {tables.CEAL_EPOCH}
+    # cap 0.5 x cycle 1's 20 labels (10 initial + 10 chosen) = 10, the lowest-entropy unchosen candidates
+    assert len(pseudo["sample_id"]) == 10 and set(pseudo["weight"]) == {0.5}
+    scores = pq.read_table(tdir / "scores.parquet").to_pydict()
+    cand = [(s, i) for s, i, sel in zip(scores["score"], scores["sample_id"], scores["selected"]) if not sel]
+    cand.sort()
+    assert len(cand) > 10 and cand[9][0] < cand[10][0]  # no tie at the cut
+    assert set(pseudo["sample_id"]) == {i for _, i in cand[:10]}
+
+    ds = dataset_for(task.config)
+    ctx = TaskContext(task, ds, tables.TaskTables(task_dir(task), ds), torch.device("cpu"), None, lambda: False)
+    training = CycleTraining(ctx, ctx.tables.read_pool(), 1)  # cycle 1's targets, before any step
+    t = training.targets
+    assert len(t.labeled_pos) == 20 and training.n_pseudo == len(t.pseudo_pos) == 10
+    assert t.pseudo_w.dtype == np.float32 and t.pseudo_w.tolist() == [0.5] * 10
+    assert sorted(ds.train_ids.numpy()[t.pseudo_pos].tolist()) == sorted(pseudo["sample_id"])
+

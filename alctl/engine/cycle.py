@@ -146,7 +146,7 @@ class CycleTraining:
             pos, ys = ctx.tables.ceal_pseudo(cycle)
             if len(pos):
                 self.targets.pseudo_pos, self.targets.pseudo_y = pos, ys
-                self.targets.pseudo_w = np.ones(len(pos), np.float32)
+                self.targets.pseudo_w = np.full(len(pos), config.active.ceal.weight, np.float32)
                 self.ceal_accuracy = pseudo_label_accuracy(ys, ctx.ds.train_labels.numpy()[pos])
         self.n_pseudo = len(self.targets.pseudo_pos)
         self.model = new_model(config, ctx.ds, ctx.task.rep, cycle, ctx.device, ctx.encoder)
@@ -291,7 +291,7 @@ def run_cycle(ctx: TaskContext, pool: PoolState, cycle: int, last: bool) -> Cycl
         t0 = time.perf_counter()
         selection = acquire(config, ctx.task.rep, ds, pool, model, ctx.images, cycle)
         tables.append_selection(cycle, config.active.strategy, pool.unlabeled, selection.chosen, selection.scores,
-                                selection.pseudo_positions, selection.pseudo_labels)
+                                selection.pseudo_positions, selection.pseudo_labels, config.active.ceal.weight)
         seconds["select"] = time.perf_counter() - t0
     return CycleResult(accuracy, loss, len(pool.labeled_at(cycle)), training.n_pseudo, seconds, selection, prop,
                        training.ceal_accuracy if prop is None else prop.accuracy)
