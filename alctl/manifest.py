@@ -212,10 +212,29 @@ class TrainConfig(_Section):
 
 
 class CealConfig(_Section):
-    """CEAL pseudo-labelling of confident images."""
+    """CEAL pseudo-labelling of confident images; the paper's CEAL is cap null, balanced false, weight 1 (the
+    defaults)."""
 
     threshold: float = Field(0.1, ge=0, le=1, description="normalised entropy below which an image is pseudo-labelled")
     decay: float = Field(0.00033, ge=0, description="threshold decrease per cycle")
+    cap: float | None = Field(
+        None, ge=0,
+        description="the most pseudo-labels a selection gives the next training, as a multiple of that training's"
+        " labeled set (the labeled images plus the batch just selected): at most ceil(cap x labels), the most"
+        " confident (lowest normalised entropy, ties by pool position); 0 = none (Uncertainty); null = no cap."
+        " The paper's CEAL is cap null, balanced false, weight 1 (the defaults)",
+    )
+    balanced: bool = Field(
+        False,
+        description="true = the kept pseudo-labels are balanced over their predicted classes: at most ceil(kept / C)"
+        " per class, the most confident of each class first, filling up to the cap (or the confident count) without"
+        " exceeding that quota; false = the most confident whatever their class (the paper)",
+    )
+    weight: float = Field(
+        1.0, gt=0, le=1,
+        description="loss weight of each CEAL pseudo-label in training, in (0, 1] (a true label weighs 1); 1 = the"
+        " paper",
+    )
 
 
 class BaldConfig(_Section):
@@ -1132,6 +1151,9 @@ _HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
     ("train", "compile"): False,
     ("scheduler", "tasks_per_gpu"): 1,
     ("pretrain", "simclr"): SimclrConfig().model_dump(mode="json"),
+    ("active", "ceal", "cap"): None,
+    ("active", "ceal", "balanced"): False,
+    ("active", "ceal", "weight"): 1.0,
 }
 
 

@@ -6,7 +6,7 @@ Images are counted as they pass the network: `train` (forward and backward, with
 cycle). A pass of k-means, the kNN graph or the propagation itself is counted as a propagation, not as images;
 the selection's own arithmetic on the features (CoreSet's greedy k-center, jLP's diffusions) is not counted.
 CEAL's batches are counted with their train.batch_size pseudo-labeled images from cycle 1 on (exact once CEAL
-finds a confident image, which it does unless the model is unsure of every pool image).
+finds a confident image, which it does unless the model is unsure of every pool image), none with active.ceal.cap 0.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def cycle_cost(config: mf.Manifest, cycle: int, pool: int, test: int) -> CycleCo
     a, t, s = config.active, config.train, config.semi
     n_l = min(a.initial + a.budget * cycle, pool)
     plain_steps, plain_images = _plain_steps(n_l, t)
-    if a.strategy == "ceal" and cycle > 0:  # train._epoch_batches: train.batch_size pseudo-labeled images a batch
+    if a.strategy == "ceal" and cycle > 0 and a.ceal.cap != 0:  # train._epoch_batches: batch_size pseudo-labels a batch
         plain_images += plain_steps * t.batch_size
     steps, images, features, propagations = 0, 0, 0, 0
     if s.method == "label-propagation":

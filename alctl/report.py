@@ -3,7 +3,9 @@
 Figures (pure functions over `Point`s / `Row`s / arrays; `figures` computes them all):
 
 - `rows` (`Row`): mean ± std of test accuracy over repetitions per run, setting (strategy x variant x other swept
-  settings) and cycle; accuracies in percent, std the sample std (0 for one repetition).
+  settings) and cycle; accuracies in percent, std the sample std (0 for one repetition). With them the mean number
+  of pseudo-labels the cycle trained on (CEAL's or label propagation's) and the mean pseudo-label accuracy (%,
+  where the truth is known), over the repetitions that record them (None when none does: older metrics files).
 - `auc` (`Area`): area under the budget curve: per repetition the trapezoidal mean accuracy over its labels range
   (the integral divided by max - min labels, so it reads as a mean accuracy in %; one cycle: its accuracy), over
   the cycles every repetition of the setting has; then mean ± std over repetitions.
@@ -27,8 +29,8 @@ excluded from the grid has no plain reference. Settings (task keys without the r
 Formats:
 
 - markdown: one wide accuracy table per run (rows: strategy x variant, columns: numbers of labels, cells: mean ±
-  std), or the long one (a line per setting and cycle) with `long=True`; then the best variant, AUC, labels saved
-  and paired differences, each a section that is left out when empty.
+  std), or the long one (a line per setting and cycle) with `long=True`; then the best variant, AUC, labels saved,
+  paired differences and pseudo-labels (settings that train on any), each a section that is left out when empty.
 - json: an object {"rows": [...], "auc": [...], "labels_saved": [...], "paired": [...], "winners": [...]}, each a
   list of the dataclass' fields; NaN (no test set) and missing intervals are null.
 - csv: one header; the first column `table` names the table a line belongs to (rows | auc | labels_saved | paired
@@ -69,6 +71,8 @@ class Point:
     cycle: int
     n_labeled: int
     accuracy: float  # percent; NaN when there is no test set
+    n_pseudo: int | None = None  # pseudo-labeled images trained on; None in older metrics files
+    pseudo_accuracy: float | None = None  # percent of pseudo-labels correct; None when the truth is unknown or none
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ class Row:
     accuracy_mean: float  # percent
     accuracy_std: float  # percent, sample std (0 for a single repetition)
     repetitions: int
+    n_pseudo_mean: float | None = None  # over the repetitions that record it; None when none does
+    pseudo_accuracy_mean: float | None = None  # percent, over the repetitions that record it; None when none does
 
 
 @dataclass(frozen=True)
@@ -150,14 +156,17 @@ def read_points(run_dirs: list[Path], finished_only: bool = True) -> list[Point]
             continue
         task_keys = t["task_key"].to_pylist()
         acc = t["accuracy"].to_numpy() * 100.0
-        for key, strategy, variant, rep, cycle, labels, a in zip(
+        for key, strategy, variant, rep, cycle, labels, a, n_pseudo, pseudo in zip(
                 task_keys, t["strategy"].to_pylist(), t["variant"].to_pylist(), t["rep"].to_pylist(),
-                t["cycle"].to_pylist(), t["n_labeled"].to_pylist(), acc):
+                t["cycle"].to_pylist(), t["n_labeled"].to_pylist(), acc, t["n_pseudo"].to_pylist(),
+                t["pseudo_accuracy"].to_pylist()):
             if rep is None:
                 found = re.search(r"rep=(\d+)$", key)
                 rep = int(found.group(1)) if found else 0
             points.append(Point(run=run.name, setting=_REP.sub("", key), strategy=str(strategy), variant=str(variant),
-                                rep=int(rep), cycle=int(cycle), n_labeled=int(labels), accuracy=float(a)))
+                                rep=int(rep), cycle=int(cycle), n_labeled=int(labels), accuracy=float(a),
+                                n_pseudo=None if n_pseudo is None else int(n_pseudo),
+                                pseudo_accuracy=None if pseudo is None or math.isnan(pseudo) else 100.0 * pseudo))
     return points
 
 
@@ -170,8 +179,15 @@ def _by_setting(points: list[Point]) -> dict[tuple[str, str], list[Point]]:
     return dict(sorted(groups.items(), key=lambda kv: (runs.index(kv[0][0]), _setting_order(kv[0][1]))))
 
 
+def _mean(values: list[float | int | None]) -> float | None:
+    """The mean of the values that are not None; None when all are."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
 def summarise(points: list[Point]) -> list[Row]:
-    """Mean ± std of accuracy over repetitions for each run, setting and cycle."""
+    """Mean ± std of accuracy over repetitions for each run, setting and cycle, with the mean number and accuracy
+    of pseudo-labels."""
     rows: list[Row] = []
     for (run, setting), pts in _by_setting(points).items():
         for c in sorted({p.cycle for p in pts}):
@@ -182,7 +198,9 @@ def summarise(points: list[Point]) -> list[Row]:
                 Row(run=run, setting=setting, strategy=cp[0].strategy, variant=cp[0].variant, cycle=c,
                     n_labeled=int(np.round(np.mean([p.n_labeled for p in cp]))),
                     accuracy_mean=float(a.mean()) if len(a) else float("nan"),
-                    accuracy_std=float(a.std(ddof=1)) if len(a) > 1 else 0.0, repetitions=len(cp))
+                    accuracy_std=float(a.std(ddof=1)) if len(a) > 1 else 0.0, repetitions=len(cp),
+                    n_pseudo_mean=_mean([p.n_pseudo for p in cp]),
+                    pseudo_accuracy_mean=_mean([p.pseudo_accuracy for p in cp]))
             )
     return rows
 
@@ -539,9 +557,35 @@ def _wide_table(rows: list[Row]) -> list[str]:
     return out
 
 
+def _pseudo_cell(r: Row) -> str:
+    """'766 (90.0%)': the mean number of pseudo-labels and, when known, their mean accuracy."""
+    if r.n_pseudo_mean is None:
+        return ""
+    correct = "" if r.pseudo_accuracy_mean is None else f" ({r.pseudo_accuracy_mean:.1f}%)"
+    return f"{_count(r.n_pseudo_mean)}{correct}"
+
+
+def _pseudo_table(rows: list[Row]) -> list[str]:
+    """The pseudo-label section: a line per setting that trains on any pseudo-labels; empty when none does."""
+    with_pseudo = {(r.run, r.setting) for r in rows if (r.n_pseudo_mean or 0) > 0}
+    if not with_pseudo:
+        return []
+    out = ["", "Pseudo-labels: mean number of pseudo-labeled images trained on over repetitions (in brackets: mean %"
+           " correct where the true labels are known; label propagation's over every propagated label); columns:"
+           " number of labeled images:"]
+    for run, group in _grouped([r for r in rows if (r.run, r.setting) in with_pseudo], lambda r: r.run).items():
+        lines = []
+        for setting_rows in _grouped(group, lambda r: r.setting).values():
+            r0 = setting_rows[0]
+            lines.append(([run, f"{r0.strategy}{_extra(r0)}", r0.variant],
+                          {r.n_labeled: _pseudo_cell(r) for r in setting_rows}, []))
+        out += ["", *_pivot(["run", "strategy", "variant"], [], lines)]
+    return out
+
+
 def render_markdown(figs: Figures, long: bool = False) -> str:
     """The accuracy table (wide: a line per strategy x variant and a column per number of labels; long=True: a
-    line per setting and cycle), then the best variant, AUC, labels saved and paired differences."""
+    line per setting and cycle), then the best variant, AUC, labels saved, paired differences and pseudo-labels."""
     out = _long_table(figs.rows) if long else _wide_table(figs.rows)
     if figs.winners:
         out += ["", "Best variant at each number of labels (highest mean accuracy):", "",
@@ -582,6 +626,7 @@ def render_markdown(figs: Figures, long: bool = False) -> str:
                                f"{p0.reference_strategy} {p0.reference_variant}"], cells,
                               [_span([p.pairs for p in items])]))
             out += ["", *_pivot(["run", "strategy", "variant", "against"], ["pairs"], lines)]
+    out += _pseudo_table(figs.rows)
     return "\n".join(out)
 
 

@@ -138,6 +138,12 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+def row_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of a metrics.parquet row: its METRIC_COLUMNS as floats, null and NaN values left out."""
+    values = {key: row.get(key) for key in METRIC_COLUMNS}
+    return {key: float(v) for key, v in values.items() if v is not None and not math.isnan(float(v))}
+
+
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """Where a new experiment's artifacts go: for a local SQLite store, mlartifacts/<experiment> beside the
     database file (MLflow's default is ./mlruns under whatever the working directory is); else the server's
@@ -270,11 +276,7 @@ class MlflowTracker(Tracker):
         for row in new:
             finished = row.get("finished_at")
             stamp = int((finished if isinstance(finished, datetime) else datetime.now()).timestamp() * 1000)
-            for key in METRIC_COLUMNS:
-                value = row.get(key)
-                if value is None or (isinstance(value, float) and math.isnan(value)):
-                    continue
-                metrics.append(Metric(key, float(value), stamp, int(row["cycle"])))
+            metrics += [Metric(key, value, stamp, int(row["cycle"])) for key, value in row_metrics(row).items()]
         # the marker metric of a cycle goes last in its batch, so a cycle counted as held holds all its metrics
         metrics.sort(key=lambda m: (m.step, m.key == MARKER))
         for i in range(0, len(metrics), METRICS_PER_BATCH):

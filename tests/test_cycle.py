@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from rich.console import Console
 
 from alctl import manifest as mf
-from alctl import report
-from alctl.console import silent
+from alctl import report, tracking
+from alctl.console import Ui, silent
 from alctl.engine import commands, tables
-from alctl.errors import UserError
+from alctl.engine.cycle import run_task
+from alctl.engine.workspace import dataset_for
+from alctl.errors import Preempted, UserError
 
 
 def _ui():  # noqa: ANN202
@@ -73,9 +77,9 @@ def test_interrupted_after_cycle_1_then_resumed_equals_uninterrupted(write_manif
         a = pq.read_table(_task_dir(straight) / f"{table}.parquet")
         b = pq.read_table(_task_dir(resumed) / f"{table}.parquet")
         assert a.equals(b), table
-    acc_a = pq.read_table(_task_dir(straight) / "metrics.parquet")["accuracy"].to_pylist()
-    acc_b = pq.read_table(_task_dir(resumed) / "metrics.parquet")["accuracy"].to_pylist()
-    assert acc_a == acc_b
+    columns = ["accuracy", "n_pseudo", "pseudo_accuracy"]
+    metrics_a = pq.read_table(_task_dir(straight) / "metrics.parquet").select(columns)
+    assert pq.read_table(_task_dir(resumed) / "metrics.parquet").select(columns).equals(metrics_a)
 
 
 def test_half_written_cycle_is_rolled_back(write_manifest) -> None:
@@ -103,3 +107,77 @@ def test_changed_configuration_in_same_run_dir_is_refused(write_manifest) -> Non
     # refused before anything was written: the run's manifest, and what report reads back with it, are intact
     assert {f: (run / f).read_bytes() for f in before} == before
     assert report.aggregate([run]) == rows and len(rows) == 1
+
+
+def test_ceal_pseudo_labels_are_counted_scored_and_reported_after_a_resume(write_manifest) -> None:
+    path = write_manifest({"repetitions": 1, "train": {"epochs": 2, "rampdown_epochs": 3},
+                           "active": {"cycles": 2, "ceal": {"threshold": 1.0}},  # pseudo-labels all but the chosen
+                           "sweep": {"active.strategy": ["random", "ceal"]}})
+    plain, ceal = mf.tasks(mf.load(path))
+    assert (plain.config.active.strategy, ceal.config.active.strategy) == ("random", "ceal")
+    commands.cycle_command(path, plain.index, None, _ui())
+    commands.cycle_command(path, ceal.index, 1, _ui())  # cycle 0, whose selection pseudo-labels cycle 1's images
+    with pytest.raises(Preempted):
+        run_task(ceal, _ui(), path, None, stop=lambda: True)  # stopped after cycle 1's first epoch
+    tdir = _task_dir(path, ceal.index)
+    assert (tdir / "checkpoints" / "train.pt").is_file()
+    out = io.StringIO()
+    commands.cycle_command(path, ceal.index, None, Ui(console=Console(file=out, width=400)))  # resumes cycle 1
+
+    # the accuracy recomputed from pseudo.parquet and the dataset's labels, joined by sample id
+    pseudo = pq.read_table(tdir / "pseudo.parquet").to_pydict()
+    rows = (np.array(pseudo["cycle"]) == 1) & (np.array(pseudo["epoch"]) == tables.CEAL_EPOCH)
+    ds = dataset_for(ceal.config)
+    ids, labels = ds.train_ids.numpy(), ds.train_labels.numpy()
+    order = np.argsort(ids)
+    truth = labels[order[np.searchsorted(ids, np.array(pseudo["sample_id"])[rows], sorter=order)]]
+    n, want = int(rows.sum()), float(np.mean(np.array(pseudo["pseudo_label"])[rows] == truth))
+    assert n > 0 and (truth >= 0).all()
+    metrics = pq.read_table(tdir / "metrics.parquet").to_pylist()
+    assert [m["n_pseudo"] for m in metrics] == [0, n]
+    assert metrics[0]["pseudo_accuracy"] is None and metrics[1]["pseudo_accuracy"] == pytest.approx(want)
+    assert [m["pseudo_accuracy_top_half"] for m in metrics] == [None, None]  # CEAL's weights are all 1
+    assert tracking.row_metrics(metrics[1])["pseudo_accuracy"] == pytest.approx(want)  # what MLflow gets
+    assert "cycle 1: 20 labels, accuracy " in out.getvalue()
+    assert f", {n} pseudo-labels {100 * want:.1f}% correct | train " in out.getvalue()
+
+    run = mf.run_dir(mf.load(path))
+    agg = {(r.strategy, r.cycle): r for r in report.aggregate([run])}
+    assert agg["ceal", 1].n_pseudo_mean == n and agg["ceal", 1].pseudo_accuracy_mean == pytest.approx(100 * want)
+    assert agg["random", 1].n_pseudo_mean == 0 and agg["random", 1].pseudo_accuracy_mean is None
+    text, _ = report.report(run, "markdown")
+    section = text.split("Pseudo-labels:")[1]
+    assert f"| tiny | ceal{report._extra(agg['ceal', 1])} | plain | 0 | {n} ({100 * want:.1f}%) |" in section
+    assert "| random" not in section  # a setting without pseudo-labels has no line
+
+
+def test_ceal_cap_and_weight_reach_the_stored_pseudo_labels_and_the_training_targets(write_manifest) -> None:
+    import torch
+
+    from alctl.engine.cycle import CycleTraining, TaskContext
+    from alctl.engine.workspace import task_dir
+
+    path = write_manifest({"repetitions": 1, "train": {"epochs": 2, "rampdown_epochs": 3},
+                           "active": {"strategy": "ceal", "cycles": 2,
+                                      "ceal": {"threshold": 1.0, "cap": 0.5, "weight": 0.5}}})
+    (task,) = mf.tasks(mf.load(path))
+    commands.cycle_command(path, task.index, 1, _ui())  # cycle 0 and its selection, which pseudo-labels cycle 1's
+    tdir = _task_dir(path, task.index)
+    pseudo = pq.read_table(tdir / "pseudo.parquet").to_pydict()
+    assert set(pseudo["cycle"]) == {1} and set(pseudo["epoch"]) == {tables.CEAL_EPOCH}
+    # cap 0.5 x cycle 1's 20 labels (10 initial + 10 chosen) = 10, the lowest-entropy unchosen candidates
+    assert len(pseudo["sample_id"]) == 10 and set(pseudo["weight"]) == {0.5}
+    scores = pq.read_table(tdir / "scores.parquet").to_pydict()
+    cand = [(s, i) for s, i, sel in zip(scores["score"], scores["sample_id"], scores["selected"]) if not sel]
+    cand.sort()
+    assert len(cand) > 10 and cand[9][0] < cand[10][0]  # no tie at the cut
+    assert set(pseudo["sample_id"]) == {i for _, i in cand[:10]}
+
+    ds = dataset_for(task.config)
+    ctx = TaskContext(task, ds, tables.TaskTables(task_dir(task), ds), torch.device("cpu"), None, lambda: False)
+    training = CycleTraining(ctx, ctx.tables.read_pool(), 1)  # cycle 1's targets, before any step
+    t = training.targets
+    assert len(t.labeled_pos) == 20 and training.n_pseudo == len(t.pseudo_pos) == 10
+    assert t.pseudo_w.dtype == np.float32 and t.pseudo_w.tolist() == [0.5] * 10
+    assert sorted(ds.train_ids.numpy()[t.pseudo_pos].tolist()) == sorted(pseudo["sample_id"])
+

@@ -183,6 +183,62 @@ def test_infinite_or_nan_numbers_are_refused(section: dict) -> None:
         mf.parse(section)
 
 
+def test_ceal_cap_balanced_weight_default_to_the_paper_and_parse() -> None:
+    c = mf.parse({}).active.ceal
+    assert (c.cap, c.balanced, c.weight) == (None, False, 1.0)  # the paper's CEAL
+    c = mf.parse({"active": {"ceal": {"cap": 1, "balanced": True, "weight": 0.5}}}).active.ceal
+    assert (c.cap, c.balanced, c.weight) == (1.0, True, 0.5)
+    assert mf.parse({"active": {"ceal": {"cap": 0, "weight": 1}}}).active.ceal.cap == 0.0
+    assert "paper's CEAL is cap null, balanced false, weight 1" in mf.CealConfig.model_fields["cap"].description
+
+
+def test_ceal_cap_balanced_weight_enter_the_hash_only_away_from_their_default() -> None:
+    base = mf.manifest_hash(mf.parse({"active": {"strategy": "ceal"}}))
+    data = mf.parse({"active": {"strategy": "ceal"}}).model_dump(mode="json")
+    assert {("active", "ceal", k) for k in ("cap", "balanced", "weight")} <= set(mf._HASH_OMITTED_AT_DEFAULT)
+    for path in mf._HASH_OMITTED_AT_DEFAULT:  # the manifest as hashed before these fields (and the older ones) existed
+        parent = data
+        for part in path[:-1]:
+            parent = parent[part]
+        del parent[path[-1]]
+    import hashlib
+    import json
+
+    before = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert base == before  # runs recorded before these fields existed keep their task directories
+    explicit = {"strategy": "ceal", "ceal": {"cap": None, "balanced": False, "weight": 1}}
+    assert mf.manifest_hash(mf.parse({"active": explicit})) == base
+    changed = [{"cap": 1.0}, {"cap": 0}, {"balanced": True}, {"weight": 0.5}]
+    hashes = {mf.manifest_hash(mf.parse({"active": {"strategy": "ceal", "ceal": c}})) for c in changed}
+    assert len(hashes) == len(changed) and base not in hashes
+
+
+@pytest.mark.parametrize("ceal, expected", [
+    ({"cap": -0.5}, "active.ceal.cap: Input should be greater than or equal to 0 (got -0.5)"),
+    ({"cap": float("inf")}, "active.ceal.cap: Input should be a finite number"),
+    ({"cap": "half"}, "active.ceal.cap: Input should be a valid number"),
+    ({"weight": 0}, "active.ceal.weight: Input should be greater than 0 (got 0)"),
+    ({"weight": 1.5}, "active.ceal.weight: Input should be less than or equal to 1 (got 1.5)"),
+    ({"balanced": "sometimes"}, "active.ceal.balanced: Input should be a valid boolean"),
+])
+def test_bad_ceal_cap_balanced_weight_are_one_line_errors_exit_2(tmp_path: Path, ceal: dict,
+                                                                 expected: str) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from alctl.cli import app
+
+    with pytest.raises(ManifestError) as e:
+        mf.parse({"active": {"ceal": ceal}})
+    assert len(e.value.problems) == 1 and e.value.problems[0].startswith(expected)
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump({"active": {"strategy": "ceal", "ceal": ceal}}))
+    res = CliRunner().invoke(app, ["validate", str(path)])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], res.output
+
+
 def test_strategy_names_come_from_the_registry() -> None:
     from alctl.strategies.registry import NAMES
 

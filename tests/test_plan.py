@@ -114,6 +114,18 @@ def test_ceal_counts_a_batch_of_pseudo_labeled_images_per_step_after_cycle_0(lab
         assert (cost.steps, cost.train, 0) == simulate_cycle(m, c, 1397, pseudo=50)  # with some pseudo-labels
 
 
+def test_ceal_cap_0_trains_on_labels_alone_and_other_ceal_options_leave_the_plan_alone() -> None:
+    plain = config({"active": {"strategy": "uncertainty"}})
+    ceal = config({"active": {"strategy": "ceal"}})
+    none = config({"active": {"strategy": "ceal", "ceal": {"cap": 0}}})
+    other = config({"active": {"strategy": "ceal", "ceal": {"cap": 0.5, "balanced": True, "weight": 0.5}}})
+    for c in range(3):
+        assert plan.cycle_cost(none, c, 1397, 400) == plan.cycle_cost(plain, c, 1397, 400)
+        assert plan.cycle_cost(other, c, 1397, 400) == plan.cycle_cost(ceal, c, 1397, 400)
+        assert (plan.cycle_cost(none, c, 1397, 400).steps, plan.cycle_cost(none, c, 1397, 400).train, 0) == \
+            simulate_cycle(plain, c, 1397)
+
+
 @pytest.mark.parametrize("strategy", ["random", "coreset"])
 def test_semi_phase2_propagates_every_few_epochs_over_the_pool(strategy: str) -> None:
     m = config(deep_update(SEMI, {"active": {"strategy": strategy}}))

@@ -98,7 +98,8 @@ def test_new_fields_at_their_default_leave_the_manifest_hash_unchanged() -> None
     data = m.model_dump(mode="json")
     for path in (("train", "precision"), ("train", "channels_last"), ("train", "compile"),
                  ("scheduler", "tasks_per_gpu"), ("active", "initial_strategy"), ("active", "initial_features"),
-                 ("tracking",), ("pretrain", "simclr")):
+                 ("tracking",), ("pretrain", "simclr"), ("active", "ceal", "cap"), ("active", "ceal", "balanced"),
+                 ("active", "ceal", "weight")):
         parent = data
         for part in path[:-1]:
             parent = parent[part]

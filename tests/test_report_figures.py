@@ -158,6 +158,34 @@ def test_markdown_is_wide_by_default_and_long_with_the_flag(workdir: Path) -> No
     assert "| syn | coreset (l2_features=True) | plain | 10–30 | 3 | 64.25 ± 0.25 | 3 |" in res.stdout  # same sections
 
 
+def test_pseudo_labels_are_averaged_over_repetitions_and_shown_only_where_there_are_some(workdir: Path) -> None:
+    run = write_run(workdir)  # as older versions wrote them: null n_pseudo and pseudo_accuracy
+    figs = report.figures(report.read_points([run]))
+    assert all(r.n_pseudo_mean is None and r.pseudo_accuracy_mean is None for r in figs.rows)
+    assert "Pseudo-labels" not in report.render_markdown(figs)
+    setting = "strategy=ceal/semi=none/pretrain=none"
+    # the third repetition's truth is unknown (a human oracle): left out of the accuracy's mean, not the count's
+    for rep, (n, acc) in enumerate([(700, 0.9), (800, 0.8), (900, None)]):
+        rows = [{"task": 9, "task_key": f"{setting}/rep={rep}", "strategy": "ceal", "variant": "plain", "rep": rep,
+                 "cycle": c, "n_labeled": 10 * (c + 1), "accuracy": 0.5, "n_pseudo": [0, n][c],
+                 "pseudo_accuracy": [None, acc][c]} for c in range(2)]
+        path = run / "tasks" / setting / f"rep={rep}" / "metrics.parquet"
+        path.parent.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=store.METRICS), path)
+    figs = report.figures(report.read_points([run]))
+    got = {r.cycle: r for r in figs.rows if r.setting == setting}
+    assert (got[0].n_pseudo_mean, got[0].pseudo_accuracy_mean) == (0.0, None)
+    assert got[1].n_pseudo_mean == 800.0 and got[1].pseudo_accuracy_mean == pytest.approx(85.0)
+    section = report.render_markdown(figs).split("Pseudo-labels:")[1]
+    assert ("| run | strategy | variant | 10 | 20 |\n|---|---|---|---:|---:|\n"
+            "| syn | ceal | plain | 0 | 800 (85.0%) |") in section
+    assert "coreset" not in section and "random" not in section  # only settings with pseudo-labels
+    data = json.loads(report.render_json(figs))["rows"]
+    assert [(r["n_pseudo_mean"], r["pseudo_accuracy_mean"]) for r in data if r["setting"] == setting] == [
+        (0.0, None), (800.0, pytest.approx(85.0))]
+    assert {r["n_pseudo_mean"] for r in data if r["setting"] != setting} == {None}
+
+
 def _same(a: object, b: object) -> bool:
     """Equal, floats up to rounding (csv holds floats as text)."""
     if isinstance(b, float):

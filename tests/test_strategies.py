@@ -29,6 +29,7 @@ from alctl.strategies import (
 )
 from alctl.strategies import geometry as geo
 from alctl.strategies.registry import NEED_KINDS, POWER_BASES
+from alctl.strategies.scores import ceal_keep, ceal_limit
 
 # The manifest's defaults, written out: the strategies have none of their own.
 GRAPH = GraphSpec(k=50, gamma=3.0, alpha=0.99, tol=1e-6, max_iter=20, knn="exact")
@@ -323,12 +324,125 @@ def test_ceal_never_pseudo_labels_a_chosen_row():
     assert sorted(sel.chosen.tolist()) == [0, 2, 4, 6, 8] and sel.pseudo_positions.size == 0
 
 
+# active.ceal.cap / balanced: the kept pseudo-labels. Rows follow `unl`; each confident row is [1 - 2e, e, e] rolled
+# to its class, so its normalised entropy grows with e: the confidence order is e's (pos 2 and 4 tie at 0.0015).
+_CAP_ROWS = [  # (pool position, e or None for the uniform row, predicted class)
+    (10, None, 0),  # uniform: the most uncertain, chosen first
+    (3, 0.004, 0), (7, 0.001, 0), (1, 0.003, 0), (12, 0.002, 1), (5, 0.005, 0), (9, 0.006, 2),
+    (4, 0.0015, 0), (2, 0.0015, 0),
+    (11, 0.2, 0),  # [0.6, 0.2, 0.2]: H / log 3 = 0.865, above the threshold; chosen second with budget 2
+]
+# confidence order of the 8 confident rows: 7, 2, 4 (tie: lower position first), 12, 1, 3, 5, 9
+
+
+def _cap_view() -> PoolView:
+    probs = np.array([np.full(3, 1 / 3) if e is None else np.roll([1 - 2 * e, e, e], c) for _, e, c in _CAP_ROWS],
+                     dtype=np.float32)
+    unl = np.array([pos for pos, _, _ in _CAP_ROWS], dtype=np.int64)
+    return PoolView(probs, None, np.array([6, 8], np.int64), unl, np.array([0, 1], np.int64), 3, 0)
+
+
+def _capped(cap: float | None, balanced: bool = False, budget: int = 1) -> Selection:
+    params = dataclasses.replace(PARAMS, ceal_threshold=0.5, ceal_decay=0.0, ceal_cap=cap, ceal_balanced=balanced)
+    return select("ceal", _cap_view(), budget, np.random.default_rng(0), params)
+
+
+def test_ceal_cap_view_has_the_intended_confidence_order():
+    view = _cap_view()
+    norm = entropy(view.probs) / math.log(3)
+    confident = view.unlabeled[norm < 0.5]
+    order = np.lexsort((confident, norm[norm < 0.5]))
+    assert confident[order].tolist() == [7, 2, 4, 12, 1, 3, 5, 9]
+    assert _capped(None).pseudo_positions.tolist() == [1, 2, 3, 4, 5, 7, 9, 12]  # no cap: every confident row
+
+
+@pytest.mark.parametrize("cap, budget, want", [
+    (1.0, 1, [2, 4, 7]),  # ceil(1.0 x (2 labeled + 1 chosen)) = 3, the most confident
+    (0.5, 1, [2, 7]),  # ceil(1.5) = 2: of the tie at 0.0015, position 2 before 4
+    (2.0, 1, [1, 2, 3, 4, 7, 12]),  # 6
+    (1.0, 2, [2, 4, 7, 12]),  # the next training's labels: 2 labeled + 2 chosen = 4
+    (10.0, 1, [1, 2, 3, 4, 5, 7, 9, 12]),  # min(8 found, 30)
+    (0.0, 1, []),  # no pseudo-label: Uncertainty
+])
+def test_ceal_cap_keeps_the_most_confident_up_to_the_cap(cap: float, budget: int, want: list[int]):
+    sel = _capped(cap, budget=budget)
+    n_labels = 2 + budget
+    assert len(sel.pseudo_positions) == min(8, math.ceil(cap * n_labels))
+    assert sel.pseudo_positions.tolist() == want  # by pool position, as without a cap
+    labels = {pos: c for pos, _, c in _CAP_ROWS}
+    assert sel.pseudo_labels.tolist() == [labels[p] for p in want]
+    assert sel.chosen.tolist() == [10, 11][:budget] and sel.pseudo_positions.dtype == np.int64
+
+
+@pytest.mark.parametrize("cap, want", [
+    (2.0, [2, 7, 9, 12]),  # kept 6, quota ceil(6 / 3) = 2: class 0 gives 7 and 2, classes 1 and 2 their one row
+    (None, [2, 4, 7, 9, 12]),  # kept 8, quota 3: 7, 2, 4 of class 0
+    (1.0, [7, 9, 12]),  # kept 3, quota 1: the most confident of each class
+])
+def test_ceal_balanced_keeps_at_most_ceil_kept_over_c_per_predicted_class(cap: float | None, want: list[int]):
+    sel = _capped(cap, balanced=True)
+    assert sel.pseudo_positions.tolist() == want
+    labels = {pos: c for pos, _, c in _CAP_ROWS}
+    assert sel.pseudo_labels.tolist() == [labels[p] for p in want]
+    kept = 8 if cap is None else min(8, math.ceil(cap * 3))
+    assert np.bincount(sel.pseudo_labels, minlength=3).max() <= math.ceil(kept / 3)
+
+
+def _naive_keep(norm: np.ndarray, pos: np.ndarray, lab: np.ndarray, c: int, limit: int | None,
+                balanced: bool) -> list[int]:
+    """ceal_keep written as a loop over the candidates in confidence order."""
+    kept = len(norm) if limit is None else min(len(norm), limit)
+    quota = math.ceil(kept / c) if balanced else len(norm)
+    taken: dict[int, int] = {}
+    out: list[int] = []
+    for i in sorted(range(len(norm)), key=lambda i: (norm[i], pos[i])):
+        if len(out) < kept and taken.get(int(lab[i]), 0) < quota:
+            out.append(i)
+            taken[int(lab[i])] = taken.get(int(lab[i]), 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ceal_keep_matches_a_loop_on_skewed_classes(seed: int):
+    rng = np.random.default_rng(seed)
+    m, c = int(rng.integers(0, 200)), int(rng.integers(2, 7))
+    lab = rng.choice(c, size=m, p=np.r_[0.7, np.full(c - 1, 0.3 / (c - 1))]).astype(np.int64)  # one class dominates
+    norm = rng.integers(0, 20, size=m) / 40.0  # many ties
+    pos = rng.permutation(10 * m + 1)[:m].astype(np.int64)
+    for limit in (None, 0, 1, m // 3, m, 2 * m + 5):
+        for balanced in (False, True):
+            got = ceal_keep(norm, pos, lab, c, limit, balanced)
+            assert got.tolist() == _naive_keep(norm, pos, lab, c, limit, balanced), (limit, balanced)
+            if balanced and m:
+                kept = m if limit is None else min(m, limit)
+                assert np.bincount(lab[got], minlength=c).max(initial=0) <= math.ceil(kept / c)
+
+
+def test_ceal_limit_reads_the_cap_as_written():
+    assert ceal_limit(None, 30) is None
+    assert (ceal_limit(0.1, 30), ceal_limit(0.7, 10), ceal_limit(1.5, 3), ceal_limit(0.0, 9)) == (3, 7, 5, 0)
+    assert ceal_limit(0.01, 1) == 1  # any positive cap allows one
+
+
+def test_ceal_defaults_are_the_paper():
+    assert (PARAMS.ceal_cap, PARAMS.ceal_balanced) == (None, False)
+    uncapped = select("ceal", _cap_view(), 1, np.random.default_rng(0),
+                      dataclasses.replace(PARAMS, ceal_threshold=0.5, ceal_decay=0.0))
+    big = _capped(1000.0)
+    assert uncapped.pseudo_positions.tolist() == big.pseudo_positions.tolist() == [1, 2, 3, 4, 5, 7, 9, 12]
+
+
 def test_strategy_params_reject_bad_values():
     # the manifest schema bounds these for users; the pure constructor still refuses them (ValueError)
     with pytest.raises(ValueError, match="ceal_threshold"):
         dataclasses.replace(PARAMS, ceal_threshold=2.0, ceal_decay=0.0)
     with pytest.raises(ValueError, match="ceal_decay"):
         dataclasses.replace(PARAMS, ceal_decay=-1.0)
+    for bad in (-0.5, math.inf, math.nan):
+        with pytest.raises(ValueError, match="ceal_cap"):
+            dataclasses.replace(PARAMS, ceal_cap=bad)
+    with pytest.raises(TypeError, match="ceal_balanced"):
+        dataclasses.replace(PARAMS, ceal_balanced="yes")
     with pytest.raises(TypeError, match="GraphSpec"):
         dataclasses.replace(PARAMS, graph={"k": 50})
     with pytest.raises(ValueError, match="power_base"):

@@ -98,6 +98,14 @@ def test_params_are_dotted_json_scalars_cut_to_the_limit() -> None:
     assert not any(k.startswith(("tracking", "sweep")) for k in params)
 
 
+def test_a_rows_metrics_are_its_non_null_metric_columns_ceals_pseudo_labels_included() -> None:
+    row = {"task": 1, "task_key": "strategy=ceal/rep=0", "strategy": "ceal", "cycle": 1, "n_labeled": 20,
+           "n_pseudo": 766, "accuracy": 0.5, "loss": float("nan"), "pseudo_accuracy": 0.9,
+           "pseudo_accuracy_top_half": None, "seconds_total": 1.5}
+    assert tracking.row_metrics(row) == {"n_labeled": 20.0, "n_pseudo": 766.0, "accuracy": 0.5,
+                                         "pseudo_accuracy": 0.9, "seconds_total": 1.5}
+
+
 @needs_mlflow
 def test_one_run_per_task_with_params_tags_metrics_and_artifacts(write_manifest, workdir: Path) -> None:
     uri = _uri(workdir)

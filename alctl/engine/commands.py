@@ -367,8 +367,8 @@ def propagate_command(manifest_path: str | Path, task_index: int | None, ui: Ui)
         tables.replace_propagation(cycle, prop.epoch, u, prop.labels[u], prop.weights[u])
         kept = ""
         if prop.accuracy is not None:
-            # fill the cycle's pseudo-label accuracy where its training recorded none (a plain task); a +SEMI
-            # task's own value, measured on the propagation its training used, is kept
+            # fill the cycle's pseudo-label accuracy where its training recorded none (no pseudo-labels); a +SEMI
+            # task's own value, measured on the propagation its training used, and CEAL's are kept
             if tables.fill_pseudo_accuracy(cycle, prop.accuracy, prop.accuracy_top_half) is False:
                 kept = "; metrics keep the accuracy already recorded for that cycle"
     acc = "" if prop.accuracy is None else (

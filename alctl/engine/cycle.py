@@ -22,7 +22,8 @@ from alctl.console import Ui
 from alctl.data import DatasetSplits
 from alctl.engine import checkpoint, settings
 from alctl.engine.pretraining import ensure_pretrained
-from alctl.engine.steps import PropagationOutcome, acquire, pixel_features, pool_features, propagate_pool
+from alctl.engine.steps import (PropagationOutcome, acquire, pixel_features, pool_features, propagate_pool,
+                                pseudo_label_accuracy)
 from alctl.engine.tables import PoolState, TaskTables, new_pool
 from alctl.engine.workspace import check_task_dir, dataset_for, task_config_hash, task_dir, task_lock
 from alctl.errors import AlctlError, Preempted, UserError
@@ -127,6 +128,7 @@ class CycleResult:
     seconds: dict[str, float]
     selection: Selection | None
     propagation: PropagationOutcome | None = None
+    pseudo_accuracy: float | None = None  # of the pseudo-labels (propagation's or CEAL's) where the truth is known
 
 
 class CycleTraining:
@@ -139,11 +141,13 @@ class CycleTraining:
         config = ctx.config
         self.labeled = pool.labeled_at(cycle)
         self.targets = Targets(labeled_pos=self.labeled, labeled_y=pool.label[self.labeled])
+        self.ceal_accuracy: float | None = None  # of CEAL's pseudo-labels (read again from pseudo.parquet on resume)
         if config.active.strategy == "ceal":
             pos, ys = ctx.tables.ceal_pseudo(cycle)
             if len(pos):
                 self.targets.pseudo_pos, self.targets.pseudo_y = pos, ys
-                self.targets.pseudo_w = np.ones(len(pos), np.float32)
+                self.targets.pseudo_w = np.full(len(pos), config.active.ceal.weight, np.float32)
+                self.ceal_accuracy = pseudo_label_accuracy(ys, ctx.ds.train_labels.numpy()[pos])
         self.n_pseudo = len(self.targets.pseudo_pos)
         self.model = new_model(config, ctx.ds, ctx.task.rep, cycle, ctx.device, ctx.encoder)
         self.generator = runtime.torch_generator(config.seed, ctx.task.rep, cycle, "train", device="cpu")
@@ -287,9 +291,10 @@ def run_cycle(ctx: TaskContext, pool: PoolState, cycle: int, last: bool) -> Cycl
         t0 = time.perf_counter()
         selection = acquire(config, ctx.task.rep, ds, pool, model, ctx.images, cycle)
         tables.append_selection(cycle, config.active.strategy, pool.unlabeled, selection.chosen, selection.scores,
-                                selection.pseudo_positions, selection.pseudo_labels)
+                                selection.pseudo_positions, selection.pseudo_labels, config.active.ceal.weight)
         seconds["select"] = time.perf_counter() - t0
-    return CycleResult(accuracy, loss, len(pool.labeled_at(cycle)), training.n_pseudo, seconds, selection, prop)
+    return CycleResult(accuracy, loss, len(pool.labeled_at(cycle)), training.n_pseudo, seconds, selection, prop,
+                       training.ceal_accuracy if prop is None else prop.accuracy)
 
 
 def _metrics_row(ctx: TaskContext, cycle: int, res: CycleResult, seconds_pretrain: float) -> dict[str, object]:
@@ -299,7 +304,7 @@ def _metrics_row(ctx: TaskContext, cycle: int, res: CycleResult, seconds_pretrai
         "task": task.index, "task_key": task.key, "strategy": ctx.config.active.strategy, "variant": task.variant,
         "rep": task.rep, "cycle": cycle, "n_labeled": res.n_labeled, "n_pseudo": res.n_pseudo,
         "accuracy": res.accuracy, "loss": res.loss,
-        "pseudo_accuracy": None if prop is None else prop.accuracy,
+        "pseudo_accuracy": res.pseudo_accuracy,
         "pseudo_accuracy_top_half": None if prop is None else prop.accuracy_top_half,
         "seconds_pretrain": seconds_pretrain, "seconds_train": s.get("train", 0.0), "seconds_eval": s.get("eval", 0.0),
         "seconds_propagate": s.get("propagate", 0.0), "seconds_select": s.get("select", 0.0),
@@ -312,8 +317,11 @@ def _cycle_line(tag: str, cycle: int, res: CycleResult) -> str:
     """The log line of a finished cycle."""
     s = res.seconds
     acc = "n/a (no test images)" if np.isnan(res.accuracy) else f"{100 * res.accuracy:.2f}%"
-    pl = "" if res.propagation is None or res.propagation.accuracy is None else (
-        f", pseudo-labels {100 * res.propagation.accuracy:.1f}% correct")
+    correct = "" if res.pseudo_accuracy is None else f" {100 * res.pseudo_accuracy:.1f}% correct"
+    if res.propagation is not None:  # its accuracy is over every propagated label, not only the n_pseudo used
+        pl = f", pseudo-labels{correct}" if correct else ""
+    else:
+        pl = f", {res.n_pseudo} pseudo-labels{correct}" if res.n_pseudo else ""
     return (f"{tag} cycle {cycle}: {res.n_labeled} labels, accuracy {acc}{pl} | train {s.get('train', 0):.1f}s"
             f" propagate {s.get('propagate', 0):.1f}s eval {s.get('eval', 0):.1f}s select {s.get('select', 0):.1f}s"
             f" total {s['total']:.1f}s")

@@ -40,11 +40,14 @@ def graph_spec(s: mf.SemiConfig) -> GraphSpec:
 
 
 def strategy_params(config: mf.Manifest) -> StrategyParams:
-    """What the acquisition functions read from the manifest: CEAL's threshold, the graph of jLP, power sampling's
-    base and exponent, ProbCover's radius (None: auto; BALD's passes are the engine's: `steps.acquire`)."""
+    """What the acquisition functions read from the manifest: CEAL's threshold, decay, cap and balance (its weight
+    is the engine's: `cycle.CycleTraining`), the graph of jLP, power sampling's base and exponent, ProbCover's radius
+    (None: auto; BALD's passes are the engine's: `steps.acquire`)."""
     a = config.active
     return StrategyParams(ceal_threshold=a.ceal.threshold, ceal_decay=a.ceal.decay, graph=graph_spec(config.semi),
-                          power_base=a.power.base, power_exponent=a.power.exponent, probcover_delta=None if a.probcover.delta == "auto" else a.probcover.delta)
+                          power_base=a.power.base, power_exponent=a.power.exponent,
+                          probcover_delta=None if a.probcover.delta == "auto" else a.probcover.delta,
+                          ceal_cap=a.ceal.cap, ceal_balanced=a.ceal.balanced)
 
 
 def pretrain_spec(config: mf.Manifest, num_classes: int, shape: ImageShape = (1, 32, 32)) -> PretrainSpec:

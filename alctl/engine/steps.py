@@ -68,6 +68,12 @@ def pixel_features(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=1)
 
 
+def pseudo_label_accuracy(labels: np.ndarray, truth: np.ndarray) -> float | None:
+    """The fraction of pseudo-labels [m] equal to the truth [m] where it is known (>= 0); None where none is."""
+    known = truth >= 0
+    return float((labels[known] == truth[known]).mean()) if known.any() else None
+
+
 def propagate_pool(
     config: mf.Manifest, ds: DatasetSplits, feats: torch.Tensor, labeled: np.ndarray, labels: np.ndarray, epoch: int,
 ) -> PropagationOutcome:

@@ -299,16 +299,18 @@ class TaskTables:
     # ------------------------------------------------------------------ scores and pseudo-labels
 
     def append_selection(self, cycle: int, strategy: str, unlabeled: np.ndarray, chosen: np.ndarray,
-                         scores: np.ndarray, pseudo_positions: np.ndarray, pseudo_labels: np.ndarray) -> None:
+                         scores: np.ndarray, pseudo_positions: np.ndarray, pseudo_labels: np.ndarray,
+                         pseudo_weight: float = 1.0) -> None:
         """Append the cycle's scores (every candidate [n_u], selected flag) and CEAL's pseudo-labels [m] for the
-        next cycle."""
+        next cycle, each recorded with the loss weight `pseudo_weight` (active.ceal.weight)."""
         n = len(unlabeled)
         self.store.append("scores", store.to_table("scores", {
             "cycle": np.full(n, cycle, np.int32), "sample_id": self.ids[unlabeled], "strategy": [strategy] * n,
             "score": scores.astype(np.float32), "selected": np.isin(unlabeled, chosen)}))
         if len(pseudo_positions):
             self.store.append("pseudo", self._pseudo_rows(cycle + 1, CEAL_EPOCH, pseudo_positions, pseudo_labels,
-                                                          np.ones(len(pseudo_positions), np.float32)))
+                                                          np.full(len(pseudo_positions), pseudo_weight,
+                                                                  np.float32)))
 
     def scores_of(self, cycle: int) -> dict[int, float]:
         """sample_id -> score of the selection made at `cycle`."""
@@ -354,7 +356,7 @@ class TaskTables:
         self.store.append("metrics", store.to_table("metrics", {k: [v] for k, v in row.items()}))
 
     def fill_pseudo_accuracy(self, cycle: int, accuracy: float, top_half: float | None) -> bool | None:
-        """Fill the cycle's pseudo-label accuracy where its training recorded none (a plain task). Returns True
+        """Fill the cycle's pseudo-label accuracy where its training recorded none (no pseudo-labels). Returns True
         when filled, False when the cycle keeps a value its training recorded, None when the cycle has no row."""
         if not self.store.exists("metrics"):
             return None

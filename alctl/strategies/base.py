@@ -66,11 +66,14 @@ class Selection:
 
 @dataclass(frozen=True)
 class StrategyParams:
-    """Parameters of the acquisition functions (from the manifest; no defaults here), checked at construction.
+    """Parameters of the acquisition functions (from the manifest; no defaults here but the paper's values of the
+    CEAL fields added later), checked at construction.
 
     ceal_threshold: normalised entropy in [0, 1] below which CEAL pseudo-labels; ceal_decay: its decrease
-    per cycle, >= 0; graph: the kNN graph and solver of jLP; power_base: the score power sampling draws
-    from (one of POWER_BASES); power_exponent: the power it raises it to, > 0; probcover_delta: ProbCover's
+    per cycle, >= 0; ceal_cap: the most CEAL pseudo-labels, as a multiple >= 0 of the next training's labeled set
+    (labeled + chosen), or None: no cap (the paper); ceal_balanced: keep at most ceil(kept / C) pseudo-labels per
+    predicted class (False: the paper); graph: the kNN graph and solver of jLP; power_base: the score power sampling
+    draws from (one of POWER_BASES); power_exponent: the power it raises it to, > 0; probcover_delta: ProbCover's
     ball radius, Euclidean distance between L2-normalised features, in (0, 2], or None: chosen by the paper's
     purity rule at each selection (`coverage.purity_delta`).
     """
@@ -81,6 +84,8 @@ class StrategyParams:
     power_base: str
     power_exponent: float
     probcover_delta: float | None
+    ceal_cap: float | None = None
+    ceal_balanced: bool = False
 
     def __post_init__(self) -> None:
         """Range and type checks of every field (ValueError / TypeError)."""
@@ -88,6 +93,10 @@ class StrategyParams:
             raise ValueError(f"StrategyParams.ceal_threshold must be in [0, 1], got {self.ceal_threshold!r}")
         if not (float(self.ceal_decay) >= 0.0 and math.isfinite(float(self.ceal_decay))):
             raise ValueError(f"StrategyParams.ceal_decay must be a finite number >= 0, got {self.ceal_decay!r}")
+        if self.ceal_cap is not None and not (float(self.ceal_cap) >= 0.0 and math.isfinite(float(self.ceal_cap))):
+            raise ValueError(f"StrategyParams.ceal_cap must be None or a finite number >= 0, got {self.ceal_cap!r}")
+        if not isinstance(self.ceal_balanced, (bool, np.bool_)):
+            raise TypeError(f"StrategyParams.ceal_balanced must be a bool, got {type(self.ceal_balanced).__name__}")
         if not isinstance(self.graph, GraphSpec):
             raise TypeError(f"StrategyParams.graph must be a GraphSpec, got {type(self.graph).__name__}")
         if self.power_base not in POWER_BASES:

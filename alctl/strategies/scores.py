@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from fractions import Fraction
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from alctl.strategies.base import (
 __all__ = [
     "entropy", "margin_scores", "least_confidence_scores", "bald_scores", "power_keys", "random_select",
     "uncertainty_select", "margin_select", "least_confidence_select", "bald_select", "power_select", "ceal_select",
+    "ceal_limit", "ceal_keep",
 ]
 
 # bald_scores works on row chunks of at most this many mc_probs entries (float64 temporaries of 32 MiB).
@@ -171,9 +173,39 @@ def power_select(view: PoolView, budget: int, rng: np.random.Generator, params: 
     return make_selection(unl[order[:b]], keys.astype(np.float32))
 
 
+def ceal_limit(cap: float | None, n_labels: int) -> int | None:
+    """The most pseudo-labels a cap allows beside `n_labels` true labels: ceil(cap x n_labels), the cap read as the
+    decimal it was written as (0.1 x 30 = 3, not 4); None for no cap."""
+    if cap is None:
+        return None
+    return math.ceil(Fraction(repr(float(cap))) * int(n_labels))
+
+
+def ceal_keep(norm_entropy: np.ndarray, positions: np.ndarray, labels: np.ndarray, num_classes: int,
+              limit: int | None, balanced: bool) -> np.ndarray:
+    """Which confident candidates CEAL keeps: of normalised entropies [m], pool positions [m] and predicted labels
+    [m] int64, the indices [k] int64 into them, most confident first (lowest entropy, ties by lower position),
+    k = min(m, limit) (limit None: m). Balanced: at most ceil(min(m, limit) / num_classes) per predicted class,
+    the most confident of each class, the k most confident of those (k may fall short of the limit)."""
+    m = int(norm_entropy.shape[0])
+    kept = m if limit is None else min(m, int(limit))
+    order = np.lexsort((np.asarray(positions, dtype=np.int64), np.asarray(norm_entropy, dtype=np.float64)))
+    if balanced and m:
+        quota = math.ceil(kept / num_classes)
+        lab = np.asarray(labels, dtype=np.int64)[order]  # [m] in confidence order
+        by_class = np.argsort(lab, kind="stable")  # [m] grouped by class, confidence order kept within each
+        counts = np.bincount(lab, minlength=num_classes)  # [C]
+        rank = np.empty(m, dtype=np.int64)  # [m] rank of each (confidence-ordered) candidate within its class
+        rank[by_class] = np.arange(m, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        order = order[rank < quota]
+    return order[:kept].astype(np.int64)
+
+
 def ceal_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
     """CEAL (Wang et al. 2017): uncertainty selection, plus pseudo-labels (argmax) on the remaining images of U
-    whose normalised entropy H / log C is below max(0, ceal_threshold - ceal_decay * cycle), by pool position."""
+    whose normalised entropy H / log C is below max(0, ceal_threshold - ceal_decay * cycle), by pool position;
+    of those, at most ceil(ceal_cap x (n_l + b)) (the next training's labels), the most confident (`ceal_keep`),
+    class-balanced with ceal_balanced. Without cap or balance, every confident image (the paper)."""
     view = host_probs(view)
     b = check_budget(view, budget)
     check_view(view, need_probs=True)
@@ -183,9 +215,14 @@ def ceal_select(view: PoolView, budget: int, rng: np.random.Generator, params: S
     scores = h.astype(np.float32)
     chosen = _top_b(scores, unl, b)
     limit = max(0.0, threshold - decay * view.cycle)
-    confident = h / math.log(view.num_classes) < limit
+    norm = h / math.log(view.num_classes)  # [n_u]
+    confident = norm < limit
     confident &= ~np.isin(unl, chosen)
-    order = np.argsort(unl[confident], kind="stable")
-    pseudo_pos = unl[confident][order]
-    pseudo_lab = np.asarray(view.probs)[confident].argmax(axis=1)[order]
-    return make_selection(chosen, scores, pseudo_pos, pseudo_lab)
+    rows = np.flatnonzero(confident)  # [m] rows of U
+    labels = np.asarray(view.probs)[rows].argmax(axis=1)  # [m]
+    if params.ceal_cap is not None or params.ceal_balanced:
+        most = ceal_limit(params.ceal_cap, len(view.labeled) + len(chosen))
+        keep = ceal_keep(norm[rows], unl[rows], labels, view.num_classes, most, bool(params.ceal_balanced))
+        rows, labels = rows[keep], labels[keep]
+    order = np.argsort(unl[rows], kind="stable")
+    return make_selection(chosen, scores, unl[rows][order], labels[order])
