@@ -332,6 +332,18 @@ def seeded_global_rng(device: torch.device, seed: int) -> Iterator[None]:
         yield
 
 
+def check_pool(images: torch.Tensor, labels: np.ndarray | None) -> np.ndarray | None:
+    """Check pre-training's inputs: uint8 images [N, C, H, W] and optional labels [N]; the labels flattened."""
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+    if labels is None:
+        return None
+    labels = np.asarray(labels).reshape(-1)
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels must have shape [{images.shape[0]}], got {labels.shape}")
+    return labels
+
+
 def deepcluster(
     model: ConvLarge,
     images: torch.Tensor,
@@ -360,18 +372,13 @@ def deepcluster(
     weights that become NaN or infinite raise FloatingPointError naming the epoch, before on_epoch sees it. Labels int64 [N] are only used to report NMI, and `probe` only to measure the encoder after
     every epoch (EpochStats.knn_accuracy); neither is used for training.
     """
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+    labels = check_pool(images, labels)
     n = images.shape[0]
     k = spec.clusters
     if not 1 <= k <= n:
         raise ValueError(f"pretrain clusters must be in [1, {n}] (the number of images), got {k}")
     if spec.pca is not None and not 1 <= spec.pca <= model.feature_dim:
         raise ValueError(f"pretrain pca must be in [1, {model.feature_dim}] (the feature dimension), got {spec.pca}")
-    if labels is not None:
-        labels = np.asarray(labels).reshape(-1)
-        if labels.shape[0] != n:
-            raise ValueError(f"labels must have shape [{n}], got {labels.shape}")
     if spec.recipe not in RECIPES:
         raise ValueError(f"pretrain recipe must be one of {RECIPES}, got {spec.recipe!r}")
     device = images.device

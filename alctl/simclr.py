@@ -30,7 +30,8 @@ from torch import nn
 
 from alctl.augment import ViewSpec, views
 from alctl.models import ConvLarge
-from alctl.pretrain import EpochStats, Probe, cluster_features, epoch_seed, kmeans, probe_accuracy, seeded_global_rng
+from alctl.pretrain import (EpochStats, Probe, check_pool, cluster_features, epoch_seed, kmeans, probe_accuracy,
+                            seeded_global_rng)
 from alctl.train import check_finite
 
 # tags of the per-epoch random streams (seed, epoch, tag); 100+ keeps them apart from DeepCluster's
@@ -117,14 +118,9 @@ def simclr(
     `probe`'s kNN accuracy (when given): the same report as DeepCluster's. A non-finite loss or weights raise
     FloatingPointError naming the epoch, before on_epoch sees it.
     """
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+    labels = check_pool(images, labels)
     n = int(images.shape[0])
     check_spec(spec, n)
-    if labels is not None:
-        labels = np.asarray(labels).reshape(-1)
-        if labels.shape[0] != n:
-            raise ValueError(f"labels must have shape [{n}], got {labels.shape}")
     device = images.device
     batch = min(spec.batch_size, n)
     steps_per_epoch = max(1, n // batch)
