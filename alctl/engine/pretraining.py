@@ -134,8 +134,7 @@ def _simclr_from_plain(d: dict[str, Any]) -> SimclrState:
 class _Method:
     """One pre-training method as the engine runs it: its spec, loop and checkpointed state."""
 
-    spec: Any  # PretrainSpec | SimclrSpec
-    epochs: int
+    spec: Any  # PretrainSpec | SimclrSpec (both carry .epochs)
     run: Callable[..., Any]  # deepcluster | simclr: (model, images, mean, std, spec, seed, **keywords) -> state
     to_plain: Callable[[Any], dict[str, Any]]
     from_plain: Callable[[dict[str, Any]], Any]
@@ -150,7 +149,7 @@ def _method(config: mf.Manifest, ds: DatasetSplits) -> _Method:
     shape = tuple(ds.train_images.shape[1:])
     if mf.encoder_method(config) == "simclr":
         spec = settings.simclr_spec(config, ds.num_classes, shape, len(ds.train_labels))  # type: ignore[arg-type]
-        return _Method(spec, spec.epochs, simclr, _simclr_to_plain, _simclr_from_plain, None, False,
+        return _Method(spec, simclr, _simclr_to_plain, _simclr_from_plain, None, False,
                        "pretrain.simclr.lr", config.pretrain.simclr.lr)
     spec = settings.pretrain_spec(config, ds.num_classes, shape)  # type: ignore[arg-type]
     if not 1 <= spec.clusters <= len(ds.train_labels):
@@ -158,7 +157,7 @@ def _method(config: mf.Manifest, ds: DatasetSplits) -> _Method:
                         f" classes = {spec.clusters} clusters, more than the {len(ds.train_labels)} pool images")
     # Caron et al.'s head sees the raw features; the authors' (rethinking) network is their classifier's
     l2 = mf.l2_features(config) and config.pretrain.recipe == "rethinking"
-    return _Method(spec, spec.epochs, deepcluster, _deepcluster_to_plain, _deepcluster_from_plain, spec.clusters, l2,
+    return _Method(spec, deepcluster, _deepcluster_to_plain, _deepcluster_from_plain, spec.clusters, l2,
                    "pretrain.lr", config.pretrain.lr)
 
 
@@ -181,7 +180,7 @@ def _run_pretrain(
         checkpoint.load_weights(model, ckpt["model"], paths["checkpoint"], what)
         with checkpoint.reading(paths["checkpoint"], what):
             state = method.from_plain(ckpt["state"])
-        ui.line(f"pre-training {key}: resuming after epoch {state.epoch}/{method.epochs}")
+        ui.line(f"pre-training {key}: resuming after epoch {state.epoch}/{method.spec.epochs}")
     truth = ds.train_labels.numpy()
     labels = truth if (truth >= 0).all() else None
     probe = None
@@ -200,7 +199,7 @@ def _run_pretrain(
         lock.beat()
         nmi = "" if e.nmi_labels is None else f", NMI to labels {e.nmi_labels:.3f}"
         knn = "" if e.knn_accuracy is None else f", {PROBE_K}-NN test accuracy {100 * e.knn_accuracy:.2f}%"
-        ui.line(f"pre-training {key} epoch {e.epoch + 1}/{method.epochs}: loss {e.train_loss:.4g}, k-means loss"
+        ui.line(f"pre-training {key} epoch {e.epoch + 1}/{method.spec.epochs}: loss {e.train_loss:.4g}, k-means loss"
                 f" {e.kmeans_loss:.4g}{nmi}{knn}, {e.seconds:.1f}s")
 
     if state is not None and paths["metrics"].is_file():  # drop rows of an epoch that was not checkpointed
@@ -215,7 +214,7 @@ def _run_pretrain(
                            on_epoch=on_epoch, should_stop=stop, probe=probe)
     except FloatingPointError as exc:  # the loss or the weights became NaN or infinite: that epoch is not kept
         raise AlctlError(f"pre-training {key}: {exc}; lower {method.lr_field} (now {method.lr:g})") from None
-    if final.epoch < method.epochs:
-        raise Preempted(f"pre-training {key} stopped after epoch {final.epoch}/{method.epochs}; rerun to resume")
+    if final.epoch < method.spec.epochs:
+        raise Preempted(f"pre-training {key} stopped after epoch {final.epoch}/{method.spec.epochs}; rerun to resume")
     checkpoint.save(paths["weights"], {"encoder": encoder_state(model), "settings": encoder_settings})
     paths["checkpoint"].unlink(missing_ok=True)
