@@ -146,7 +146,7 @@ def select_cmd(
 @app.command()
 @handled
 def pretrain(manifest: ManifestArg, quiet: QuietOpt = False) -> None:
-    """DeepCluster pre-training of every encoder the manifest's +PRE tasks need (once; resumes)."""
+    """Pre-training (DeepCluster or SimCLR) of every encoder the manifest's tasks need (once; resumes)."""
     from alctl.engine.commands import pretrain_command
 
     pretrain_command(manifest, _ui(quiet))

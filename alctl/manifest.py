@@ -317,10 +317,28 @@ class ActiveConfig(_Section):
     )
 
 
-class SemiConfig(_Section):
-    """Semi-supervised training with label propagation (Iscen et al. 2019)."""
+class FixmatchConfig(_Section):
+    """FixMatch consistency training (Sohn et al. 2020), semi.method: fixmatch; the defaults are the paper's."""
 
-    method: Literal["none", "label-propagation"] = Field("none", description="none or label-propagation (+SEMI)")
+    threshold: float = Field(
+        0.95, gt=0, le=1,
+        description="confidence (the weak view's top softmax probability) from which a prediction becomes the"
+        " strong view's target (tau)",
+    )
+    weight: float = Field(1.0, ge=0, description="weight of the unlabeled term against the labeled one (lambda_u)")
+
+
+class SemiConfig(_Section):
+    """Semi-supervised training: label propagation (Iscen et al. 2019) or FixMatch (Sohn et al. 2020)."""
+
+    method: Literal["none", "label-propagation", "fixmatch"] = Field(
+        "none",
+        description="none, label-propagation (+SEMI: pseudo-labels of a kNN graph, the paper) or fixmatch (+SEMI:"
+        " the model's own confident predictions on weakly augmented unlabeled images train the strongly augmented"
+        " ones; the strong views are SimCLR's, `augment.view_spec`). Both use batch_size, labeled_per_batch,"
+        " unlabeled_per_epoch, warmup and the two phases (phase2_epochs, phase2_lr)",
+    )
+    fixmatch: FixmatchConfig = Field(default_factory=FixmatchConfig, description="FixMatch parameters")
     k: int = Field(50, ge=1, description="neighbours in the kNN graph")
     alpha: float = Field(0.99, gt=0, lt=1, description="propagation parameter alpha")
     gamma: float = Field(3.0, gt=0, description="affinity exponent: similarity^gamma")
@@ -350,14 +368,16 @@ class SemiConfig(_Section):
     phase2_lr: float | None = Field(
         None, gt=0, description="phase 2's initial learning rate (cosine ramp-down to 0); null = train.lr"
     )
-    features: Literal["auto", "model", "encoder", "pixels"] = Field(
+    features: Literal["auto", "model", "encoder", "pixels", "encoder+pixels"] = Field(
         "auto",
         description="what the kNN graph of training's propagations is built on: model = the features of the network"
         " being trained, recomputed at every propagation (the paper); encoder = with +PRE, the DeepCluster encoder's"
         " features, learned from every pool image before any label (the model's without +PRE); pixels = the images"
         " themselves, centred and L2-normalised (scikit-learn LabelSpreading's space: strong on small aligned images"
-        " such as digits, weak on photographs); auto = encoder with +PRE, else pixels for grey images and model for colour"
-        " ones. encoder and pixels are fixed, so a cycle propagates once."
+        " such as digits, weak on photographs); encoder+pixels = both, each L2-normalised and joined (a pair's"
+        " similarity is the mean of its two cosines), with +PRE; auto = with +PRE, encoder+pixels for grey images and"
+        " encoder for colour ones; without, pixels for grey images and model for colour ones (grey images are where"
+        " pixels carry the class). encoder, pixels and encoder+pixels are fixed, so a cycle propagates once."
         " `alctl propagate` always uses the task's model",
     )
     class_weights: bool = Field(
@@ -559,8 +579,8 @@ class Manifest(_Section):
 
 
 def cycle_epochs(m: Manifest) -> int:
-    """Training epochs of one cycle: train.epochs, plus semi.phase2_epochs with label propagation."""
-    return m.train.epochs + (m.semi.phase2_epochs if m.semi.method == "label-propagation" else 0)
+    """Training epochs of one cycle: train.epochs, plus semi.phase2_epochs with +SEMI."""
+    return m.train.epochs + (m.semi.phase2_epochs if m.semi.method != "none" else 0)
 
 
 def layer_channels(base: int, width: float) -> int:
@@ -601,11 +621,11 @@ def cross_field_problems(m: Manifest) -> list[str]:
             )
         if m.semi.method == "label-propagation" and m.semi.k >= pool:
             problems.append(f"semi.k: {m.semi.k} neighbours needs a pool larger than {pool}")
-    if m.active.strategy == "ceal" and m.semi.method == "label-propagation":
+    if m.active.strategy == "ceal" and m.semi.method != "none":
         problems.append(
-            "active.strategy: ceal does not combine with semi.method: label-propagation"
+            f"active.strategy: ceal does not combine with semi.method: {m.semi.method}"
             " (CEAL brings its own pseudo-labels); use another strategy or semi.method: none, or in a sweep leave"
-            " the pair out: exclude: [{active.strategy: ceal, semi.method: label-propagation}]"
+            f" the pair out: exclude: [{{active.strategy: ceal, semi.method: {m.semi.method}}}]"
         )
     bald = m.active.strategy == "bald" or (m.active.strategy == "power" and m.active.power.base == "bald")
     if bald and m.model.dropout == 0:
@@ -635,6 +655,11 @@ def cross_field_problems(m: Manifest) -> list[str]:
         problems.append(
             f"active.initial_features: {a.initial_features} with pretrain.method {m.pretrain.method}: a task has one"
             f" encoder; use initial_features: {m.pretrain.method} (or encoder), or pretrain.method: {a.initial_features}"
+        )
+    if m.semi.features == "encoder+pixels" and m.pretrain.method == "none":
+        problems.append(
+            "semi.features: encoder+pixels joins a pre-trained encoder's features to the pixels, but pretrain.method"
+            " is none; set pretrain.method (simclr or deepcluster) or use semi.features: pixels"
         )
     if m.semi.labeled_per_batch >= m.semi.batch_size:
         problems.append(
@@ -666,7 +691,7 @@ def variant_label(m: Manifest) -> str:
 
 
 _SHORT = {"active.strategy": "strategy", "semi.method": "semi", "pretrain.method": "pretrain"}
-_VALUE_SHORT = {"label-propagation": "lp"}
+_VALUE_SHORT = {"label-propagation": "lp", "fixmatch": "fm"}
 
 
 def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
@@ -1154,6 +1179,7 @@ _HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
     ("active", "ceal", "cap"): None,
     ("active", "ceal", "balanced"): False,
     ("active", "ceal", "weight"): 1.0,
+    ("semi", "fixmatch"): FixmatchConfig().model_dump(mode="json"),
 }
 
 
@@ -1198,13 +1224,15 @@ def l2_features(config: Manifest) -> bool:
 
 
 def semi_features(config: Manifest, shape: ImageShape) -> str:
-    """semi.features resolved: auto = encoder with +PRE, else pixels for grey images and model for colour ones."""
+    """semi.features resolved: auto = with +PRE, encoder+pixels for grey images and encoder for colour ones;
+    without, pixels for grey images and model for colour ones."""
     value = config.semi.features
     if value != "auto":
         return value
+    grey = shape[0] == 1
     if config.pretrain.method != "none":
-        return "encoder"
-    return "pixels" if shape[0] == 1 else "model"
+        return "encoder+pixels" if grey else "encoder"
+    return "pixels" if grey else "model"
 
 
 def simclr_epochs(s: SimclrConfig, pool: int) -> int:

@@ -142,13 +142,23 @@ def cycle_cost(config: mf.Manifest, cycle: int, pool: int, test: int) -> CycleCo
         images += first_mixed * plain_images + mixed_epochs * m_images
         propagations = math.ceil(mixed_epochs / s.every) if mixed_epochs else 0
         graph = mf.semi_features(config, (mf.image_channels(config.dataset), 0, 0))  # the rule reads channels only
-        fixed = graph == "pixels" or (graph == "encoder" and config.pretrain.method != "none")
+        encoder = graph in ("encoder", "encoder+pixels") and config.pretrain.method != "none"
+        fixed = encoder or graph in ("pixels", "encoder+pixels")
         if fixed:
             propagations = min(propagations, 1)  # fixed features: one propagation per cycle
-            if cycle == 0 and graph == "encoder":
+            if cycle == 0 and encoder:
                 features += pool  # the encoder's features, once per task
         else:
             features += propagations * pool
+    elif s.method == "fixmatch":  # every unlabeled image, seen weakly and strongly (two images each), no graph
+        first_mixed = t.epochs if s.phase2_epochs else min(s.warmup, t.epochs)
+        mixed_epochs = (t.epochs + s.phase2_epochs) - first_mixed
+        unlabeled = pool - n_l
+        m_steps, m_images = _mixed_steps(unlabeled, s) if unlabeled else (plain_steps, plain_images)
+        m_images += (m_images - m_steps * s.labeled_per_batch) if unlabeled else 0  # the strong views
+        steps = first_mixed * plain_steps + mixed_epochs * m_steps
+        images = first_mixed * plain_images + mixed_epochs * m_images
+        features += pool  # the confident predictions at the end of training
     else:
         steps, images = t.epochs * plain_steps, t.epochs * plain_images
     wanted = needs(a.power.base if a.strategy == "power" else a.strategy)  # power reads what its base reads

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alctl.augment import augment, normalize
+from alctl.augment import ViewSpec, augment, normalize, translate, views
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # resolved precisions (the manifest's auto picks one of them)
 _DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -120,10 +120,22 @@ class FitState:
 
 
 @dataclass(frozen=True)
-class Semi:
-    """How pseudo-labels enter training: recomputed by `refresh(epoch)` and mixed into every batch."""
+class Consistency:
+    """FixMatch (Sohn et al. 2020): the prediction on a weakly augmented view of an unlabeled image (translation,
+    flips) becomes the target of a strongly augmented view (`strong`, then the same translation) where its
+    confidence reaches `threshold`; that term weighs `weight` (lambda_u) against the labeled cross-entropy."""
 
-    refresh: Callable[[int], Targets]  # epoch -> targets with pseudo-labels (label propagation)
+    threshold: float  # tau in (0, 1]
+    weight: float  # lambda_u >= 0
+    strong: ViewSpec
+
+
+@dataclass(frozen=True)
+class Semi:
+    """How unlabeled images enter training: recomputed by `refresh(epoch)` and mixed into every batch, as weighted
+    pseudo-labels (label propagation) or, with `consistency`, as FixMatch's unlabeled images."""
+
+    refresh: Callable[[int], Targets]  # epoch -> targets with pseudo-labels (label propagation) or unlabeled images
     every: int  # epochs between refreshes
     warmup: int  # epochs on labels only before the first refresh
     batch_size: int  # images per mixed batch
@@ -131,6 +143,7 @@ class Semi:
     unlabeled_per_epoch: int | None  # pseudo-labeled images per epoch; None = all
     phase2_epochs: int  # > 0: Iscen et al.'s two phases, these epochs with pseudo-labels after spec.epochs
     phase2_lr: float | None  # phase 2's initial learning rate (cosine ramp-down to 0); None = spec.lr
+    consistency: Consistency | None = None  # FixMatch: targets.pseudo_pos are unlabeled images, pseudo_y unused
 
     def due(self, epoch: int, plain_epochs: int) -> bool:
         """True when pseudo-labels are recomputed at the start of `epoch`: from `warmup` on, or with phase 2 from
@@ -238,6 +251,49 @@ def weighted_loss(
     return (per_sample * cw).sum() / cw.sum().clamp_min(1e-12)
 
 
+def consistency_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold: float) -> torch.Tensor:
+    """FixMatch's unlabeled term: the mean over the batch [u] of cross-entropy(strong logits [u, C], argmax of the
+    weak view's softmax) where that softmax's maximum is >= threshold (0 elsewhere); no gradient through the weak
+    view. 0 for an empty batch."""
+    if logits_weak.shape[0] == 0:
+        return logits_strong.sum() * 0.0
+    with torch.no_grad():
+        confidence, guess = torch.softmax(logits_weak.detach().float(), dim=1).max(dim=1)
+        mask = (confidence >= threshold).float()
+    return (F.cross_entropy(logits_strong.float(), guess, reduction="none") * mask).mean()
+
+
+def _step_loss(
+    forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], images: torch.Tensor, b: torch.Tensor,
+    n_l: int, pos_t: torch.Tensor, ys_t: torch.Tensor, ws_t: torch.Tensor, class_w: torch.Tensor | None,
+    spec: TrainSpec, mean: Sequence[float], std: Sequence[float], generator: torch.Generator, semi: Semi | None,
+) -> torch.Tensor:
+    """The loss of one batch `b` (indices into the targets, labeled first: < n_l): weighted cross-entropy of the
+    augmented images; with FixMatch, the labeled images' cross-entropy plus weight x `consistency_loss` of the
+    unlabeled ones (>= n_l), the labeled, weak and strong views in one forward pass (batch norm sees them all)."""
+    compute = spec.compute
+    device = images.device
+    if semi is None or semi.consistency is None or n_l == len(pos_t):  # no unlabeled image among the targets
+        x = augment(normalize(images[pos_t[b]], mean, std), spec.translate, spec.flip, generator)
+        with compute.autocast(device):
+            logits, _ = forward(compute.prepare_input(x))
+            return weighted_loss(logits.float(), ys_t[b], ws_t[b], class_w)
+    c = semi.consistency
+    lab, unl = b[b < n_l], b[b >= n_l]
+    u_images = images[pos_t[unl]]
+    x = torch.cat([
+        augment(normalize(images[pos_t[lab]], mean, std), spec.translate, spec.flip, generator),
+        augment(normalize(u_images, mean, std), spec.translate, spec.flip, generator),
+        translate(views(u_images, mean, std, c.strong, generator), spec.translate, generator),
+    ])
+    with compute.autocast(device):
+        logits, _ = forward(compute.prepare_input(x))
+    logits = logits.float()
+    n, u = len(lab), len(unl)
+    loss = weighted_loss(logits[:n], ys_t[lab], ws_t[lab], class_w)
+    return loss + c.weight * consistency_loss(logits[n : n + u], logits[n + u :], c.threshold)
+
+
 def check_finite(model: nn.Module, nonfinite_loss: torch.Tensor | bool, epoch: int, epochs: int) -> None:
     """Raise FloatingPointError naming `epoch` (0-based, shown 1-based of `epochs`) when `nonfinite_loss` is set or
     a parameter or floating-point buffer of `model` (batch-norm statistics) holds NaN or an infinity (the training
@@ -274,7 +330,8 @@ def fit(
     Without `semi`, labeled and (CEAL) pseudo-labeled images are shuffled together in batches of spec.batch_size.
     With `semi`, pseudo-targets come from semi.refresh(epoch) when due and every batch mixes labeled and
     pseudo-labeled images; with semi.phase2_epochs, the first spec.epochs are exactly the training on labels
-    alone, then phase 2 trains on labels and pseudo-labels with its own schedule. `resume` continues a state
+    alone, then phase 2 trains on labels and pseudo-labels with its own schedule. With semi.consistency (FixMatch)
+    the refreshed targets' pseudo_pos are unlabeled images, trained on by `consistency_loss`. `resume` continues a state
     returned earlier (the caller restores the model, optimizer, generator and global RNG states that went with
     it); `should_stop()` is checked after every step and ends training early with state.stopped set, mid-epoch
     if need be, so that resuming replays the rest exactly. spec.compute sets the arithmetic (autocast, fp16's
@@ -312,10 +369,8 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(epoch + step / len(batches), spec, semi)
             b = flat[int(ends[step]) : int(ends[step + 1])]
-            x = augment(normalize(images[pos_t[b]], mean, std), spec.translate, spec.flip, generator)
-            with compute.autocast(device):
-                logits, _ = forward(compute.prepare_input(x))
-                loss = weighted_loss(logits.float(), ys_t[b], ws_t[b], class_w)
+            loss = _step_loss(forward, images, b, len(state.targets.labeled_pos), pos_t, ys_t, ws_t, class_w, spec,
+                              mean, std, generator, semi)
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 nonfinite |= ~torch.isfinite(loss.detach())

@@ -40,6 +40,7 @@ from alctl.engine.commands import cycle_command  # noqa: E402
 from alctl.engine.pretraining import pretrain_key, pretrain_paths  # noqa: E402
 from alctl.engine.tables import new_pool  # noqa: E402
 from alctl.engine.workspace import dataset_for, task_dir  # noqa: E402
+from alctl.report import mean_interval  # noqa: E402
 
 BASELINES = ("1-NN pixels", "LabelSpreading pixels")
 PER_CLASS = {"mnist5k": [1, 2, 5], "digits": [1, 2, 5], "mnist": [1]}
@@ -83,8 +84,8 @@ def column(config: mf.Manifest) -> str:
 def setting(dataset: str, out: Path, kind: str) -> Path:
     """Write the run manifest of one dataset under `out` (the -few manifest, its grid reduced to this benchmark's
     budgets and methods); its path. kind `main`: the recipe; `cold`: TypiClust's cold start on the SimCLR encoder;
-    `hand`: the +SEMI variants with each hand choice of the graph's features that auto did not make (the paper's
-    `model` from scratch, `pixels` from an encoder), to check auto's rule against them."""
+    `hand`: the +SEMI variants with each hand choice of the graph's features that auto did not make (from scratch
+    the paper's `model` or `pixels`; from an encoder `encoder` or `pixels`), to check auto's rule against them."""
     m = mf.load(ROOT / "manifests" / f"{dataset}-few.yaml")
     sweep: dict[str, Any] = {"active.initial": [10 * b for b in PER_CLASS[dataset]],
                              "semi.method": ["none", "label-propagation"], "pretrain.method": METHODS[dataset]}
@@ -95,13 +96,17 @@ def setting(dataset: str, out: Path, kind: str) -> Path:
         update["active"] = m.active.model_copy(update={"initial_strategy": "typiclust", "initial_features": "simclr"})
     elif kind == "hand":
         channels = mf.image_channels(m.dataset)
-        auto_plain = mf.semi_features(m.model_copy(update={"pretrain": m.pretrain.model_copy(
-            update={"method": "none"})}), (channels, 0, 0))
-        exclude = [{"pretrain.method": "none", "semi.features": auto_plain}]
-        exclude += [{"pretrain.method": p, "semi.features": "model"} for p in METHODS[dataset] if p != "none"]
+        choices = ["pixels", "model", "encoder"]
+        exclude: list[dict[str, Any]] = []
+        for method in METHODS[dataset]:
+            auto = mf.semi_features(m.model_copy(update={"pretrain": m.pretrain.model_copy(
+                update={"method": method})}), (channels, 0, 0))
+            # from scratch, `encoder` is the model's features; from an encoder, the paper's `model` is left out
+            other = "encoder" if method == "none" else "model"
+            exclude += [{"pretrain.method": method, "semi.features": f} for f in (auto, other) if f in choices]
         update["name"] = f"{m.name}-hand"
-        update["sweep"] = {**sweep, "semi.method": ["label-propagation"], "semi.features": ["pixels", "model"],
-                           "exclude": exclude}
+        update["sweep"] = {**sweep, "semi.method": ["label-propagation"],
+                           "semi.features": choices, "exclude": exclude}
     m = m.model_copy(update=update)
     path = out / f"{m.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,8 +179,12 @@ def table(name: str, results: dict[tuple[int, str], list[float]],
         for hand in (c for c in ours if "[graph" in c and c in mean):
             auto = hand.split(" [graph")[0]
             if auto in mean and mean[auto] < mean[hand]:
+                paired = ""
+                if len(results[b, auto]) == len(results[b, hand]) > 1:  # the same labeled set per seed: paired
+                    d, half, _ = mean_interval(np.subtract(results[b, auto], results[b, hand]))
+                    paired = f" (paired {d:+.1f} ± {half:.1f}, 95% t)"
                 misses.append(f"{name}, {b} per class: auto's graph {auto} {mean[auto]:.1f} below the hand choice"
-                              f" {hand} {mean[hand]:.1f}")
+                              f" {hand} {mean[hand]:.1f}{paired}")
         spread = mean["LabelSpreading pixels"]
         lines.append(f"| {b} | " + " | ".join(cells) + f" | {mean[best] - spread:+.1f} ({best}) |")
         want = {1: 95.0, 5: 97.0}.get(b)

@@ -44,7 +44,7 @@ def test_flips_for_colour_images_only_unless_set() -> None:
 
 @pytest.mark.parametrize(("pretrain", "channels", "head", "graph"), [
     ("none", 1, False, "pixels"), ("none", 3, False, "model"),
-    ("simclr", 1, True, "encoder"), ("deepcluster", 3, True, "encoder")])
+    ("simclr", 1, True, "encoder+pixels"), ("deepcluster", 3, True, "encoder")])
 def test_head_and_graph_follow_the_encoder_and_the_channels(pretrain: str, channels: int, head: bool,
                                                             graph: str) -> None:
     m = mf.parse({"pretrain": {"method": pretrain}})
@@ -65,7 +65,7 @@ def test_a_manifest_naming_only_the_dataset_and_methods_gets_the_auto_settings()
                   "semi": {"method": "label-propagation"}})
     spec = settings.train_spec(m.train, None, (1, 8, 8))
     assert (spec.translate, spec.flip) == (1, False)
-    assert mf.l2_features(m) and mf.semi_features(m, (1, 8, 8)) == "encoder"
+    assert mf.l2_features(m) and mf.semi_features(m, (1, 8, 8)) == "encoder+pixels"
     simclr = settings.simclr_spec(m, 10, (1, 8, 8), 1397)
     assert simclr.views.min_area == 0.85 and simclr.epochs == 92
 
@@ -126,10 +126,10 @@ def test_simclr_is_trained_once_and_serves_pre_the_graph_and_the_cold_start(writ
 
 
 @pytest.mark.slow
-def test_pre_semi_builds_its_graph_on_the_simclr_encoder(write_manifest, workdir: Path) -> None:
+def test_pre_semi_builds_its_graph_on_the_simclr_encoder_joined_to_the_pixels(write_manifest, workdir: Path) -> None:
     from alctl.engine.cycle import new_model
     from alctl.engine.pretraining import ensure_pretrained
-    from alctl.engine.steps import pool_features
+    from alctl.engine.steps import joined_features, pixel_features, pool_features
     from alctl.console import Ui
 
     path = write_manifest({**SIMCLR, "pretrain": {**SIMCLR["pretrain"], "method": "simclr"},
@@ -142,10 +142,11 @@ def test_pre_semi_builds_its_graph_on_the_simclr_encoder(write_manifest, workdir
         weights, _ = ensure_pretrained(task.config, ds, cpu, Ui(quiet=True), lambda: False)  # type: ignore[arg-type]
         with torch.random.fork_rng():
             model = new_model(task.config, ds, task.rep, 0, cpu, weights)  # type: ignore[arg-type]
-        return pool_features(task.config, ds, model, ds.train_images)  # type: ignore[attr-defined]
+        encoder = pool_features(task.config, ds, model, ds.train_images)  # type: ignore[attr-defined]
+        return joined_features([encoder, pixel_features(ds.train_images)])  # type: ignore[attr-defined]
 
     kept, direct, _ = kept_and_direct_propagation(path, encoder_features)
-    assert kept == direct
+    assert kept == direct  # grey images: auto joins the encoder's features to the pixels
 
 
 def test_simclr_and_deepcluster_encoders_have_different_keys() -> None:
@@ -160,3 +161,22 @@ def test_a_cold_start_on_another_methods_encoder_is_refused() -> None:
     with pytest.raises(Exception, match="active.initial_features: simclr with pretrain.method deepcluster"):
         mf.parse({"pretrain": {"method": "deepcluster"},
                   "active": {"initial_strategy": "typiclust", "initial_features": "simclr"}})
+
+
+def test_joined_features_are_unit_rows_whose_products_average_the_cosines() -> None:
+    from alctl.engine.steps import joined_features
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(6, 4, generator=gen), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(6, 9, generator=gen), dim=1)
+    j = joined_features([a, b])
+    assert j.shape == (6, 13) and torch.allclose(j.norm(dim=1), torch.ones(6))
+    assert torch.allclose(j @ j.T, (a @ a.T + b @ b.T) / 2, atol=1e-6)
+    assert joined_features([a]) is a
+
+
+def test_encoder_plus_pixels_needs_an_encoder() -> None:
+    with pytest.raises(Exception, match="semi.features: encoder\\+pixels joins a pre-trained encoder"):
+        mf.parse({"semi": {"method": "label-propagation", "features": "encoder+pixels"}})
+    m = mf.parse({"pretrain": {"method": "simclr"}, "semi": {"features": "encoder+pixels"}})
+    assert mf.semi_features(m, (3, 32, 32)) == "encoder+pixels"  # a hand choice holds on colour images too

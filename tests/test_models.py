@@ -21,7 +21,7 @@ def _spec(**kw: object) -> TrainSpec:
 
 def _semi(refresh: object, **kw: object) -> Semi:
     """The manifest's semi defaults with `kw` changed."""
-    return dataclasses.replace(settings.semi_spec(mf.SemiConfig(), refresh), **kw)
+    return dataclasses.replace(settings.semi_spec(mf.parse({}), refresh), **kw)
 
 
 def test_paper_width_has_13_layers_and_128_features() -> None:

@@ -43,7 +43,7 @@ def simulate_cycle(m: mf.Manifest, cycle: int, pool: int, pseudo: int | None = N
         pseudo_pos=np.arange(n_l, n_l + pseudo), pseudo_y=np.zeros(pseudo, dtype=np.int64),
         pseudo_w=np.ones(pseudo, dtype=np.float32),
     )
-    semi = settings.semi_spec(s, lambda epoch: with_pseudo) if s.method == "label-propagation" else None
+    semi = settings.semi_spec(m, lambda epoch: with_pseudo) if s.method != "none" else None
     targets = with_pseudo if semi is None and a.strategy == "ceal" and cycle > 0 else labels_only
     generator = torch.Generator().manual_seed(0)
     steps = images = propagations = 0
@@ -155,6 +155,23 @@ def test_semi_cycle_matches_the_epochs_of_training(semi: dict[str, Any]) -> None
         assert (cost.steps, cost.train, cost.propagations) == simulate_cycle(m, c, 300)
 
 
+@pytest.mark.parametrize("semi", [{"phase2_epochs": 10}, {"phase2_epochs": 0, "warmup": 2},
+                                  {"phase2_epochs": 5, "unlabeled_per_epoch": 100}])
+def test_fixmatch_cycle_matches_training_and_counts_both_views(semi: dict[str, Any]) -> None:
+    m = config(deep_update(SEMI, {"semi": {**semi, "method": "fixmatch"}}))
+    pool = 300
+    for c in range(3):
+        cost = plan.cycle_cost(m, c, pool, 50)
+        unlabeled = pool - m.active.initial - m.active.budget * c
+        steps, images, _ = simulate_cycle(m, c, pool, pseudo=unlabeled)  # every unlabeled image, no graph
+        s, t = m.semi, m.train
+        mixed_epochs = t.epochs + s.phase2_epochs - (t.epochs if s.phase2_epochs else min(s.warmup, t.epochs))
+        per_epoch = min(unlabeled, s.unlabeled_per_epoch or unlabeled)
+        assert (cost.steps, cost.propagations) == (steps, 0)
+        assert cost.train == images + mixed_epochs * per_epoch  # each unlabeled image once more, as its strong view
+        assert cost.features >= pool  # the confident predictions over the pool
+
+
 def test_semi_cycle_with_every_image_labeled_trains_on_plain_batches() -> None:
     """No unlabeled image left (initial + budget x selections = the pool): propagation finds no pseudo-label and
     training falls back to plain batches of the labels."""
@@ -165,9 +182,10 @@ def test_semi_cycle_with_every_image_labeled_trains_on_plain_batches() -> None:
     assert (cost.steps, cost.train, cost.propagations) == simulate_cycle(m, 2, pool)
 
 
-@pytest.mark.parametrize("pretrain", ["none", "deepcluster"])
-def test_encoder_features_propagate_once_a_cycle_with_pre(pretrain: str) -> None:
-    m = config(deep_update(SEMI, {"semi": {"features": "encoder"}, "pretrain": {"method": pretrain}}))
+@pytest.mark.parametrize(("pretrain", "features"), [("none", "encoder"), ("deepcluster", "encoder"),
+                                                     ("deepcluster", "encoder+pixels")])
+def test_encoder_features_propagate_once_a_cycle_with_pre(pretrain: str, features: str) -> None:
+    m = config(deep_update(SEMI, {"semi": {"features": features}, "pretrain": {"method": pretrain}}))
     pool = 1397
     costs = [plan.cycle_cost(m, c, pool, 400) for c in range(3)]
     if pretrain == "deepcluster":  # the encoder's features, once per task; fixed, so one propagation a cycle

@@ -22,8 +22,8 @@ from alctl.console import Ui
 from alctl.data import DatasetSplits
 from alctl.engine import checkpoint, settings
 from alctl.engine.pretraining import ensure_pretrained
-from alctl.engine.steps import (PropagationOutcome, acquire, pixel_features, pool_features, propagate_pool,
-                                pseudo_label_accuracy)
+from alctl.engine.steps import (PropagationOutcome, acquire, confident_predictions, joined_features,
+                                pixel_features, pool_features, propagate_pool, pseudo_label_accuracy)
 from alctl.engine.tables import PoolState, TaskTables, new_pool
 from alctl.engine.workspace import check_task_dir, dataset_for, task_config_hash, task_dir, task_lock
 from alctl.errors import AlctlError, Preempted, UserError
@@ -99,16 +99,21 @@ class TaskContext:
         self.hash = task_config_hash(self.config)
 
     def fixed_features(self) -> torch.Tensor | None:
-        """The features [N, D] that semi.features fixes for every propagation of the task (the +PRE encoder's, or
-        the pixels), computed once; None when the graph follows the model being trained."""
+        """The features [N, D] that semi.features fixes for every propagation of the task (the +PRE encoder's, the
+        pixels, or both joined), computed once; None when the graph follows the model being trained."""
         features = mf.semi_features(self.config, tuple(self.ds.train_images.shape[1:]))  # type: ignore[arg-type]
-        if self._fixed_features is None and features == "encoder" and self.encoder is not None:
+        if self._fixed_features is not None or features == "model":
+            return self._fixed_features
+        parts = []
+        if features in ("encoder", "encoder+pixels") and self.encoder is not None:
             cuda = [self.device.index or 0] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):  # the classifier's initialisation leaves no trace
                 model = new_model(self.config, self.ds, self.task.rep, 0, self.device, self.encoder)
-            self._fixed_features = pool_features(self.config, self.ds, model, self.images)
-        elif self._fixed_features is None and features == "pixels":
-            self._fixed_features = pixel_features(self.images)
+            parts.append(pool_features(self.config, self.ds, model, self.images))
+        if features in ("pixels", "encoder+pixels"):
+            parts.append(pixel_features(self.images))
+        if parts:
+            self._fixed_features = joined_features(parts)
         return self._fixed_features
 
     @property
@@ -214,6 +219,12 @@ class CycleTraining:
         return Targets(labeled_pos=self.labeled, labeled_y=labels, pseudo_pos=u, pseudo_y=prop.labels[u],
                        pseudo_w=prop.weights[u], class_w=cw)
 
+    def _unlabeled(self, epoch: int) -> Targets:
+        """FixMatch: the labeled images and every unlabeled pool image (targets' pseudo_pos; no label, no weight)."""
+        u = np.setdiff1d(np.arange(len(self.pool.label)), self.labeled)
+        return Targets(labeled_pos=self.labeled, labeled_y=self.pool.label[self.labeled], pseudo_pos=u,
+                       pseudo_y=np.zeros(len(u), np.int64), pseudo_w=np.zeros(len(u), np.float32))
+
     def _account(self) -> None:
         """seconds["train"] = time spent so far (this process and earlier ones) less propagation."""
         elapsed = self.carried + time.perf_counter() - self._started
@@ -240,8 +251,11 @@ class CycleTraining:
         ctx = self.ctx
         resume = self._resume()
         semi = None
+        shape = tuple(ctx.ds.train_images.shape[1:])
         if ctx.config.semi.method == "label-propagation":
-            semi = settings.semi_spec(ctx.config.semi, self._refresh)
+            semi = settings.semi_spec(ctx.config, self._refresh, shape)  # type: ignore[arg-type]
+        elif ctx.config.semi.method == "fixmatch":
+            semi = settings.semi_spec(ctx.config, self._unlabeled, shape)  # type: ignore[arg-type]
         self._started = time.perf_counter()
         self.carried = self.seconds.get("train", 0.0) + self.seconds.get("propagate", 0.0)
 
@@ -261,7 +275,11 @@ class CycleTraining:
             raise Preempted(f"task {ctx.task.index} ({ctx.task.key}) stopped at cycle {self.cycle} {where};"
                             " checkpoint saved, rerun the same command to resume")
         self._account()
-        if semi is not None:
+        if semi is not None and semi.consistency is not None:  # the confident predictions FixMatch ends with
+            self.propagation = confident_predictions(ctx.config, ctx.ds, self.model, ctx.images, self.labeled,
+                                                     state.epoch - 1)
+            self.n_pseudo = len(self.propagation.unlabeled)
+        elif semi is not None:
             self.n_pseudo = len(state.targets.pseudo_pos)  # pseudo-labeled images used since the last propagation
         return self.model
 
@@ -313,12 +331,14 @@ def _metrics_row(ctx: TaskContext, cycle: int, res: CycleResult, seconds_pretrai
     }
 
 
-def _cycle_line(tag: str, cycle: int, res: CycleResult) -> str:
-    """The log line of a finished cycle."""
+def _cycle_line(tag: str, cycle: int, res: CycleResult, fixmatch: bool = False) -> str:
+    """The log line of a finished cycle (`fixmatch`: the pseudo-labels are the model's confident predictions)."""
     s = res.seconds
     acc = "n/a (no test images)" if np.isnan(res.accuracy) else f"{100 * res.accuracy:.2f}%"
     correct = "" if res.pseudo_accuracy is None else f" {100 * res.pseudo_accuracy:.1f}% correct"
-    if res.propagation is not None:  # its accuracy is over every propagated label, not only the n_pseudo used
+    if fixmatch:
+        pl = f", {res.n_pseudo} confident predictions{correct}"
+    elif res.propagation is not None:  # its accuracy is over every propagated label, not only the n_pseudo used
         pl = f", pseudo-labels{correct}" if correct else ""
     else:
         pl = f", {res.n_pseudo} pseudo-labels{correct}" if res.n_pseudo else ""
@@ -413,7 +433,7 @@ def run_task(task: mf.Task, ui: Ui, manifest_path: str | Path, max_cycles: int |
                 tracker.cycle_finished()
                 (tables.checkpoints / "train.pt").unlink(missing_ok=True)
                 ran += 1
-                ui.line(_cycle_line(tag, cycle, res))
+                ui.line(_cycle_line(tag, cycle, res, config.semi.method == "fixmatch"))
                 if stop():
                     raise Preempted(f"task {task.index} ({task.key}) stopped after cycle {cycle}; rerun to resume")
         waiting = pool.pending()

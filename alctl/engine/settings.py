@@ -13,7 +13,7 @@ from alctl.pretrain import PretrainSpec
 from alctl.simclr import SimclrSpec
 from alctl.propagate import GraphSpec
 from alctl.strategies import StrategyParams
-from alctl.train import FP32, Compute, Semi, Targets, TrainSpec
+from alctl.train import FP32, Compute, Consistency, Semi, Targets, TrainSpec
 
 _COMPUTE_FIELDS = {"device", "precision", "channels_last", "compile"}
 ImageShape = mf.ImageShape
@@ -73,8 +73,15 @@ def simclr_spec(config: mf.Manifest, num_classes: int, shape: ImageShape, pool: 
     )
 
 
-def semi_spec(s: mf.SemiConfig, refresh: Callable[[int], Targets]) -> Semi:
-    """How label propagation's pseudo-labels enter training (semi section), `refresh(epoch)` computing them."""
+def semi_spec(config: mf.Manifest, refresh: Callable[[int], Targets], shape: ImageShape = (1, 32, 32)) -> Semi:
+    """How the unlabeled images enter training (semi section), `refresh(epoch)` giving the targets: label
+    propagation's pseudo-labels, or with semi.method fixmatch the unlabeled images and FixMatch's settings (its
+    strong views: `augment.view_spec` for images of `shape`, flips as train.flip resolves)."""
+    s = config.semi
+    consistency = None
+    if s.method == "fixmatch":
+        strong = view_spec(max(shape[1], shape[2]), shape[0], mf.flip(config.train, shape))
+        consistency = Consistency(threshold=s.fixmatch.threshold, weight=s.fixmatch.weight, strong=strong)
     return Semi(refresh=refresh, every=s.every, warmup=s.warmup, batch_size=s.batch_size,
                 labeled_per_batch=s.labeled_per_batch, unlabeled_per_epoch=s.unlabeled_per_epoch,
-                phase2_epochs=s.phase2_epochs, phase2_lr=s.phase2_lr)
+                phase2_epochs=s.phase2_epochs, phase2_lr=s.phase2_lr, consistency=consistency)

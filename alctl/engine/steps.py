@@ -6,6 +6,8 @@ int64 numpy arrays of pool positions.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +70,14 @@ def pixel_features(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=1)
 
 
+def joined_features(parts: list[torch.Tensor]) -> torch.Tensor:
+    """L2-normalised feature blocks [N, D_i] side by side, scaled by 1/sqrt(blocks): [N, sum D_i], unit rows whose
+    dot product is the mean of the blocks' cosines (one block is returned as it is)."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts, dim=1) / math.sqrt(len(parts))
+
+
 def pseudo_label_accuracy(labels: np.ndarray, truth: np.ndarray) -> float | None:
     """The fraction of pseudo-labels [m] equal to the truth [m] where it is known (>= 0); None where none is."""
     known = truth >= 0
@@ -91,6 +101,33 @@ def propagate_pool(
         correct = prop.labels[u] == truth[known]
         out.accuracy = float(correct.mean())
         top = np.argsort(-w, kind="stable")[: max(1, len(u) // 2)]
+        out.accuracy_top_half = float(correct[top].mean())
+    return out
+
+
+def confident_predictions(
+    config: mf.Manifest, ds: DatasetSplits, model: ConvLarge, images: torch.Tensor, labeled: np.ndarray, epoch: int,
+) -> PropagationOutcome:
+    """FixMatch's pseudo-labels at the end of training: the model's predictions on the unlabeled pool images
+    (no augmentation) whose top probability reaches semi.fixmatch.threshold, the images FixMatch's loss would
+    train on; weights = that probability; their accuracy where the truth is known (top half: the more confident
+    half). images uint8 [N, C, H, W], labeled [n_l] positions."""
+    probs, _ = predict(model, images, ds.mean, ds.std, config.train.eval_batch_size,
+                       settings.compute(config.train, images.device))
+    confidence, guess = (t.cpu().numpy() for t in probs.max(dim=1))
+    n = len(confidence)
+    unlabeled = np.setdiff1d(np.arange(n), labeled)
+    kept = unlabeled[confidence[unlabeled] >= config.semi.fixmatch.threshold]
+    weights = np.zeros(n, np.float32)
+    weights[kept] = confidence[kept]
+    out = PropagationOutcome(epoch, guess.astype(np.int64), weights, np.ones(ds.num_classes, np.float32), kept)
+    truth = ds.train_labels.numpy()[kept]
+    known = truth >= 0
+    if known.any():
+        u = kept[known]
+        correct = guess[u] == truth[known]
+        out.accuracy = float(correct.mean())
+        top = np.argsort(-confidence[u], kind="stable")[: max(1, len(u) // 2)]
         out.accuracy_top_half = float(correct[top].mean())
     return out
 

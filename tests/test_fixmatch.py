@@ -1,0 +1,107 @@
+"""FixMatch as +SEMI (semi.method: fixmatch): its loss, its training through the engine, resume, counts and plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from alctl import manifest as mf
+from alctl.cli import app
+from alctl.console import silent
+from alctl.engine import commands
+from alctl.engine.cycle import run_task
+from alctl.engine.workspace import dataset_for
+from alctl.errors import Preempted
+from alctl.train import consistency_loss
+
+runner = CliRunner()
+
+FIXMATCH = {
+    "repetitions": 1,
+    "model": {"l2_features": False},  # raw logits: confident predictions come within a few epochs
+    "train": {"epochs": 6, "rampdown_epochs": 8},
+    "active": {"cycles": 2},
+    "semi": {"method": "fixmatch", "batch_size": 32, "labeled_per_batch": 8, "unlabeled_per_epoch": 96,
+             "phase2_epochs": 2, "fixmatch": {"threshold": 0.3}},
+}
+
+
+def _task_dir(path: Path) -> Path:
+    m = mf.load(path)
+    return mf.run_dir(m) / "tasks" / mf.tasks(m)[0].key
+
+
+def test_consistency_loss_trains_the_strong_view_on_confident_weak_predictions_only() -> None:
+    weak = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 6.0]], requires_grad=True)
+    strong = torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    loss = consistency_loss(weak, strong, threshold=0.9)  # rows 0 and 2 are confident (0.96, 0.995), row 1 not
+    want = (F.cross_entropy(strong[0:1], torch.tensor([0])) + F.cross_entropy(strong[2:3], torch.tensor([2]))) / 3
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+    loss.backward()
+    assert weak.grad is None or torch.count_nonzero(weak.grad) == 0  # the weak view is the target, not trained
+    assert torch.count_nonzero(strong.grad[1]) == 0 and torch.count_nonzero(strong.grad[0]) > 0
+    assert consistency_loss(weak, strong, threshold=1.0).item() == 0.0  # nothing reaches a threshold of 1
+    assert consistency_loss(weak[:0], strong[:0], threshold=0.5).item() == 0.0
+
+
+@pytest.mark.slow
+def test_fixmatch_cycle_counts_and_scores_its_confident_predictions(write_manifest) -> None:
+    path = write_manifest(FIXMATCH)
+    res = runner.invoke(app, ["cycle", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "confident predictions" in res.output and "% correct" in res.output
+    tdir = _task_dir(path)
+    metrics = pq.read_table(tdir / "metrics.parquet").to_pylist()
+    pseudo = pq.read_table(tdir / "pseudo.parquet").to_pydict()
+    (task,) = mf.tasks(mf.load(path))
+    ds = dataset_for(task.config)
+    order = np.argsort(ds.train_ids.numpy())
+    for m in metrics:
+        rows = np.array(pseudo["cycle"]) == m["cycle"]
+        ids = np.array(pseudo["sample_id"])[rows]
+        truth = ds.train_labels.numpy()[order[np.searchsorted(ds.train_ids.numpy(), ids, sorter=order)]]
+        assert m["n_pseudo"] == int(rows.sum()) > 0
+        assert m["pseudo_accuracy"] == pytest.approx(float(np.mean(np.array(pseudo["pseudo_label"])[rows] == truth)))
+        assert (np.array(pseudo["weight"])[rows] >= 0.3).all()  # only predictions at or above the threshold
+    assert metrics[0]["variant"] == "+SEMI" and "semi=fm" in task.key
+
+
+@pytest.mark.slow
+def test_fixmatch_stopped_mid_epoch_resumes_to_the_same_result(write_manifest) -> None:
+    straight = write_manifest({**FIXMATCH, "name": "straight", "active": {"cycles": 1}}, name="straight.yaml")
+    commands.cycle_command(straight, None, None, silent())
+    resumed = write_manifest({**FIXMATCH, "name": "resumed", "active": {"cycles": 1}}, name="resumed.yaml")
+    (task,) = mf.tasks(mf.load(resumed))
+    calls = iter(range(10_000))
+    with pytest.raises(Preempted, match="epoch 6 step"):  # within phase 2's first epoch, mixed batches
+        run_task(task, silent(), resumed, None, stop=lambda: next(calls) == 6 * 5 + 2)
+    commands.cycle_command(resumed, None, None, silent())
+    for table in ("pool", "pseudo"):
+        assert pq.read_table(_task_dir(straight) / f"{table}.parquet").equals(
+            pq.read_table(_task_dir(resumed) / f"{table}.parquet")), table
+    columns = ["accuracy", "loss", "n_pseudo", "pseudo_accuracy"]
+    assert pq.read_table(_task_dir(resumed) / "metrics.parquet").select(columns).equals(
+        pq.read_table(_task_dir(straight) / "metrics.parquet").select(columns))
+
+
+def test_fixmatch_combines_with_every_strategy_but_ceal() -> None:
+    from alctl.strategies import NAMES
+
+    for strategy in sorted(set(NAMES) - {"ceal"}):
+        m = mf.parse({"active": {"strategy": strategy}, "semi": {"method": "fixmatch"}})
+        assert mf.cycle_epochs(m) == m.train.epochs + m.semi.phase2_epochs
+    with pytest.raises(Exception, match="active.strategy: ceal does not combine with semi.method: fixmatch"):
+        mf.parse({"active": {"strategy": "ceal"}, "semi": {"method": "fixmatch"}})
+
+
+def test_fixmatch_settings_are_checked_and_leave_other_tasks_hashes_alone() -> None:
+    with pytest.raises(Exception, match="semi.fixmatch.threshold"):
+        mf.parse({"semi": {"method": "fixmatch", "fixmatch": {"threshold": 1.5}}})
+    assert mf.manifest_hash(mf.parse({})) == mf.manifest_hash(mf.parse({"semi": {"fixmatch": {"threshold": 0.95}}}))
+    assert mf.manifest_hash(mf.parse({})) != mf.manifest_hash(mf.parse({"semi": {"fixmatch": {"threshold": 0.9}}}))
