@@ -326,6 +326,12 @@ class FixmatchConfig(_Section):
         " strong view's target (tau)",
     )
     weight: float = Field(1.0, ge=0, description="weight of the unlabeled term against the labeled one (lambda_u)")
+    flexible: bool = Field(
+        False,
+        description="FlexMatch's class-wise thresholds (Zhang et al. 2021): threshold x beta_c / (2 - beta_c), beta_c"
+        " the share of unlabeled images last predicted confidently as class c (against the most learned class, or"
+        " the images not yet predicted confidently): low thresholds while a class is unlearned; false = FixMatch",
+    )
 
 
 class SemiConfig(_Section):

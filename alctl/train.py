@@ -117,6 +117,7 @@ class FitState:
     batches: list[torch.Tensor] | None = None  # the batch order of `epoch` while it is in progress (step > 0)
     stopped: bool = False  # should_stop() ended training before spec.epochs
     scaler: torch.amp.GradScaler | None = None  # fp16: the loss scaler (its state travels with checkpoints)
+    learned: torch.Tensor | None = None  # FlexMatch: [m] int64 class each unlabeled target last passed tau with, or -1
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class Consistency:
     threshold: float  # tau in (0, 1]
     weight: float  # lambda_u >= 0
     strong: ViewSpec
+    flexible: bool = False  # FlexMatch's class-wise thresholds (`flexible_thresholds`), from 0 while nothing is learned
 
 
 @dataclass(frozen=True)
@@ -251,26 +253,42 @@ def weighted_loss(
     return (per_sample * cw).sum() / cw.sum().clamp_min(1e-12)
 
 
-def consistency_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold: float) -> torch.Tensor:
+def consistency_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold: float | torch.Tensor
+                     ) -> torch.Tensor:
     """FixMatch's unlabeled term: the mean over the batch [u] of cross-entropy(strong logits [u, C], argmax of the
-    weak view's softmax) where that softmax's maximum is >= threshold (0 elsewhere); no gradient through the weak
-    view. 0 for an empty batch."""
+    weak view's softmax) where that softmax's maximum is >= threshold (a number, or one per class [C] read at the
+    argmax: FlexMatch), 0 elsewhere; no gradient through the weak view. 0 for an empty batch."""
     if logits_weak.shape[0] == 0:
         return logits_strong.sum() * 0.0
     with torch.no_grad():
         confidence, guess = torch.softmax(logits_weak.detach().float(), dim=1).max(dim=1)
-        mask = (confidence >= threshold).float()
+        bar = threshold[guess] if isinstance(threshold, torch.Tensor) else threshold
+        mask = (confidence >= bar).float()
     return (F.cross_entropy(logits_strong.float(), guess, reduction="none") * mask).mean()
+
+
+def flexible_thresholds(learned: torch.Tensor, num_classes: int, threshold: float) -> torch.Tensor:
+    """FlexMatch's class-wise thresholds [C] (Zhang et al. 2021, with its warm-up and convex mapping): with sigma_c
+    the unlabeled images [m] whose last confident (>= threshold) prediction was class c (`learned`, -1 = none yet),
+    beta_c = sigma_c / max(max_c sigma_c, images with none) and T_c = threshold x beta_c / (2 - beta_c): a class the
+    model has not learned yet takes low-confidence targets, a learned one needs the full threshold."""
+    sigma = torch.bincount(learned[learned >= 0], minlength=num_classes)[:num_classes].float()
+    unused = (learned < 0).sum().float()
+    beta = sigma / torch.maximum(sigma.max(), unused).clamp_min(1.0)
+    return threshold * beta / (2.0 - beta)
 
 
 def _step_loss(
     forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], images: torch.Tensor, b: torch.Tensor,
     n_l: int, pos_t: torch.Tensor, ys_t: torch.Tensor, ws_t: torch.Tensor, class_w: torch.Tensor | None,
     spec: TrainSpec, mean: Sequence[float], std: Sequence[float], generator: torch.Generator, semi: Semi | None,
+    learned: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The loss of one batch `b` (indices into the targets, labeled first: < n_l): weighted cross-entropy of the
     augmented images; with FixMatch, the labeled images' cross-entropy plus weight x `consistency_loss` of the
-    unlabeled ones (>= n_l), the labeled, weak and strong views in one forward pass (batch norm sees them all)."""
+    unlabeled ones (>= n_l), the labeled, weak and strong views in one forward pass (batch norm sees them all);
+    with `learned` (FlexMatch, [unlabeled targets]) the thresholds are `flexible_thresholds`, and the images whose
+    weak prediction passes the fixed threshold record their class there (in place)."""
     compute = spec.compute
     device = images.device
     if semi is None or semi.consistency is None or n_l == len(pos_t):  # no unlabeled image among the targets
@@ -291,7 +309,15 @@ def _step_loss(
     logits = logits.float()
     n, u = len(lab), len(unl)
     loss = weighted_loss(logits[:n], ys_t[lab], ws_t[lab], class_w)
-    return loss + c.weight * consistency_loss(logits[n : n + u], logits[n + u :], c.threshold)
+    weak = logits[n : n + u]
+    bar: float | torch.Tensor = c.threshold
+    if learned is not None:
+        bar = flexible_thresholds(learned, logits.shape[1], c.threshold)
+        with torch.no_grad():
+            confidence, guess = torch.softmax(weak.detach(), dim=1).max(dim=1)
+            sure = confidence >= c.threshold
+            learned[(unl - n_l)[sure]] = guess[sure]
+    return loss + c.weight * consistency_loss(weak, logits[n + u :], bar)
 
 
 def check_finite(model: nn.Module, nonfinite_loss: torch.Tensor | bool, epoch: int, epochs: int) -> None:
@@ -360,6 +386,12 @@ def fit(
             state.batches = _epoch_batches(state.targets, spec, semi, generator)
             state.step = 0
         pos_t, ys_t, ws_t, class_w = _flat_targets(state.targets, device)
+        n_u = len(state.targets.pseudo_pos)
+        flexible = semi is not None and semi.consistency is not None and semi.consistency.flexible and n_u > 0
+        if flexible and (state.learned is None or len(state.learned) != n_u):
+            state.learned = torch.full((n_u,), -1, dtype=torch.int64, device=device)  # nothing learned yet
+        elif flexible and state.learned is not None:
+            state.learned = state.learned.to(device)
         batches = state.batches
         # the epoch's batch indices reach the device in one copy, not one per step
         ends = np.cumsum([0] + [len(b) for b in batches])
@@ -370,7 +402,7 @@ def fit(
                 group["lr"] = learning_rate(epoch + step / len(batches), spec, semi)
             b = flat[int(ends[step]) : int(ends[step + 1])]
             loss = _step_loss(forward, images, b, len(state.targets.labeled_pos), pos_t, ys_t, ws_t, class_w, spec,
-                              mean, std, generator, semi)
+                              mean, std, generator, semi, state.learned)
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 nonfinite |= ~torch.isfinite(loss.detach())

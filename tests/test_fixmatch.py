@@ -18,7 +18,7 @@ from alctl.engine import commands
 from alctl.engine.cycle import run_task
 from alctl.engine.workspace import dataset_for
 from alctl.errors import Preempted
-from alctl.train import consistency_loss
+from alctl.train import consistency_loss, flexible_thresholds
 
 runner = CliRunner()
 
@@ -50,6 +50,19 @@ def test_consistency_loss_trains_the_strong_view_on_confident_weak_predictions_o
     assert consistency_loss(weak[:0], strong[:0], threshold=0.5).item() == 0.0
 
 
+def test_flexible_thresholds_start_at_zero_and_reach_tau_for_the_most_learned_class() -> None:
+    nothing = torch.full((6,), -1)
+    assert flexible_thresholds(nothing, 3, 0.9).tolist() == [0.0, 0.0, 0.0]  # warm-up: every class takes anything
+    learned = torch.tensor([0, 0, 0, 0, 1, 1, -1, -1])  # class 0 learned by 4 images, class 1 by 2, class 2 by none
+    t = flexible_thresholds(learned, 3, 0.9)  # beta = 4/4, 2/4, 0 (2 unused images < 4)
+    assert t.tolist() == pytest.approx([0.9, 0.9 * 0.5 / 1.5, 0.0])
+    per_class = torch.tensor([0.9, 0.3, 0.0])
+    weak = torch.tensor([[0.0, 2.0, 0.0], [3.0, 0.0, 0.0]])  # class 1 at 0.79 (>= 0.3), class 0 at 0.91 (>= 0.9)
+    strong = torch.zeros(2, 3)
+    assert consistency_loss(weak, strong, per_class).item() == pytest.approx(np.log(3.0))
+    assert consistency_loss(weak, strong, 0.9).item() == pytest.approx(np.log(3.0) / 2)  # only row 1 at tau
+
+
 @pytest.mark.slow
 def test_fixmatch_cycle_counts_and_scores_its_confident_predictions(write_manifest) -> None:
     path = write_manifest(FIXMATCH)
@@ -73,14 +86,19 @@ def test_fixmatch_cycle_counts_and_scores_its_confident_predictions(write_manife
 
 
 @pytest.mark.slow
-def test_fixmatch_stopped_mid_epoch_resumes_to_the_same_result(write_manifest) -> None:
-    straight = write_manifest({**FIXMATCH, "name": "straight", "active": {"cycles": 1}}, name="straight.yaml")
+@pytest.mark.parametrize("flexible", [False, True])
+def test_fixmatch_stopped_mid_epoch_resumes_to_the_same_result(write_manifest, flexible: bool) -> None:
+    extra = {**FIXMATCH, "active": {"cycles": 1},
+             "semi": {**FIXMATCH["semi"], "fixmatch": {"threshold": 0.3, "flexible": flexible}}}
+    straight = write_manifest({**extra, "name": "straight"}, name="straight.yaml")
     commands.cycle_command(straight, None, None, silent())
-    resumed = write_manifest({**FIXMATCH, "name": "resumed", "active": {"cycles": 1}}, name="resumed.yaml")
+    resumed = write_manifest({**extra, "name": "resumed"}, name="resumed.yaml")
     (task,) = mf.tasks(mf.load(resumed))
     calls = iter(range(10_000))
     with pytest.raises(Preempted, match="epoch 6 step"):  # within phase 2's first epoch, mixed batches
         run_task(task, silent(), resumed, None, stop=lambda: next(calls) == 6 * 5 + 2)
+    saved = torch.load(_task_dir(resumed) / "checkpoints" / "train.pt", weights_only=True)["learned"]
+    assert (saved is not None and (saved >= 0).any()) if flexible else saved is None  # FlexMatch's state travels
     commands.cycle_command(resumed, None, None, silent())
     for table in ("pool", "pseudo"):
         assert pq.read_table(_task_dir(straight) / f"{table}.parquet").equals(

@@ -194,7 +194,7 @@ class CycleTraining:
             scaler.load_state_dict(ckpt["scaler"])
         return FitState(epoch=int(ckpt["epoch"]), model=self.model, optimizer=optimizer, targets=targets,
                         step=int(ckpt["step"]), batches=None if batches is None else [b.cpu() for b in batches],
-                        scaler=scaler)
+                        scaler=scaler, learned=ckpt.get("learned"))
 
     def _refresh(self, epoch: int) -> Targets:
         """+SEMI: label propagation on the current model's features (or, once a cycle, on the fixed features of
@@ -242,6 +242,7 @@ class CycleTraining:
             "seconds": dict(self.seconds),
             "propagation": None if self.propagation is None else self.propagation.to_plain(),
             "scaler": None if state.scaler is None else state.scaler.state_dict(),
+            "learned": None if state.learned is None else state.learned.cpu(),
         })
         if self.ctx.lock is not None:
             self.ctx.lock.beat()

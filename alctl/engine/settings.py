@@ -81,7 +81,8 @@ def semi_spec(config: mf.Manifest, refresh: Callable[[int], Targets], shape: Ima
     consistency = None
     if s.method == "fixmatch":
         strong = view_spec(max(shape[1], shape[2]), shape[0], mf.flip(config.train, shape))
-        consistency = Consistency(threshold=s.fixmatch.threshold, weight=s.fixmatch.weight, strong=strong)
+        consistency = Consistency(threshold=s.fixmatch.threshold, weight=s.fixmatch.weight, strong=strong,
+                                  flexible=s.fixmatch.flexible)
     return Semi(refresh=refresh, every=s.every, warmup=s.warmup, batch_size=s.batch_size,
                 labeled_per_batch=s.labeled_per_batch, unlabeled_per_epoch=s.unlabeled_per_epoch,
                 phase2_epochs=s.phase2_epochs, phase2_lr=s.phase2_lr, consistency=consistency)
