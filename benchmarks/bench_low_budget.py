@@ -10,7 +10,8 @@ the same balanced labeled sets (the manifest's initial sets, one per repetition 
 - 1-NN on raw pixels (scikit-learn KNeighborsClassifier, the labeled images only);
 - scikit-learn LabelSpreading on raw pixels (kNN kernel, k = 10, alpha = 0.99, every pool image).
 
-Runs with `alctl cycle`, so a second run of this benchmark reuses finished tasks and encoders under --out.
+Runs with `alctl cycle`, so a second run of this benchmark reuses finished tasks and encoders under --out; the
+TypiClust and hand runs start from the main run's encoders (copied), so every column shares the same weights.
 Prints each encoder's 10-NN probe and training time, one table per dataset (test accuracy, mean ± std over the
 seeds; pseudo-label accuracy of the +SEMI variants beside), then the issue-26 targets. MNIST needs its files
 (`make data-mnist`); DeepCluster is left out there (its 10 epochs x 4 passes over 60,000 images take hours on a
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -135,6 +137,24 @@ def run(path: Path, results: dict[tuple[int, str], list[float]], pseudo: dict[tu
                 results.setdefault((per_class, name), []).append(value)
 
 
+def share_encoders(main: Path, other: Path) -> None:
+    """Copy the encoders the main run trained into another run of the benchmark (same keys), so that every column
+    starts from the same weights: torch on a CPU does not give the same encoder twice under another thread count."""
+    done = {pretrain_key(t.config, dataset_for(t.config)): t.config for t in mf.tasks(mf.load(main))
+            if mf.uses_encoder(t.config)}
+    for task in mf.tasks(mf.load(other)):
+        if not mf.uses_encoder(task.config):
+            continue
+        key = pretrain_key(task.config, dataset_for(task.config))
+        if key not in done:
+            continue
+        source, target = pretrain_paths(done[key], key), pretrain_paths(task.config, key)
+        if source["weights"].is_file() and not target["weights"].exists():
+            target["weights"].parent.mkdir(parents=True, exist_ok=True)
+            for part in ("settings", "metrics", "weights"):  # the weights last: their presence means done
+                shutil.copyfile(source[part], target[part])
+
+
 def encoders(path: Path) -> list[tuple[str, str, float, float, int, float]]:
     """Per encoder of the run: (method, key, final 10-NN probe %, NMI, epochs, training seconds)."""
     out, seen = [], set()
@@ -215,9 +235,10 @@ def main() -> None:
         pseudo: dict[tuple[int, str], list[float]] = {}
         main_run = setting(name, args.out, "main")
         run(main_run, results, pseudo, with_baselines=True)
-        run(setting(name, args.out, "cold"), results, pseudo, with_baselines=False)
-        if args.hand:
-            run(setting(name, args.out, "hand"), results, pseudo, with_baselines=False)
+        for kind in ("cold", "hand") if args.hand else ("cold",):
+            other = setting(name, args.out, kind)
+            share_encoders(main_run, other)
+            run(other, results, pseudo, with_baselines=False)
         for method, key, probe, nmi, epochs, seconds in encoders(main_run):
             print(f"  {method} encoder {key}: 10-NN probe {probe:.2f}%, NMI {nmi:.3f}, {epochs} epochs in"
                   f" {seconds:.0f} s", flush=True)

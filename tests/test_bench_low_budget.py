@@ -69,3 +69,27 @@ def test_auto_below_a_hand_choice_is_a_missed_target(bench: ModuleType) -> None:
     assert misses == ["toy, 1 per class: auto's graph +SEMI 91.0 below the hand choice +SEMI [graph: model] 94.0"
                       " (paired -3.0 ± 0.0, 95% t)"]  # seed by seed 90 - 93 and 92 - 95
     assert "+35.5 (+PRE+SEMI SimCLR)" in text  # a hand column is never the recipe's best
+
+
+def test_the_other_runs_start_from_the_main_runs_encoders(bench: ModuleType, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from alctl.engine.pretraining import pretrain_key, pretrain_paths
+    from alctl.engine.workspace import dataset_for
+
+    main, hand = bench.setting("digits", tmp_path, "main"), bench.setting("digits", tmp_path, "hand")
+    keys = {}
+    for t in mf.tasks(mf.load(main)):
+        if mf.uses_encoder(t.config):
+            keys[pretrain_key(t.config, dataset_for(t.config))] = t.config
+    assert len(keys) == 2  # SimCLR's and DeepCluster's
+    for key, config in keys.items():
+        paths = pretrain_paths(config, key)
+        paths["weights"].parent.mkdir(parents=True, exist_ok=True)
+        for part in ("settings", "metrics", "weights"):
+            paths[part].write_text(f"{part} of {key}")
+    bench.share_encoders(main, hand)
+    hand_config = mf.tasks(mf.load(hand))[0].config
+    for key in keys:
+        assert pretrain_paths(hand_config, key)["weights"].read_text() == f"weights of {key}"
+    pretrain_paths(hand_config, next(iter(keys)))["weights"].write_text("trained here")
+    bench.share_encoders(main, hand)  # an encoder already there is kept
+    assert pretrain_paths(hand_config, next(iter(keys)))["weights"].read_text() == "trained here"
