@@ -93,14 +93,19 @@ def propagate_pool(
     prop = label_propagation(features, labeled, labels, ds.num_classes, settings.graph_spec(config.semi),
                              config.semi.weight_scale)
     unlabeled = np.setdiff1d(np.arange(len(prop.labels)), labeled)
-    out = PropagationOutcome(epoch, prop.labels, prop.weights, prop.class_weights, unlabeled)
-    truth = ds.train_labels.numpy()[unlabeled]
+    return _scored(PropagationOutcome(epoch, prop.labels, prop.weights, prop.class_weights, unlabeled), ds)
+
+
+def _scored(out: PropagationOutcome, ds: DatasetSplits) -> PropagationOutcome:
+    """`out` with the accuracy of its pseudo-labels on out.unlabeled where the truth is known, and that of the half
+    with the largest weights (ties by position)."""
+    truth = ds.train_labels.numpy()[out.unlabeled]
     known = truth >= 0
     if known.any():
-        u, w = unlabeled[known], prop.weights[unlabeled[known]]
-        correct = prop.labels[u] == truth[known]
+        u = out.unlabeled[known]
+        correct = out.labels[u] == truth[known]
         out.accuracy = float(correct.mean())
-        top = np.argsort(-w, kind="stable")[: max(1, len(u) // 2)]
+        top = np.argsort(-out.weights[u], kind="stable")[: max(1, len(u) // 2)]
         out.accuracy_top_half = float(correct[top].mean())
     return out
 
@@ -120,16 +125,8 @@ def confident_predictions(
     kept = unlabeled[confidence[unlabeled] >= config.semi.fixmatch.threshold]
     weights = np.zeros(n, np.float32)
     weights[kept] = confidence[kept]
-    out = PropagationOutcome(epoch, guess.astype(np.int64), weights, np.ones(ds.num_classes, np.float32), kept)
-    truth = ds.train_labels.numpy()[kept]
-    known = truth >= 0
-    if known.any():
-        u = kept[known]
-        correct = guess[u] == truth[known]
-        out.accuracy = float(correct.mean())
-        top = np.argsort(-confidence[u], kind="stable")[: max(1, len(u) // 2)]
-        out.accuracy_top_half = float(correct[top].mean())
-    return out
+    return _scored(PropagationOutcome(epoch, guess.astype(np.int64), weights, np.ones(ds.num_classes, np.float32),
+                                      kept), ds)
 
 
 def acquire(
