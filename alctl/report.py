@@ -9,15 +9,19 @@ Figures (pure functions over `Point`s / `Row`s / arrays; `figures` computes them
 - `auc` (`Area`): area under the budget curve: per repetition the trapezoidal mean accuracy over its labels range
   (the integral divided by max - min labels, so it reads as a mean accuracy in %; one cycle: its accuracy), over
   the cycles every repetition of the setting has; then mean ± std over repetitions.
+- `auc_paired` (`PairedArea`): against the same references as `paired`, per repetition index present in both the
+  difference of the two areas over the cycles every repetition of both has; mean with its 95% t-interval.
 - `labels_saved` (`LabelsSaved`): for each setting that is not Random, at each of its numbers of labels, how many
   labels Random (same run, variant and other settings) needs to reach its mean accuracy, by linear interpolation
   of Random's mean curve, and saved = that - its labels. `relation` is "=" (reached within Random's range), "<="
   (Random's first point already reaches it: random_labels is Random's smallest number of labels) or ">" (Random
   never reaches it: random_labels is Random's largest number of labels).
-- `paired` (`Paired`): against the same strategy's plain variant (`against` = "plain") and against Random of the
-  same variant (`against` = "random"), same other settings, at the same number of labels: the mean of the
-  per-repetition differences (points, setting - reference; repetitions matched by index, which share their
-  initial labeled set), with a 95% t-interval mean ± t(0.975, n-1) sd / sqrt(n); n < 2: no interval (null).
+- `paired` (`Paired`): against the same strategy's plain variant (`against` = "plain"), against Random of the
+  same variant (`against` = "random") and, for a +SEMI method other than label propagation (FixMatch, shown as the
+  variant "+SEMI fixmatch"), against label propagation (`against` = "lp"), same other settings, at the same
+  number of labels: the mean of the per-repetition differences (points, setting - reference; repetitions matched
+  by index, which share their initial labeled set), with a 95% t-interval mean ± t(0.975, n-1) sd / sqrt(n);
+  n < 2: no interval (null).
 - `winners` (`Winner`): per run, strategy (with the other settings) and cycle with several variants, the variant
   with the highest mean accuracy and its margin over the next one; its `strategy` names the other settings, as in
   the markdown, e.g. "random (l2_features=True)".
@@ -29,13 +33,14 @@ excluded from the grid has no plain reference. Settings (task keys without the r
 Formats:
 
 - markdown: one wide accuracy table per run (rows: strategy x variant, columns: numbers of labels, cells: mean ±
-  std), or the long one (a line per setting and cycle) with `long=True`; then the best variant, AUC, labels saved,
-  paired differences and pseudo-labels (settings that train on any), each a section that is left out when empty.
-- json: an object {"rows": [...], "auc": [...], "labels_saved": [...], "paired": [...], "winners": [...]}, each a
-  list of the dataclass' fields; NaN (no test set) and missing intervals are null.
-- csv: one header; the first column `table` names the table a line belongs to (rows | auc | labels_saved | paired
-  | winners), then the union of the tables' fields (a field a table lacks is empty). `table == "rows"` gives the
-  accuracy rows with the columns of before.
+  std), or the long one (a line per setting and cycle) with `long=True`; then the best variant, AUC, paired AUC
+  differences, labels saved, paired differences and pseudo-labels (settings that train on any), each a section
+  that is left out when empty.
+- json: an object with a list per table (rows, auc, auc_paired, labels_saved, paired, winners), each a list of
+  the dataclass' fields; NaN (no test set) and missing intervals are null.
+- csv: one header; the first column `table` names the table a line belongs to (rows | auc | auc_paired |
+  labels_saved | paired | winners), then the union of the tables' fields (a field a table lacks is empty).
+  `table == "rows"` gives the accuracy rows with the columns of before.
 """
 
 from __future__ import annotations
@@ -163,7 +168,9 @@ def read_points(run_dirs: list[Path], finished_only: bool = True) -> list[Point]
             if rep is None:
                 found = re.search(r"rep=(\d+)$", key)
                 rep = int(found.group(1)) if found else 0
-            points.append(Point(run=run.name, setting=_REP.sub("", key), strategy=str(strategy), variant=str(variant),
+            setting = _REP.sub("", key)
+            points.append(Point(run=run.name, setting=setting, strategy=str(strategy),
+                                variant=_variant_name(str(variant), setting),
                                 rep=int(rep), cycle=int(cycle), n_labeled=int(labels), accuracy=float(a),
                                 n_pseudo=None if n_pseudo is None else int(n_pseudo),
                                 pseudo_accuracy=None if pseudo is None or math.isnan(pseudo) else 100.0 * pseudo))
@@ -220,7 +227,8 @@ def _setting_order(setting: str) -> tuple:
     parts = dict(p.split("=", 1) for p in setting.split("/") if "=" in p)
     pre = parts.get("pretrain", "none") != "none"
     semi = parts.get("semi", "none") != "none"
-    return (_STRATEGY_ORDER.get(parts.get("strategy", ""), len(_STRATEGY_ORDER)), semi, pre, setting)
+    return (_STRATEGY_ORDER.get(parts.get("strategy", ""), len(_STRATEGY_ORDER)), semi, pre,
+            parts.get("semi", "none") not in ("none", "lp"), setting)
 
 
 def _with(setting: str, **values: str) -> str:
@@ -230,6 +238,29 @@ def _with(setting: str, **values: str) -> str:
         name = part.split("=", 1)[0]
         parts.append(f"{name}={values[name]}" if name in values else part)
     return "/".join(parts)
+
+
+_SEMI_NAMES = {"fm": "fixmatch"}  # +SEMI methods other than the paper's label propagation, named in the variant
+
+
+def _semi(setting: str) -> str:
+    """The setting's semi part's value (none when it has none), e.g. 'lp' or 'fm'."""
+    return next((p.split("=", 1)[1] for p in setting.split("/") if p.startswith("semi=")), "none")
+
+
+def _variant_name(variant: str, setting: str) -> str:
+    """The variant as shown: '+SEMI' for label propagation (the paper's), '+SEMI fixmatch' for FixMatch."""
+    semi = _semi(setting)
+    return variant if semi in ("none", "lp") else f"{variant} {_SEMI_NAMES.get(semi, semi)}"
+
+
+def _references(setting: str) -> list[tuple[str, str]]:
+    """(against, reference setting) pairs a setting is compared with: its plain variant, Random of the same variant
+    and, for a +SEMI method other than label propagation, the same setting with label propagation."""
+    out = [("plain", _plain(setting)), ("random", _random(setting))]
+    if _semi(setting) not in ("none", "lp"):
+        out.append(("lp", _with(setting, semi="lp")))
+    return [(against, ref) for against, ref in out if ref != setting]
 
 
 def _plain(setting: str) -> str:
@@ -395,7 +426,8 @@ class Paired:
     setting: str
     strategy: str
     variant: str
-    against: str  # plain: the same strategy's plain variant | random: Random of the same variant
+    against: str  # plain: the same strategy's plain variant | random: Random of the same variant | lp: the same
+    # setting with label propagation as +SEMI (for another +SEMI method)
     reference_setting: str
     reference_strategy: str
     reference_variant: str
@@ -408,8 +440,9 @@ class Paired:
 
 
 def paired(points: list[Point]) -> list[Paired]:
-    """Paired differences against the plain variant and against Random (same run and other settings), at every
-    number of labels both have; repetitions matched by index, those without an accuracy left out."""
+    """Paired differences against the plain variant, against Random and, for FixMatch, against label propagation
+    (same run and other settings), at every number of labels both have; repetitions matched by index, those without
+    an accuracy left out."""
     groups = _by_setting(points)
     # (run, setting) -> n_labeled -> rep -> point
     curves: dict[tuple[str, str], dict[int, dict[int, Point]]] = {}
@@ -418,8 +451,8 @@ def paired(points: list[Point]) -> list[Paired]:
             curves.setdefault(key, {}).setdefault(p.n_labeled, {})[p.rep] = p
     out = []
     for (run, setting), pts in groups.items():
-        for against, ref in (("plain", _plain(setting)), ("random", _random(setting))):
-            if ref == setting or (run, ref) not in curves:
+        for against, ref in _references(setting):
+            if (run, ref) not in curves:
                 continue
             mine, theirs = curves[run, setting], curves[run, ref]
             first = groups[run, ref][0]
@@ -435,6 +468,71 @@ def paired(points: list[Point]) -> list[Paired]:
                                   reference_variant=first.variant, cycle=min(p.cycle for p in mine[n].values()),
                                   n_labeled=n, difference_mean=mean,
                                   ci_low=None if half is None else mean - half,
+                                  ci_high=None if half is None else mean + half, pairs=count))
+    return out
+
+
+@dataclass(frozen=True)
+class PairedArea:
+    """Mean over repetitions of the per-repetition difference of the area under the budget curve (setting -
+    reference, over the cycles every repetition of both has), with its 95% t-interval (None with fewer than 2)."""
+
+    run: str
+    setting: str
+    strategy: str
+    variant: str
+    against: str  # plain | random | lp, as in Paired
+    reference_setting: str
+    reference_strategy: str
+    reference_variant: str
+    labels_min: int
+    labels_max: int
+    cycles: int
+    difference_mean: float  # points of AUC
+    ci_low: float | None
+    ci_high: float | None
+    pairs: int
+
+
+def paired_auc(points: list[Point]) -> list[PairedArea]:
+    """Paired AUC differences against the same references as `paired`: per repetition index present in both, the
+    area over the cycles that every repetition of both settings has (repetitions with a missing accuracy there
+    left out); none where they share fewer than one cycle."""
+    groups = _by_setting(points)
+    out = []
+    for (run, setting), pts in groups.items():
+        for against, ref in _references(setting):
+            if (run, ref) not in groups:
+                continue
+            curves: dict[str, dict[int, dict[int, Point]]] = {setting: {}, ref: {}}
+            for name in (setting, ref):
+                for p in groups[run, name]:
+                    curves[name].setdefault(p.rep, {})[p.cycle] = p
+            common = sorted(set.intersection(*(set(c) for name in curves for c in curves[name].values())))
+            reps = sorted(set(curves[setting]) & set(curves[ref]))
+            if not common or not reps:
+                continue
+            diffs, lows, highs = [], [], []
+            for k in reps:
+                areas = []
+                for name in (setting, ref):
+                    x = np.array([curves[name][k][c].n_labeled for c in common])
+                    y = np.array([curves[name][k][c].accuracy for c in common])
+                    areas.append(float("nan") if np.isnan(y).any() else area_under_curve(x, y))
+                    lows.append(x.min())
+                    highs.append(x.max())
+                diffs.append(areas[0] - areas[1])
+            d = np.array(diffs)
+            d = d[~np.isnan(d)]
+            if d.size == 0:
+                continue
+            mean, half, count = mean_interval(d)
+            first = groups[run, ref][0]
+            out.append(PairedArea(run=run, setting=setting, strategy=pts[0].strategy, variant=pts[0].variant,
+                                  against=against, reference_setting=ref, reference_strategy=first.strategy,
+                                  reference_variant=first.variant, labels_min=int(np.round(np.mean(lows))),
+                                  labels_max=int(np.round(np.mean(highs))), cycles=len(common),
+                                  difference_mean=mean, ci_low=None if half is None else mean - half,
                                   ci_high=None if half is None else mean + half, pairs=count))
     return out
 
@@ -464,7 +562,7 @@ def winners(rows: list[Row]) -> list[Winner]:
     for (run, strategy, cycle), group in groups.items():
         if len({r.variant for r in group}) < 2:
             continue
-        best, second = sorted(group, key=lambda r: (-r.accuracy_mean, _VARIANT_ORDER.get(r.variant, 9)))[:2]
+        best, second = sorted(group, key=lambda r: (-r.accuracy_mean, _VARIANT_ORDER.get(r.variant.split()[0], 9)))[:2]
         out.append(Winner(run, strategy, cycle, best.n_labeled, best.variant, best.accuracy_mean,
                           best.accuracy_mean - second.accuracy_mean, second.variant))
     return out
@@ -476,26 +574,27 @@ class Figures:
 
     rows: list[Row]
     auc: list[Area] = field(default_factory=list)
+    auc_paired: list[PairedArea] = field(default_factory=list)
     labels_saved: list[LabelsSaved] = field(default_factory=list)
     paired: list[Paired] = field(default_factory=list)
     winners: list[Winner] = field(default_factory=list)
 
 
-TABLES: dict[str, type] = {"rows": Row, "auc": Area, "labels_saved": LabelsSaved, "paired": Paired,
-                           "winners": Winner}  # json keys / csv `table` values, in output order
+TABLES: dict[str, type] = {"rows": Row, "auc": Area, "auc_paired": PairedArea, "labels_saved": LabelsSaved,
+                           "paired": Paired, "winners": Winner}  # json keys / csv `table` values, in output order
 
 
 def figures(points: list[Point]) -> Figures:
     """All figures of a report from the repetitions' points."""
     rows = summarise(points)
-    return Figures(rows=rows, auc=auc_table(points), labels_saved=labels_saved(rows), paired=paired(points),
-                   winners=winners(rows))
+    return Figures(rows=rows, auc=auc_table(points), auc_paired=paired_auc(points), labels_saved=labels_saved(rows),
+                   paired=paired(points), winners=winners(rows))
 
 
 # ----------------------------------------------------------------------------- rendering
 
 
-def _extra(r: Row | Area | LabelsSaved | Paired) -> str:
+def _extra(r: Row | Area | PairedArea | LabelsSaved | Paired) -> str:
     """Swept parameters other than strategy / variant, e.g. ' (budget=100)'."""
     parts = [p for p in r.setting.split("/") if p.split("=", 1)[0] not in ("strategy", "semi", "pretrain")]
     return f" ({', '.join(parts)})" if parts else ""
@@ -599,6 +698,15 @@ def render_markdown(figs: Figures, long: bool = False) -> str:
                 "| run | strategy | variant | labels | cycles | AUC (%) | reps |", "|---|---|---|---|---:|---:|---:|"]
         out += [f"| {a.run} | {a.strategy}{_extra(a)} | {a.variant} | {a.labels_min}–{a.labels_max} | {a.cycles} |"
                 f" {a.auc_mean:.2f} ± {a.auc_std:.2f} | {a.repetitions} |" for a in figs.auc]
+    if figs.auc_paired:
+        out += ["", "Paired AUC differences (points, setting - reference): per repetition the difference of the two"
+                " areas over the cycles both have; mean ± half-width of its 95% t-interval (none with fewer than 2"
+                " pairs):", "", "| run | strategy | variant | against | labels | cycles | AUC difference | pairs |",
+                "|---|---|---|---|---|---:|---:|---:|"]
+        out += [f"| {a.run} | {a.strategy}{_extra(a)} | {a.variant} | {a.reference_strategy} {a.reference_variant} |"
+                f" {a.labels_min}–{a.labels_max} | {a.cycles} | {a.difference_mean:+.2f}"
+                + ("" if a.ci_high is None else f" ± {a.ci_high - a.difference_mean:.2f}") + f" | {a.pairs} |"
+                for a in figs.auc_paired]
     if figs.labels_saved:
         out += ["", "Labels saved against Random of the same variant and settings (in brackets: the labels Random"
                 " needs to reach the same mean accuracy, linear interpolation of its mean curve; > : not within its"
@@ -636,8 +744,8 @@ def _record(item: object) -> dict:
 
 
 def render_csv(figs: Figures) -> str:
-    """CSV with one header: `table` (rows | auc | labels_saved | paired | winners), then the union of the tables'
-    fields; a field a table lacks is empty."""
+    """CSV with one header: `table` (rows | auc | auc_paired | labels_saved | paired | winners), then the union of
+    the tables' fields; a field a table lacks is empty."""
     columns = ["table"]
     for cls in TABLES.values():
         columns += [f.name for f in fields(cls) if f.name not in columns]
@@ -651,8 +759,8 @@ def render_csv(figs: Figures) -> str:
 
 
 def render_json(figs: Figures) -> str:
-    """JSON object {"rows": [...], "auc": [...], "labels_saved": [...], "paired": [...], "winners": [...]}; NaN and
-    missing intervals are null."""
+    """JSON object {"rows": [...], "auc": [...], "auc_paired": [...], "labels_saved": [...], "paired": [...],
+    "winners": [...]}; NaN and missing intervals are null."""
     return json.dumps({name: [_record(item) for item in getattr(figs, name)] for name in TABLES}, indent=2)
 
 

@@ -199,7 +199,7 @@ def test_json_and_csv_hold_every_table(workdir: Path, syn: report.Figures) -> No
     res = runner.invoke(app, ["report", "runs/syn", "--format", "json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert list(data) == ["rows", "auc", "labels_saved", "paired", "winners"]
+    assert list(data) == ["rows", "auc", "auc_paired", "labels_saved", "paired", "winners"]
     for name in data:
         expected = [asdict(x) for x in getattr(syn, name)]
         assert len(data[name]) == len(expected) > 0, name
@@ -218,3 +218,56 @@ def test_json_and_csv_hold_every_table(workdir: Path, syn: report.Figures) -> No
         for got, want in zip(mine, expected):
             assert all(_same(got[k], v) for k, v in want.items()), (name, got, want)
             assert all(v == "" for k, v in got.items() if k not in want and k != "table")
+
+
+def _write_settings(run: Path, curves: dict[str, dict[int, list[float]]]) -> None:
+    """Metrics files for settings given as task keys without the repetition, variant from the key (as cycle writes)."""
+    for task, (setting, reps) in enumerate(curves.items()):
+        parts = dict(p.split("=", 1) for p in setting.split("/"))
+        variant = ("+PRE" if parts["pretrain"] != "none" else "") + ("+SEMI" if parts["semi"] != "none" else "")
+        for rep, accs in reps.items():
+            rows = [{"task": task, "task_key": f"{setting}/rep={rep}", "strategy": parts["strategy"],
+                     "variant": variant or "plain", "rep": rep, "cycle": c, "n_labeled": 10 * (c + 1), "accuracy": a}
+                    for c, a in enumerate(accs)]
+            path = run / "tasks" / setting / f"rep={rep}" / "metrics.parquet"
+            path.parent.mkdir(parents=True)
+            pq.write_table(pa.Table.from_pylist(rows, schema=store.METRICS), path)
+
+
+def test_fixmatch_is_named_and_paired_against_label_propagation_at_every_budget_and_in_auc(workdir: Path) -> None:
+    run = workdir / "runs" / "fm"
+    _write_settings(run, {
+        "strategy=random/semi=none/pretrain=none": {0: [.50, .60, .70], 1: [.52, .62, .72], 2: [.48, .58, .68]},
+        "strategy=random/semi=lp/pretrain=none": {0: [.60, .70, .80], 1: [.62, .72, .78], 2: [.58, .70, .76]},
+        "strategy=random/semi=fm/pretrain=none": {0: [.62, .74, .80], 1: [.60, .74, .82], 2: [.58, .72, .80]},
+        # no label propagation for coreset: FixMatch there has no "lp" reference
+        "strategy=coreset/semi=fm/pretrain=none": {0: [.62, .74, .80]},
+    })
+    figs = report.figures(report.read_points([run]))
+    variants = {r.setting.split("/")[1]: r.variant for r in figs.rows if r.strategy == "random"}
+    assert variants == {"semi=none": "plain", "semi=lp": "+SEMI", "semi=fm": "+SEMI fixmatch"}
+    fm, lp = "strategy=random/semi=fm/pretrain=none", "strategy=random/semi=lp/pretrain=none"
+    against_lp = {p.n_labeled: p for p in figs.paired if p.against == "lp"}
+    assert {p.setting for p in figs.paired if p.against == "lp"} == {fm}  # label propagation itself has none
+    # fm - lp per repetition: 2, 4, 0 | -2, 2, 4 | 0, 2, 4 points
+    for n, diffs in ((10, [2.0, -2.0, 0.0]), (20, [4.0, 2.0, 2.0]), (30, [0.0, 4.0, 4.0])):
+        d = np.array(diffs)
+        p = against_lp[n]
+        assert p.reference_setting == lp and p.reference_variant == "+SEMI" and p.pairs == 3
+        assert p.difference_mean == pytest.approx(d.mean())
+        assert p.ci_high - p.difference_mean == pytest.approx(T2 * d.std(ddof=1) / math.sqrt(3))
+    # AUC (mean accuracy over 10..30 labels) per repetition: fm 72.5, 72.5, 70.5; lp 70, 71, 68.5
+    area = {(a.setting, a.against): a for a in figs.auc_paired}
+    a = area[fm, "lp"]
+    d = np.array([2.5, 1.5, 2.0])
+    assert (a.labels_min, a.labels_max, a.cycles, a.pairs) == (10, 30, 3, 3)
+    assert a.difference_mean == pytest.approx(2.0)
+    assert a.ci_low == pytest.approx(2.0 - T2 * d.std(ddof=1) / math.sqrt(3))
+    assert area[lp, "plain"].difference_mean == pytest.approx(29.5 / 3)  # lp 70 / 71 / 68.5 - plain 60 / 62 / 58
+    assert (fm, "lp") in area and ("strategy=coreset/semi=fm/pretrain=none", "lp") not in area
+    assert area["strategy=coreset/semi=fm/pretrain=none", "random"].ci_low is None  # one pair
+    out = report.render_markdown(figs)
+    assert "| fm | random | +SEMI fixmatch | 60.00 ± 2.00 | 73.33 ± 1.15 | 80.67 ± 1.15 | 3 |" in out
+    half = T2 * d.std(ddof=1) / math.sqrt(3)
+    assert f"| fm | random | +SEMI fixmatch | random +SEMI | 10–30 | 3 | +2.00 ± {half:.2f} | 3 |" in out
+    assert f"| fm | random | +SEMI fixmatch | random +SEMI | +0.00 ± {T2 * 2 / math.sqrt(3):.2f} |" in out
