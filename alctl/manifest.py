@@ -332,6 +332,12 @@ class FixmatchConfig(_Section):
         " the share of unlabeled images last predicted confidently as class c (against the most learned class, or"
         " the images not yet predicted confidently): low thresholds while a class is unlearned; false = FixMatch",
     )
+    prior_epochs: int = Field(
+        0, ge=0,
+        description="the first this many epochs with unlabeled images train their strong views on label"
+        " propagation's pseudo-labels (the graph of semi.features, k, alpha, gamma), each weighted by its certainty,"
+        " instead of on the model's own confident predictions; 0 = FixMatch from the start",
+    )
 
 
 class SemiConfig(_Section):

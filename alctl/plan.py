@@ -123,6 +123,19 @@ def _mixed_steps(n_p: int, s: mf.SemiConfig) -> tuple[int, int]:
     return steps, steps * s.labeled_per_batch + p
 
 
+def _propagations(config: mf.Manifest, refreshes: int, cycle: int, pool: int) -> tuple[int, int]:
+    """(propagations, feature images) of `refreshes` label propagations in one cycle: on fixed features
+    (semi.features: the encoder's and / or the pixels) one propagation, plus the encoder's pass over the pool once
+    per task; on the model's features, a pass over the pool each."""
+    if refreshes == 0:
+        return 0, 0
+    graph = mf.semi_features(config, (mf.image_channels(config.dataset), 0, 0))  # the rule reads channels only
+    encoder = graph in ("encoder", "encoder+pixels") and config.pretrain.method != "none"
+    if encoder or graph in ("pixels", "encoder+pixels"):
+        return 1, pool if cycle == 0 and encoder else 0
+    return refreshes, refreshes * pool
+
+
 def cycle_cost(config: mf.Manifest, cycle: int, pool: int, test: int) -> CycleCost:
     """The cost of cycle `cycle` (0-based) of a task on a pool of `pool` images and `test` test images."""
     a, t, s = config.active, config.train, config.semi
@@ -140,16 +153,9 @@ def cycle_cost(config: mf.Manifest, cycle: int, pool: int, test: int) -> CycleCo
         m_steps, m_images = _mixed_steps(n_p, s) if n_p else (plain_steps, plain_images)
         steps += first_mixed * plain_steps + mixed_epochs * m_steps
         images += first_mixed * plain_images + mixed_epochs * m_images
-        propagations = math.ceil(mixed_epochs / s.every) if mixed_epochs else 0
-        graph = mf.semi_features(config, (mf.image_channels(config.dataset), 0, 0))  # the rule reads channels only
-        encoder = graph in ("encoder", "encoder+pixels") and config.pretrain.method != "none"
-        fixed = encoder or graph in ("pixels", "encoder+pixels")
-        if fixed:
-            propagations = min(propagations, 1)  # fixed features: one propagation per cycle
-            if cycle == 0 and encoder:
-                features += pool  # the encoder's features, once per task
-        else:
-            features += propagations * pool
+        propagations, extra = _propagations(config, math.ceil(mixed_epochs / s.every) if mixed_epochs else 0, cycle,
+                                            pool)
+        features += extra
     elif s.method == "fixmatch":  # every unlabeled image, seen weakly and strongly (two images each), no graph
         first_mixed = t.epochs if s.phase2_epochs else min(s.warmup, t.epochs)
         mixed_epochs = (t.epochs + s.phase2_epochs) - first_mixed
@@ -159,6 +165,9 @@ def cycle_cost(config: mf.Manifest, cycle: int, pool: int, test: int) -> CycleCo
         steps = first_mixed * plain_steps + mixed_epochs * m_steps
         images = first_mixed * plain_images + mixed_epochs * m_images
         features += pool  # the confident predictions at the end of training
+        prior = min(s.fixmatch.prior_epochs, mixed_epochs)  # label propagation's prior: a refresh every `every`
+        propagations, extra = _propagations(config, math.ceil(prior / s.every) if prior else 0, cycle, pool)
+        features += extra
     else:
         steps, images = t.epochs * plain_steps, t.epochs * plain_images
     wanted = needs(a.power.base if a.strategy == "power" else a.strategy)  # power reads what its base reads

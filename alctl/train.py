@@ -145,13 +145,20 @@ class Semi:
     unlabeled_per_epoch: int | None  # pseudo-labeled images per epoch; None = all
     phase2_epochs: int  # > 0: Iscen et al.'s two phases, these epochs with pseudo-labels after spec.epochs
     phase2_lr: float | None  # phase 2's initial learning rate (cosine ramp-down to 0); None = spec.lr
-    consistency: Consistency | None = None  # FixMatch: targets.pseudo_pos are unlabeled images, pseudo_y unused
+    consistency: Consistency | None = None  # FixMatch: targets.pseudo_pos are unlabeled images; pseudo_w > 0 marks
+    # a prior label (pseudo_y) that replaces the weak view's prediction
+    prior_epochs: int = 0  # FixMatch: the refresh at start + prior_epochs ends the prior (see `due`)
+
+    def start(self, plain_epochs: int) -> int:
+        """The first epoch with unlabeled images: `warmup`, or with phase 2 `plain_epochs` (spec.epochs)."""
+        return plain_epochs if self.phase2_epochs else self.warmup
 
     def due(self, epoch: int, plain_epochs: int) -> bool:
-        """True when pseudo-labels are recomputed at the start of `epoch`: from `warmup` on, or with phase 2 from
-        `plain_epochs` (the training's spec.epochs) on, every `every` epochs."""
-        start = plain_epochs if self.phase2_epochs else self.warmup
-        return epoch >= start and (epoch - start) % self.every == 0
+        """True when pseudo-labels are recomputed at the start of `epoch`: from `start` on, every `every` epochs,
+        and at start + prior_epochs (where FixMatch's prior ends)."""
+        start = self.start(plain_epochs)
+        return epoch >= start and ((epoch - start) % self.every == 0
+                                   or (self.prior_epochs > 0 and epoch - start == self.prior_epochs))
 
 
 def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.SGD:
@@ -253,17 +260,22 @@ def weighted_loss(
     return (per_sample * cw).sum() / cw.sum().clamp_min(1e-12)
 
 
-def consistency_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold: float | torch.Tensor
-                     ) -> torch.Tensor:
+def consistency_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold: float | torch.Tensor,
+                     prior_y: torch.Tensor | None = None, prior_w: torch.Tensor | None = None) -> torch.Tensor:
     """FixMatch's unlabeled term: the mean over the batch [u] of cross-entropy(strong logits [u, C], argmax of the
     weak view's softmax) where that softmax's maximum is >= threshold (a number, or one per class [C] read at the
-    argmax: FlexMatch), 0 elsewhere; no gradient through the weak view. 0 for an empty batch."""
+    argmax: FlexMatch), 0 elsewhere; no gradient through the weak view. Where a prior weight [u] is > 0 the
+    target is the prior label [u] instead, with that weight. 0 for an empty batch."""
     if logits_weak.shape[0] == 0:
         return logits_strong.sum() * 0.0
     with torch.no_grad():
         confidence, guess = torch.softmax(logits_weak.detach().float(), dim=1).max(dim=1)
         bar = threshold[guess] if isinstance(threshold, torch.Tensor) else threshold
         mask = (confidence >= bar).float()
+        if prior_y is not None and prior_w is not None:
+            has = prior_w > 0
+            guess = torch.where(has, prior_y, guess)
+            mask = torch.where(has, prior_w.float(), mask)
     return (F.cross_entropy(logits_strong.float(), guess, reduction="none") * mask).mean()
 
 
@@ -286,7 +298,7 @@ def _step_loss(
 ) -> torch.Tensor:
     """The loss of one batch `b` (indices into the targets, labeled first: < n_l): weighted cross-entropy of the
     augmented images; with FixMatch, the labeled images' cross-entropy plus weight x `consistency_loss` of the
-    unlabeled ones (>= n_l), the labeled, weak and strong views in one forward pass (batch norm sees them all);
+    unlabeled ones (>= n_l; their target weight > 0: a prior label), the labeled, weak and strong views in one forward pass (batch norm sees them all);
     with `learned` (FlexMatch, [unlabeled targets]) the thresholds are `flexible_thresholds`, and the images whose
     weak prediction passes the fixed threshold record their class there (in place)."""
     compute = spec.compute
@@ -317,7 +329,7 @@ def _step_loss(
             confidence, guess = torch.softmax(weak.detach(), dim=1).max(dim=1)
             sure = confidence >= c.threshold
             learned[(unl - n_l)[sure]] = guess[sure]
-    return loss + c.weight * consistency_loss(weak, logits[n + u :], bar)
+    return loss + c.weight * consistency_loss(weak, logits[n + u :], bar, ys_t[unl], ws_t[unl])
 
 
 def check_finite(model: nn.Module, nonfinite_loss: torch.Tensor | bool, epoch: int, epochs: int) -> None:

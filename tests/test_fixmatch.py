@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from alctl import manifest as mf
+from alctl import plan
 from alctl.cli import app
 from alctl.console import silent
-from alctl.engine import commands
+from alctl.engine import commands, settings
 from alctl.engine.cycle import run_task
 from alctl.engine.workspace import dataset_for
 from alctl.errors import Preempted
@@ -85,11 +86,41 @@ def test_fixmatch_cycle_counts_and_scores_its_confident_predictions(write_manife
     assert metrics[0]["variant"] == "+SEMI" and "semi=fm" in task.key
 
 
+def test_a_prior_label_replaces_the_weak_prediction_where_its_weight_is_positive() -> None:
+    weak = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 6.0]])
+    strong = torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    prior_y, prior_w = torch.tensor([1, 2, 0]), torch.tensor([0.5, 0.8, 0.0])  # row 2: no prior, its own guess
+    loss = consistency_loss(weak, strong, 0.9, prior_y, prior_w)
+    ce = [F.cross_entropy(strong[i : i + 1], torch.tensor([y])).item() for i, y in ((0, 1), (1, 2), (2, 2))]
+    assert loss.item() == pytest.approx((0.5 * ce[0] + 0.8 * ce[1] + ce[2]) / 3, rel=1e-6)
+    zero = torch.zeros(3)  # FixMatch's own targets: weights 0 leave the loss as without a prior
+    assert consistency_loss(weak, strong, 0.9, prior_y, zero).item() == consistency_loss(weak, strong, 0.9).item()
+
+
+def test_the_prior_ends_with_a_refresh_after_prior_epochs() -> None:
+    m = mf.parse({"train": {"epochs": 5}, "semi": {"method": "fixmatch", "phase2_epochs": 10, "every": 3,
+                                                   "fixmatch": {"prior_epochs": 2}}})
+    semi = settings.semi_spec(m, lambda epoch: None)  # type: ignore[arg-type,return-value]
+    assert semi.prior_epochs == 2 and semi.start(5) == 5
+    assert [e for e in range(15) if semi.due(e, 5)] == [5, 7, 8, 11, 14]  # every 3 from 5, and 5 + 2
+    plain = settings.semi_spec(m.model_copy(update={"semi": m.semi.model_copy(update={"fixmatch": mf.FixmatchConfig()})}),
+                               lambda epoch: None)  # type: ignore[arg-type,return-value]
+    assert [e for e in range(15) if plain.due(e, 5)] == [5, 8, 11, 14]
+    # the plan counts the prior's propagations: model features (colour images, no encoder) every 3 epochs of 2
+    for prior, count in ((0, 0), (2, 1), (4, 2)):
+        cfg = mf.parse({"dataset": {"name": "cifar10"}, "train": {"epochs": 5},
+                        "semi": {"method": "fixmatch", "phase2_epochs": 10, "every": 3,
+                                 "fixmatch": {"prior_epochs": prior}}})
+        cost = plan.cycle_cost(cfg, 0, pool=1000, test=100)
+        assert cost.propagations == count and cost.features == 1000 + count * 1000
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("flexible", [False, True])
-def test_fixmatch_stopped_mid_epoch_resumes_to_the_same_result(write_manifest, flexible: bool) -> None:
+@pytest.mark.parametrize("fixmatch", [{}, {"flexible": True}, {"prior_epochs": 1}])
+def test_fixmatch_stopped_mid_epoch_resumes_to_the_same_result(write_manifest, fixmatch: dict) -> None:
+    flexible = fixmatch.get("flexible", False)
     extra = {**FIXMATCH, "active": {"cycles": 1},
-             "semi": {**FIXMATCH["semi"], "fixmatch": {"threshold": 0.3, "flexible": flexible}}}
+             "semi": {**FIXMATCH["semi"], "fixmatch": {"threshold": 0.3, **fixmatch}}}
     straight = write_manifest({**extra, "name": "straight"}, name="straight.yaml")
     commands.cycle_command(straight, None, None, silent())
     resumed = write_manifest({**extra, "name": "resumed"}, name="resumed.yaml")
@@ -97,8 +128,11 @@ def test_fixmatch_stopped_mid_epoch_resumes_to_the_same_result(write_manifest, f
     calls = iter(range(10_000))
     with pytest.raises(Preempted, match="epoch 6 step"):  # within phase 2's first epoch, mixed batches
         run_task(task, silent(), resumed, None, stop=lambda: next(calls) == 6 * 5 + 2)
-    saved = torch.load(_task_dir(resumed) / "checkpoints" / "train.pt", weights_only=True)["learned"]
+    ckpt = torch.load(_task_dir(resumed) / "checkpoints" / "train.pt", weights_only=True)
+    saved = ckpt["learned"]
     assert (saved is not None and (saved >= 0).any()) if flexible else saved is None  # FlexMatch's state travels
+    prior = ckpt["targets"]["pseudo_w"]
+    assert bool((prior > 0).any()) == ("prior_epochs" in fixmatch)  # label propagation's prior, in phase 2's first
     commands.cycle_command(resumed, None, None, silent())
     for table in ("pool", "pseudo"):
         assert pq.read_table(_task_dir(straight) / f"{table}.parquet").equals(

@@ -33,7 +33,7 @@ from alctl.pretrain import load_encoder
 from alctl.propagate import class_weights, sample_by_certainty
 from alctl.store import Lock
 from alctl.strategies import Selection
-from alctl.train import FitState, Targets, evaluate, fit, make_optimizer
+from alctl.train import FitState, Semi, Targets, evaluate, fit, make_optimizer
 
 TARGET_ARRAYS = ("labeled_pos", "labeled_y", "pseudo_pos", "pseudo_y", "pseudo_w", "class_w")
 
@@ -162,6 +162,7 @@ class CycleTraining:
         self.carried = 0.0  # seconds spent on this cycle by earlier processes (resumed from a checkpoint)
         self.propagation: PropagationOutcome | None = None
         self._fixed: PropagationOutcome | None = None  # the cycle's propagation on fixed features (semi.features)
+        self.semi: Semi | None = None  # how unlabeled images enter training (set by run)
         self._started = 0.0
 
     def _resume(self) -> FitState | None:
@@ -201,15 +202,7 @@ class CycleTraining:
         semi.features); the pseudo-labeled targets of the next epochs."""
         config, s, labels = self.ctx.config, self.ctx.config.semi, self.pool.label[self.labeled]
         t0 = time.perf_counter()
-        if self._fixed is not None:  # fixed features (semi.features): one propagation a cycle
-            prop = dataclasses.replace(self._fixed, epoch=epoch)
-        elif (fixed := self.ctx.fixed_features()) is not None:
-            self._fixed = propagate_pool(config, self.ctx.ds, fixed, self.labeled, labels, epoch)
-            prop = self._fixed
-        else:
-            feats = pool_features(config, self.ctx.ds, self.model, self.ctx.images)
-            prop = propagate_pool(config, self.ctx.ds, feats, self.labeled, labels, epoch)
-        self.propagation = prop
+        prop = self._propagate(epoch)
         u = prop.unlabeled
         if s.selection == "prob":
             rng = runtime.rng(config.seed, self.ctx.task.rep, self.cycle, f"pseudo-subset-{epoch}")
@@ -219,11 +212,34 @@ class CycleTraining:
         return Targets(labeled_pos=self.labeled, labeled_y=labels, pseudo_pos=u, pseudo_y=prop.labels[u],
                        pseudo_w=prop.weights[u], class_w=cw)
 
+    def _propagate(self, epoch: int) -> PropagationOutcome:
+        """Label propagation on the current model's features (or, once a cycle, on the fixed features of
+        semi.features); kept as self.propagation."""
+        config, labels = self.ctx.config, self.pool.label[self.labeled]
+        if self._fixed is not None:  # fixed features (semi.features): one propagation a cycle
+            prop = dataclasses.replace(self._fixed, epoch=epoch)
+        elif (fixed := self.ctx.fixed_features()) is not None:
+            self._fixed = propagate_pool(config, self.ctx.ds, fixed, self.labeled, labels, epoch)
+            prop = self._fixed
+        else:
+            feats = pool_features(config, self.ctx.ds, self.model, self.ctx.images)
+            prop = propagate_pool(config, self.ctx.ds, feats, self.labeled, labels, epoch)
+        self.propagation = prop
+        return prop
+
     def _unlabeled(self, epoch: int) -> Targets:
-        """FixMatch: the labeled images and every unlabeled pool image (targets' pseudo_pos; no label, no weight)."""
+        """FixMatch: the labeled images and every unlabeled pool image (targets' pseudo_pos; no label, no weight),
+        or during semi.fixmatch.prior_epochs label propagation's pseudo-labels and certainties as their prior."""
         u = np.setdiff1d(np.arange(len(self.pool.label)), self.labeled)
+        y, w = np.zeros(len(u), np.int64), np.zeros(len(u), np.float32)
+        semi = self.semi
+        if semi is not None and epoch - semi.start(self.spec.epochs) < semi.prior_epochs:
+            t0 = time.perf_counter()
+            prop = self._propagate(epoch)
+            y, w = prop.labels[u].astype(np.int64), prop.weights[u].astype(np.float32)
+            self.seconds["propagate"] = self.seconds.get("propagate", 0.0) + time.perf_counter() - t0
         return Targets(labeled_pos=self.labeled, labeled_y=self.pool.label[self.labeled], pseudo_pos=u,
-                       pseudo_y=np.zeros(len(u), np.int64), pseudo_w=np.zeros(len(u), np.float32))
+                       pseudo_y=y, pseudo_w=w)
 
     def _account(self) -> None:
         """seconds["train"] = time spent so far (this process and earlier ones) less propagation."""
@@ -257,6 +273,7 @@ class CycleTraining:
             semi = settings.semi_spec(ctx.config, self._refresh, shape)  # type: ignore[arg-type]
         elif ctx.config.semi.method == "fixmatch":
             semi = settings.semi_spec(ctx.config, self._unlabeled, shape)  # type: ignore[arg-type]
+        self.semi = semi
         self._started = time.perf_counter()
         self.carried = self.seconds.get("train", 0.0) + self.seconds.get("propagate", 0.0)
 

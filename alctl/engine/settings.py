@@ -85,4 +85,5 @@ def semi_spec(config: mf.Manifest, refresh: Callable[[int], Targets], shape: Ima
                                   flexible=s.fixmatch.flexible)
     return Semi(refresh=refresh, every=s.every, warmup=s.warmup, batch_size=s.batch_size,
                 labeled_per_batch=s.labeled_per_batch, unlabeled_per_epoch=s.unlabeled_per_epoch,
-                phase2_epochs=s.phase2_epochs, phase2_lr=s.phase2_lr, consistency=consistency)
+                phase2_epochs=s.phase2_epochs, phase2_lr=s.phase2_lr, consistency=consistency,
+                prior_epochs=s.fixmatch.prior_epochs if consistency is not None else 0)
