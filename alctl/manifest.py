@@ -212,20 +212,20 @@ class TrainConfig(_Section):
 
 
 class CealConfig(_Section):
-    """CEAL pseudo-labelling of confident images; the paper's CEAL is cap null, balanced false, weight 1 (the
-    defaults)."""
+    """CEAL pseudo-labelling of confident images; by default at most as many as the labels, balanced over the
+    predicted classes (measured: docs/options.md); `paper: true` is the paper's CEAL (no cap, no balance)."""
 
     threshold: float = Field(0.1, ge=0, le=1, description="normalised entropy below which an image is pseudo-labelled")
     decay: float = Field(0.00033, ge=0, description="threshold decrease per cycle")
     cap: float | None = Field(
-        None, ge=0,
+        1.0, ge=0,
         description="the most pseudo-labels a selection gives the next training, as a multiple of that training's"
         " labeled set (the labeled images plus the batch just selected): at most ceil(cap x labels), the most"
         " confident (lowest normalised entropy, ties by pool position); 0 = none (Uncertainty); null = no cap."
-        " The paper's CEAL is cap null, balanced false, weight 1 (the defaults)",
+        " The paper's CEAL: `paper: true`",
     )
     balanced: bool = Field(
-        False,
+        True,
         description="true = the kept pseudo-labels are balanced over their predicted classes: at most ceil(kept / C)"
         " per class, the most confident of each class first, filling up to the cap (or the confident count) without"
         " exceeding that quota; false = the most confident whatever their class (the paper)",
@@ -235,6 +235,25 @@ class CealConfig(_Section):
         description="loss weight of each CEAL pseudo-label in training, in (0, 1] (a true label weighs 1); 1 = the"
         " paper",
     )
+    paper: bool = Field(
+        False,
+        description="true = the paper's CEAL (Wang et al. 2017 as Siméoni et al. run it): no cap, no balance, weight"
+        " 1, in place of the defaults of cap, balanced and weight (other values of them alongside are an error)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paper(cls, data: Any) -> Any:
+        """paper: true resolves cap, balanced and weight to the paper's values (null, false, 1); other values of
+        them alongside are refused."""
+        if isinstance(data, dict) and data.get("paper") is True:
+            paper = {"cap": None, "balanced": False, "weight": 1.0}
+            clash = [k for k, v in paper.items() if k in data and data[k] != v]
+            if clash:
+                raise ValueError(f"active.ceal.paper: true is the paper's CEAL (no cap, no balance, weight 1);"
+                                 f" remove active.ceal.{', active.ceal.'.join(clash)} or set paper: false")
+            data = {**data, **paper}
+        return data
 
 
 class BaldConfig(_Section):
@@ -1195,15 +1214,25 @@ _HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
 }
 
 
+_CEAL_PSEUDO_OPTIONS = ("cap", "balanced", "weight", "paper")  # active.ceal fields that only CEAL's tasks read
+
+
 def manifest_hash(m: Manifest) -> str:
     """sha256 (first 16 hex) of the resolved manifest's canonical JSON (`_HASH_OMITTED_AT_DEFAULT` fields left out
-    at their default)."""
+    at their default; CEAL's pseudo-label options left out unless the strategy is CEAL, `paper` left out when
+    true, so that the paper's CEAL keeps the hash it had before the options existed)."""
     data = m.model_dump(mode="json")
+    ceal = data["active"]["ceal"]
+    if m.active.strategy != "ceal":  # CEAL's pseudo-label options cannot change another strategy's results
+        for name in _CEAL_PSEUDO_OPTIONS:
+            ceal.pop(name, None)
+    elif m.active.ceal.paper:  # the paper's CEAL (cap null, balanced false, weight 1): hashed as before the options
+        del ceal["paper"]
     for path, default in _HASH_OMITTED_AT_DEFAULT.items():
         parent = data
         for part in path[:-1]:
             parent = parent[part]
-        if parent.get(path[-1]) == default:
+        if path[-1] in parent and parent[path[-1]] == default:
             del parent[path[-1]]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -111,7 +111,7 @@ def test_changed_configuration_in_same_run_dir_is_refused(write_manifest) -> Non
 
 def test_ceal_pseudo_labels_are_counted_scored_and_reported_after_a_resume(write_manifest) -> None:
     path = write_manifest({"repetitions": 1, "train": {"epochs": 2, "rampdown_epochs": 3},
-                           "active": {"cycles": 2, "ceal": {"threshold": 1.0}},  # pseudo-labels all but the chosen
+                           "active": {"cycles": 2, "ceal": {"threshold": 1.0, "paper": True}},  # all but the chosen
                            "sweep": {"active.strategy": ["random", "ceal"]}})
     plain, ceal = mf.tasks(mf.load(path))
     assert (plain.config.active.strategy, ceal.config.active.strategy) == ("random", "ceal")
@@ -159,7 +159,7 @@ def test_ceal_cap_and_weight_reach_the_stored_pseudo_labels_and_the_training_tar
 
     path = write_manifest({"repetitions": 1, "train": {"epochs": 2, "rampdown_epochs": 3},
                            "active": {"strategy": "ceal", "cycles": 2,
-                                      "ceal": {"threshold": 1.0, "cap": 0.5, "weight": 0.5}}})
+                                      "ceal": {"threshold": 1.0, "cap": 0.5, "balanced": False, "weight": 0.5}}})
     (task,) = mf.tasks(mf.load(path))
     commands.cycle_command(path, task.index, 1, _ui())  # cycle 0 and its selection, which pseudo-labels cycle 1's
     tdir = _task_dir(path, task.index)

@@ -183,34 +183,54 @@ def test_infinite_or_nan_numbers_are_refused(section: dict) -> None:
         mf.parse(section)
 
 
-def test_ceal_cap_balanced_weight_default_to_the_paper_and_parse() -> None:
+def test_ceal_defaults_cap_and_balance_and_paper_true_is_the_papers_ceal() -> None:
     c = mf.parse({}).active.ceal
-    assert (c.cap, c.balanced, c.weight) == (None, False, 1.0)  # the paper's CEAL
-    c = mf.parse({"active": {"ceal": {"cap": 1, "balanced": True, "weight": 0.5}}}).active.ceal
-    assert (c.cap, c.balanced, c.weight) == (1.0, True, 0.5)
+    assert (c.cap, c.balanced, c.weight, c.paper) == (1.0, True, 1.0, False)  # measured: docs/options.md
+    c = mf.parse({"active": {"ceal": {"cap": 2, "balanced": False, "weight": 0.5}}}).active.ceal
+    assert (c.cap, c.balanced, c.weight) == (2.0, False, 0.5)
     assert mf.parse({"active": {"ceal": {"cap": 0, "weight": 1}}}).active.ceal.cap == 0.0
-    assert "paper's CEAL is cap null, balanced false, weight 1" in mf.CealConfig.model_fields["cap"].description
+    c = mf.parse({"active": {"ceal": {"paper": True}}}).active.ceal  # one option: no cap, no balance, weight 1
+    assert (c.cap, c.balanced, c.weight, c.paper) == (None, False, 1.0, True)
+    same = mf.parse({"active": {"ceal": {"paper": True, "cap": None, "balanced": False}}}).active.ceal
+    assert same == c  # the paper's own values alongside are no clash (a resolved manifest round-trips)
+    assert mf.parse(mf.parse({"active": {"ceal": {"paper": True}}}).model_dump(mode="json")).active.ceal == c
+    with pytest.raises(ManifestError, match=r"^active.ceal.paper: true is the paper's CEAL .*remove active.ceal.cap,"
+                                            r" active.ceal.balanced or set paper: false$"):
+        mf.parse({"active": {"ceal": {"paper": True, "cap": 1, "balanced": True}}})
 
 
-def test_ceal_cap_balanced_weight_enter_the_hash_only_away_from_their_default() -> None:
-    base = mf.manifest_hash(mf.parse({"active": {"strategy": "ceal"}}))
-    data = mf.parse({"active": {"strategy": "ceal"}}).model_dump(mode="json")
-    assert {("active", "ceal", k) for k in ("cap", "balanced", "weight")} <= set(mf._HASH_OMITTED_AT_DEFAULT)
+def test_ceal_options_enter_only_ceals_hash_and_the_papers_ceal_keeps_its_old_hash() -> None:
+    data = mf.parse({"active": {"strategy": "ceal", "ceal": {"paper": True}}}).model_dump(mode="json")
     for path in mf._HASH_OMITTED_AT_DEFAULT:  # the manifest as hashed before these fields (and the older ones) existed
         parent = data
         for part in path[:-1]:
             parent = parent[part]
         del parent[path[-1]]
+    del data["active"]["ceal"]["paper"]
     import hashlib
     import json
 
     before = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-    assert base == before  # runs recorded before these fields existed keep their task directories
-    explicit = {"strategy": "ceal", "ceal": {"cap": None, "balanced": False, "weight": 1}}
-    assert mf.manifest_hash(mf.parse({"active": explicit})) == base
-    changed = [{"cap": 1.0}, {"cap": 0}, {"balanced": True}, {"weight": 0.5}]
+    paper = mf.manifest_hash(mf.parse({"active": {"strategy": "ceal", "ceal": {"paper": True}}}))
+    assert paper == before  # runs of the paper's CEAL recorded before the options existed keep their directories
+    default = mf.manifest_hash(mf.parse({"active": {"strategy": "ceal"}}))
+    assert default != paper  # the capped, balanced CEAL is another configuration
+    changed = [{"cap": 2.0}, {"cap": 0}, {"balanced": False}, {"weight": 0.5}]
     hashes = {mf.manifest_hash(mf.parse({"active": {"strategy": "ceal", "ceal": c}})) for c in changed}
-    assert len(hashes) == len(changed) and base not in hashes
+    assert len(hashes) == len(changed) and not hashes & {paper, default}
+    # another strategy's results do not depend on CEAL's pseudo-label options: its hash is the one it always had
+    plain = mf.manifest_hash(mf.parse({"active": {"strategy": "random"}}))
+    for c in [{"paper": True}, *changed]:
+        assert mf.manifest_hash(mf.parse({"active": {"strategy": "random", "ceal": c}})) == plain
+    data = mf.parse({}).model_dump(mode="json")
+    for name in ("cap", "balanced", "weight", "paper"):
+        del data["active"]["ceal"][name]
+    for path in mf._HASH_OMITTED_AT_DEFAULT:
+        parent = data
+        for part in path[:-1]:
+            parent = parent[part]
+        parent.pop(path[-1], None)
+    assert plain == hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 @pytest.mark.parametrize("ceal, expected", [

@@ -99,7 +99,7 @@ def test_new_fields_at_their_default_leave_the_manifest_hash_unchanged() -> None
     for path in (("train", "precision"), ("train", "channels_last"), ("train", "compile"),
                  ("scheduler", "tasks_per_gpu"), ("active", "initial_strategy"), ("active", "initial_features"),
                  ("tracking",), ("pretrain", "simclr"), ("active", "ceal", "cap"), ("active", "ceal", "balanced"),
-                 ("active", "ceal", "weight"), ("semi", "fixmatch")):
+                 ("active", "ceal", "weight"), ("active", "ceal", "paper"), ("semi", "fixmatch")):
         parent = data
         for part in path[:-1]:
             parent = parent[part]
