@@ -1196,45 +1196,10 @@ def tasks(m: Manifest) -> list[Task]:
     return out
 
 
-# Fields added after runs were recorded, left out of the hash while at the default that gives the behaviour runs had
-# before the field existed, so that those runs stay resumable and reportable.
-_HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
-    ("active", "initial_strategy"): "random",
-    ("active", "initial_features"): "encoder",
-    ("tracking",): TrackingConfig().model_dump(mode="json"),
-    ("train", "precision"): "auto",
-    ("train", "channels_last"): "auto",
-    ("train", "compile"): False,
-    ("scheduler", "tasks_per_gpu"): 1,
-    ("pretrain", "simclr"): SimclrConfig().model_dump(mode="json"),
-    ("active", "ceal", "cap"): None,
-    ("active", "ceal", "balanced"): False,
-    ("active", "ceal", "weight"): 1.0,
-    ("semi", "fixmatch"): FixmatchConfig().model_dump(mode="json"),
-}
-
-
-_CEAL_PSEUDO_OPTIONS = ("cap", "balanced", "weight", "paper")  # active.ceal fields that only CEAL's tasks read
-
-
 def manifest_hash(m: Manifest) -> str:
-    """sha256 (first 16 hex) of the resolved manifest's canonical JSON (`_HASH_OMITTED_AT_DEFAULT` fields left out
-    at their default; CEAL's pseudo-label options left out unless the strategy is CEAL, `paper` left out when
-    true, so that the paper's CEAL keeps the hash it had before the options existed)."""
-    data = m.model_dump(mode="json")
-    ceal = data["active"]["ceal"]
-    if m.active.strategy != "ceal":  # CEAL's pseudo-label options cannot change another strategy's results
-        for name in _CEAL_PSEUDO_OPTIONS:
-            ceal.pop(name, None)
-    elif m.active.ceal.paper:  # the paper's CEAL (cap null, balanced false, weight 1): hashed as before the options
-        del ceal["paper"]
-    for path, default in _HASH_OMITTED_AT_DEFAULT.items():
-        parent = data
-        for part in path[:-1]:
-            parent = parent[part]
-        if path[-1] in parent and parent[path[-1]] == default:
-            del parent[path[-1]]
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    """sha256 (first 16 hex) of the whole resolved manifest's canonical JSON: which run a manifest describes (a
+    task's identity is `identity.task_hash`)."""
+    canonical = json.dumps(m.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -1298,35 +1263,6 @@ def encoder_method(config: Manifest) -> str | None:
 def uses_encoder(config: Manifest) -> bool:
     """Whether a task needs a pre-trained encoder: +PRE, or a cold start on an encoder's features."""
     return encoder_method(config) is not None
-
-
-def encoder_settings(config: Manifest) -> dict[str, Any]:
-    """What determines the task's encoder (`encoder_method`) besides the image shape: dataset, model,
-    augmentation, its method's settings, seed (`engine.pretraining.pretrain_key` hashes it with the shape; `plan`
-    counts encoders by it).
-
-    DeepCluster's settings are those of the fields it reads, as before SimCLR existed (neither the method, nor
-    model.l2_features with the deepcluster recipe, nor the simclr section enter), so that encoders cached before
-    stay found; SimCLR's are the simclr section and the method."""
-    method = encoder_method(config)
-    if method == "simclr":
-        return {
-            "method": "simclr",
-            "dataset": config.dataset.model_dump(mode="json"),
-            "model": config.model.model_dump(mode="json", exclude={"l2_features"}),
-            "augment": {"flip": config.train.flip},
-            "simclr": config.pretrain.simclr.model_dump(mode="json"),
-            "seed": config.seed,
-        }
-    rethinking = config.pretrain.recipe == "rethinking"
-    return {
-        "dataset": config.dataset.model_dump(mode="json"),
-        "model": config.model.model_dump(mode="json", exclude=set() if rethinking else {"l2_features"}),
-        "augment": {"translate": config.train.translate, "flip": config.train.flip},
-        "pretrain": config.pretrain.model_dump(mode="json", exclude={"method", "weights", "simclr"}
-                                               | (set() if rethinking else {"recipe"})),
-        "seed": config.seed,
-    }
 
 
 def run_dir(m: Manifest) -> Path:

@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from alctl import identity
 from alctl import manifest as mf
 from alctl.errors import UserError
 from alctl.strategies.registry import needs
@@ -196,11 +197,11 @@ def pretrain_cost(config: mf.Manifest, pool: int, test: int) -> PretrainCost:
 
 
 def encoder_key(config: mf.Manifest) -> str | None:
-    """What tells encoders apart in a run (`manifest.encoder_settings` as text), None when no encoder is trained for
+    """What tells encoders apart in a run (`identity.encoder_fields` as text), None when no encoder is trained for
     the task (neither +PRE nor a cold start on the encoder's features, or given weights)."""
     if not mf.uses_encoder(config) or config.pretrain.weights is not None:
         return None
-    return json.dumps(mf.encoder_settings(config), sort_keys=True)
+    return json.dumps(identity.encoder_fields(config), sort_keys=True)
 
 
 def run_cost(m: mf.Manifest) -> RunCost | None:

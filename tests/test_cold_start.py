@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from alctl import identity
 from alctl import manifest as mf
 from alctl import plan
 from alctl.console import silent
@@ -116,23 +117,15 @@ def test_encoder_cold_start_trains_the_encoder_once_for_plain_and_pre(write_mani
     assert plain["variant"] == "plain" and plain["seconds_pretrain"] > 0  # the cold start trained the encoder
 
 
-def test_default_initial_strategy_leaves_the_task_hash_unchanged(write_manifest) -> None:
+def test_default_initial_strategy_is_no_part_of_a_tasks_identity(write_manifest) -> None:
     base = mf.load(write_manifest())
     typi = mf.load(write_manifest({"active": {"initial_strategy": "typiclust"}}, name="t.yaml"))
     pix = mf.load(write_manifest({"active": {"initial_features": "pixels"}}, name="p.yaml"))
-    data = base.model_dump(mode="json")
-    del data["active"]["initial_strategy"], data["active"]["initial_features"], data["tracking"]  # newer, default: out
-    del data["train"]["precision"], data["train"]["channels_last"], data["train"]["compile"]  # issue 18, likewise
-    del data["scheduler"]["tasks_per_gpu"], data["pretrain"]["simclr"]  # issue 26, likewise
-    for name in ("cap", "balanced", "weight", "paper"):  # issue 27: CEAL's options, read by CEAL's tasks only
-        del data["active"]["ceal"][name]
-    del data["semi"]["fixmatch"]  # issue 27, likewise
-    import hashlib
-    import json
-
-    before = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-    assert mf.manifest_hash(base) == before  # runs recorded before the fields existed keep their hash
-    assert mf.manifest_hash(typi) != before and mf.manifest_hash(pix) != before
+    assert not any(p.startswith("active.initial_") for p in identity.task_fields(base))
+    assert identity.task_fields(typi).items() - identity.task_fields(base).items() == {
+        ("active.initial_strategy", "typiclust")}
+    assert identity.task_fields(pix).items() - identity.task_fields(base).items() == {
+        ("active.initial_features", "pixels")}
 
 
 def test_bad_initial_strategy_is_a_one_line_error(write_manifest) -> None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from alctl import identity
 from alctl import manifest as mf
 from alctl import plan
 from alctl.cli import app
@@ -155,5 +156,6 @@ def test_fixmatch_combines_with_every_strategy_but_ceal() -> None:
 def test_fixmatch_settings_are_checked_and_leave_other_tasks_hashes_alone() -> None:
     with pytest.raises(Exception, match="semi.fixmatch.threshold"):
         mf.parse({"semi": {"method": "fixmatch", "fixmatch": {"threshold": 1.5}}})
-    assert mf.manifest_hash(mf.parse({})) == mf.manifest_hash(mf.parse({"semi": {"fixmatch": {"threshold": 0.95}}}))
-    assert mf.manifest_hash(mf.parse({})) != mf.manifest_hash(mf.parse({"semi": {"fixmatch": {"threshold": 0.9}}}))
+    assert identity.task_hash(mf.parse({})) == identity.task_hash(mf.parse({"semi": {"fixmatch": {"threshold": 0.95}}}))
+    assert identity.task_fields(mf.parse({"semi": {"fixmatch": {"threshold": 0.9}}})) == {
+        "semi.fixmatch.threshold": 0.9}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from alctl import identity
 from alctl import manifest as mf
 from alctl.errors import ManifestError
 
@@ -199,38 +200,14 @@ def test_ceal_defaults_cap_and_balance_and_paper_true_is_the_papers_ceal() -> No
         mf.parse({"active": {"ceal": {"paper": True, "cap": 1, "balanced": True}}})
 
 
-def test_ceal_options_enter_only_ceals_hash_and_the_papers_ceal_keeps_its_old_hash() -> None:
-    data = mf.parse({"active": {"strategy": "ceal", "ceal": {"paper": True}}}).model_dump(mode="json")
-    for path in mf._HASH_OMITTED_AT_DEFAULT:  # the manifest as hashed before these fields (and the older ones) existed
-        parent = data
-        for part in path[:-1]:
-            parent = parent[part]
-        del parent[path[-1]]
-    del data["active"]["ceal"]["paper"]
-    import hashlib
-    import json
-
-    before = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-    paper = mf.manifest_hash(mf.parse({"active": {"strategy": "ceal", "ceal": {"paper": True}}}))
-    assert paper == before  # runs of the paper's CEAL recorded before the options existed keep their directories
-    default = mf.manifest_hash(mf.parse({"active": {"strategy": "ceal"}}))
-    assert default != paper  # the capped, balanced CEAL is another configuration
-    changed = [{"cap": 2.0}, {"cap": 0}, {"balanced": False}, {"weight": 0.5}]
-    hashes = {mf.manifest_hash(mf.parse({"active": {"strategy": "ceal", "ceal": c}})) for c in changed}
-    assert len(hashes) == len(changed) and not hashes & {paper, default}
-    # another strategy's results do not depend on CEAL's pseudo-label options: its hash is the one it always had
-    plain = mf.manifest_hash(mf.parse({"active": {"strategy": "random"}}))
-    for c in [{"paper": True}, *changed]:
-        assert mf.manifest_hash(mf.parse({"active": {"strategy": "random", "ceal": c}})) == plain
-    data = mf.parse({}).model_dump(mode="json")
-    for name in ("cap", "balanced", "weight", "paper"):
-        del data["active"]["ceal"][name]
-    for path in mf._HASH_OMITTED_AT_DEFAULT:
-        parent = data
-        for part in path[:-1]:
-            parent = parent[part]
-        parent.pop(path[-1], None)
-    assert plain == hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+def test_ceal_options_are_a_tasks_identity_away_from_their_defaults() -> None:
+    default = identity.task_hash(mf.parse({"active": {"strategy": "ceal"}}))
+    paper = mf.parse({"active": {"strategy": "ceal", "ceal": {"paper": True}}})
+    assert identity.task_fields(paper) == {"active.strategy": "ceal", "active.ceal.paper": True,
+                                           "active.ceal.cap": None, "active.ceal.balanced": False}
+    changed = [{"cap": 2.0}, {"cap": 0}, {"balanced": False}, {"weight": 0.5}, {"paper": True}]
+    hashes = {identity.task_hash(mf.parse({"active": {"strategy": "ceal", "ceal": c}})) for c in changed}
+    assert len(hashes) == len(changed) and default not in hashes
 
 
 @pytest.mark.parametrize("ceal, expected", [

@@ -24,7 +24,7 @@ from alctl.engine.pretraining import ensure_pretrained, pretrain_key, pretrain_p
 from alctl.engine.steps import PropagationOutcome, acquire, pool_features, propagate_pool
 from alctl.engine.tables import TaskTables
 from alctl.engine.workspace import (
-    check_oracle, dataset_for, one_task, plan, select_task, task_config_hash, task_dir, task_lock, write_run_manifest,
+    check_oracle, dataset_for, known_hashes, one_task, plan, select_task, task_config_hash, task_dir, task_lock, write_run_manifest,
 )
 from alctl.errors import UserError
 from alctl.labels import read_labels
@@ -128,7 +128,7 @@ def load_task_model(task: mf.Task, ds: DatasetSplits, tables: TaskTables, device
     """The task's current model (latest finished cycle) and that cycle; exit 2 when none is trained yet."""
     path = _require_model(task, tables, manifest_path)
     ckpt = checkpoint.load(path, "an alctl model checkpoint", device)
-    if ckpt.get("task_hash") != task_config_hash(task.config):
+    if ckpt.get("task_hash") not in known_hashes(task):
         raise UserError(f"{path}: trained with another configuration (hash {ckpt.get('task_hash')}); rerun `alctl cycle`")
     model = new_model(task.config, ds, task.rep, int(ckpt["cycle"]), device)
     checkpoint.load_weights(model, ckpt["model"], path, "an alctl model checkpoint")

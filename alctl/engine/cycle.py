@@ -25,7 +25,8 @@ from alctl.engine.pretraining import ensure_pretrained
 from alctl.engine.steps import (PropagationOutcome, acquire, confident_predictions, joined_features,
                                 pixel_features, pool_features, propagate_pool, pseudo_label_accuracy)
 from alctl.engine.tables import PoolState, TaskTables, new_pool
-from alctl.engine.workspace import check_task_dir, dataset_for, task_config_hash, task_dir, task_lock
+from alctl.engine.workspace import (check_task_dir, dataset_for, known_hashes, task_config_hash, task_dir,
+                                    task_lock)
 from alctl.errors import AlctlError, Preempted, UserError
 from alctl.safe_text import terminal
 from alctl.models import ConvLarge, build_model
@@ -90,6 +91,7 @@ class TaskContext:
     test_images: torch.Tensor = field(init=False)  # [n_test, C, H, W] uint8 on the device
     test_labels: torch.Tensor = field(init=False)  # [n_test] int64 on the device
     hash: str = field(init=False)  # the task's configuration hash, recorded in checkpoints and metrics
+    known_hashes: set[str] = field(init=False)  # it and those of an older identity rule (their checkpoints)
     _fixed_features: torch.Tensor | None = field(init=False, default=None)  # see fixed_features
 
     def __post_init__(self) -> None:
@@ -97,6 +99,7 @@ class TaskContext:
         self.images = self.ds.train_images.to(self.device)
         self.test_images, self.test_labels = self.ds.test_images.to(self.device), self.ds.test_labels.to(self.device)
         self.hash = task_config_hash(self.config)
+        self.known_hashes = known_hashes(self.task)
 
     def fixed_features(self) -> torch.Tensor | None:
         """The features [N, D] that semi.features fixes for every propagation of the task (the +PRE encoder's, the
@@ -170,7 +173,7 @@ class CycleTraining:
         if not self.path.is_file():
             return None
         ckpt = checkpoint.load(self.path, "an alctl training checkpoint", self.ctx.device)
-        if ckpt.get("cycle") != self.cycle or ckpt.get("task_hash") != self.ctx.hash:
+        if ckpt.get("cycle") != self.cycle or ckpt.get("task_hash") not in self.ctx.known_hashes:
             return None
         if ckpt.get("pool_key", self.ctx.tables.pool_key) != self.ctx.tables.pool_key:
             return None  # positions of another set of pool images (see drop_stale_training)

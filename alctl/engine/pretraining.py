@@ -4,7 +4,6 @@ lock, resumed after an interruption, checked against the task when loaded."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from alctl import identity
 from alctl import manifest as mf
 from alctl import runtime, store
 from alctl.console import Ui
@@ -29,9 +29,8 @@ ENCODER_FILE = "an alctl encoder file"
 
 
 def pretrain_key(config: mf.Manifest, ds: DatasetSplits) -> str:
-    """Hash of what determines the encoder: `manifest.encoder_settings` and the input shape."""
-    payload = {**mf.encoder_settings(config), "input": list(ds.train_images.shape[1:])}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of what determines the encoder: its identity (`identity.encoder_fields`) and the input shape."""
+    return identity.digest({**identity.encoder_fields(config), "input": list(ds.train_images.shape[1:])})
 
 
 def _encoder_settings(config: mf.Manifest, ds: DatasetSplits, key: str) -> dict[str, Any]:

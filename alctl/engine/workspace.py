@@ -5,13 +5,15 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from alctl import identity
 from alctl import manifest as mf
 from alctl import runtime, store
 from alctl.data import DatasetSplits, load_dataset
-from alctl.errors import UserError
+from alctl.errors import ManifestError, UserError
 from alctl.safe_text import terminal
 
 
@@ -89,11 +91,9 @@ def check_oracle(config: mf.Manifest, ds: DatasetSplits) -> None:
 
 
 def task_config_hash(config: mf.Manifest) -> str:
-    """Hash of what determines a task's results (the resolved config without name/output/sweep/repetitions/scheduler/
-    tracking)."""
-    neutral = {"name": "", "output": "", "sweep": {}, "repetitions": 1, "scheduler": mf.SchedulerConfig(),
-               "tracking": mf.TrackingConfig()}
-    return mf.manifest_hash(config.model_copy(update=neutral))
+    """Hash of what determines a task's results: `identity.task_hash` (its settings that differ from the defaults,
+    without name, output, sweep, repetitions, scheduler and tracking)."""
+    return identity.task_hash(config)
 
 
 def task_dir(task: mf.Task) -> Path:
@@ -107,22 +107,50 @@ def task_dir(task: mf.Task) -> Path:
 
 
 def check_task_dir(task: mf.Task, write: bool = True) -> str:
-    """Compare the task's resolved config with the one recorded in its directory, or (write) record it there when
-    none is; a different config in the same directory is a user error. Returns the config hash."""
+    """Compare the task's identity with the one recorded in its directory, or (write) record it there when none is;
+    a different configuration in the same directory is a user error naming the fields that differ. A directory
+    recorded under another hash (an older identity rule) whose recorded configuration (task.yaml) has the same
+    identity is accepted, and (write) its hash rewritten, the old one kept as known for its checkpoints. Returns
+    the hash."""
     tdir = task_dir(task)
     h = task_config_hash(task.config)
     marker = tdir / "task.sha256"
     if marker.is_file():
-        old = marker.read_text().strip()
-        if old != h:
-            raise UserError(
-                f"{tdir}: holds results of another configuration (task hash {old}, manifest now gives {h});"
-                " use another `name:`/`output:` or remove that directory"
-            )
+        hashes = marker.read_text().split()
+        if not hashes or hashes[0] != h:
+            recorded = _recorded_fields(tdir)
+            mine = identity.task_fields(task.config)
+            if recorded is None or recorded != mine:
+                changed = ("; ".join(identity.differences(recorded, mine)) if recorded is not None
+                           else f"task hash {hashes[0] if hashes else '(empty)'}, manifest now gives {h}")
+                raise UserError(f"{tdir}: holds results of another configuration ({changed}); use another"
+                                " `name:`/`output:` or remove that directory")
+            if write:  # the same configuration under an older rule: accepted once, recorded under today's
+                store.atomic_write_bytes(marker, ("\n".join([h, *hashes]) + "\n").encode())
     elif write:
         store.atomic_write_bytes(tdir / "task.yaml", mf.to_yaml(task.config).encode())
         store.atomic_write_bytes(marker, (h + "\n").encode())
     return h
+
+
+def _recorded_fields(tdir: Path) -> dict[str, Any] | None:
+    """The identity of the configuration recorded in a task directory (task.yaml, read with today's schema: fields
+    added since take their defaults); None when it is missing or no longer reads."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((tdir / "task.yaml").read_text())
+        return identity.task_fields(mf.parse(data))
+    except (OSError, yaml.YAMLError, ManifestError, TypeError, ValueError):
+        return None
+
+
+def known_hashes(task: mf.Task) -> set[str]:
+    """The task's hash and the older ones its directory was recorded under (checkpoints written before an
+    identity rule changed carry those)."""
+    marker = task_dir(task) / "task.sha256"
+    older = marker.read_text().split() if marker.is_file() else []
+    return {task_config_hash(task.config), *older}
 
 
 def result_keys(run: Path) -> list[str]:
