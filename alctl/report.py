@@ -78,6 +78,7 @@ class Point:
     accuracy: float  # percent; NaN when there is no test set
     n_pseudo: int | None = None  # pseudo-labeled images trained on; None in older metrics files
     pseudo_accuracy: float | None = None  # percent of pseudo-labels correct; None when the truth is unknown or none
+    train_seconds: float | None = None  # the cycle's training, propagation included (seconds_train + _propagate)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Row:
     repetitions: int
     n_pseudo_mean: float | None = None  # over the repetitions that record it; None when none does
     pseudo_accuracy_mean: float | None = None  # percent, over the repetitions that record it; None when none does
+    train_seconds_mean: float | None = None  # training + propagation seconds, over the repetitions that record it
 
 
 @dataclass(frozen=True)
@@ -161,10 +163,12 @@ def read_points(run_dirs: list[Path], finished_only: bool = True) -> list[Point]
             continue
         task_keys = t["task_key"].to_pylist()
         acc = t["accuracy"].to_numpy() * 100.0
-        for key, strategy, variant, rep, cycle, labels, a, n_pseudo, pseudo in zip(
+        train = [None if a is None or b is None else a + b
+                 for a, b in zip(t["seconds_train"].to_pylist(), t["seconds_propagate"].to_pylist())]
+        for key, strategy, variant, rep, cycle, labels, a, n_pseudo, pseudo, seconds in zip(
                 task_keys, t["strategy"].to_pylist(), t["variant"].to_pylist(), t["rep"].to_pylist(),
                 t["cycle"].to_pylist(), t["n_labeled"].to_pylist(), acc, t["n_pseudo"].to_pylist(),
-                t["pseudo_accuracy"].to_pylist()):
+                t["pseudo_accuracy"].to_pylist(), train):
             if rep is None:
                 found = re.search(r"rep=(\d+)$", key)
                 rep = int(found.group(1)) if found else 0
@@ -173,7 +177,8 @@ def read_points(run_dirs: list[Path], finished_only: bool = True) -> list[Point]
                                 variant=_variant_name(str(variant), setting),
                                 rep=int(rep), cycle=int(cycle), n_labeled=int(labels), accuracy=float(a),
                                 n_pseudo=None if n_pseudo is None else int(n_pseudo),
-                                pseudo_accuracy=None if pseudo is None or math.isnan(pseudo) else 100.0 * pseudo))
+                                pseudo_accuracy=None if pseudo is None or math.isnan(pseudo) else 100.0 * pseudo,
+                                train_seconds=seconds))
     return points
 
 
@@ -207,7 +212,8 @@ def summarise(points: list[Point]) -> list[Row]:
                     accuracy_mean=float(a.mean()) if len(a) else float("nan"),
                     accuracy_std=float(a.std(ddof=1)) if len(a) > 1 else 0.0, repetitions=len(cp),
                     n_pseudo_mean=_mean([p.n_pseudo for p in cp]),
-                    pseudo_accuracy_mean=_mean([p.pseudo_accuracy for p in cp]))
+                    pseudo_accuracy_mean=_mean([p.pseudo_accuracy for p in cp]),
+                    train_seconds_mean=_mean([p.train_seconds for p in cp]))
             )
     return rows
 
@@ -735,7 +741,32 @@ def render_markdown(figs: Figures, long: bool = False) -> str:
                               [_span([p.pairs for p in items])]))
             out += ["", *_pivot(["run", "strategy", "variant", "against"], ["pairs"], lines)]
     out += _pseudo_table(figs.rows)
+    out += _time_ratio_table(figs.rows)
     return "\n".join(out)
+
+
+def _time_ratio_table(rows: list[Row]) -> list[str]:
+    """Training time per cycle (training + propagation) of each +SEMI setting other than label propagation next
+    to label propagation's (the same setting with semi=lp), and their ratio; empty when there is no such pair."""
+    by = {(r.run, r.setting, r.n_labeled): r for r in rows}
+    lines = []
+    for run, group in _grouped([r for r in rows if _semi(r.setting) not in ("none", "lp")], lambda r: r.run).items():
+        for setting_rows in _grouped(group, lambda r: r.setting).values():
+            r0 = setting_rows[0]
+            cells = {}
+            for r in setting_rows:
+                ref = by.get((run, _with(r.setting, semi="lp"), r.n_labeled))
+                if ref is None or r.train_seconds_mean is None or not ref.train_seconds_mean:
+                    continue
+                cells[r.n_labeled] = (f"{r.train_seconds_mean:.1f} / {ref.train_seconds_mean:.1f}"
+                                      f" ({r.train_seconds_mean / ref.train_seconds_mean:.2f}x)")
+            if cells:
+                lines.append(([run, f"{r0.strategy}{_extra(r0)}", r0.variant], cells, []))
+    if not lines:
+        return []
+    return ["", "Training time per cycle (s, training + propagation, mean over repetitions) against label"
+            " propagation's, and their ratio; columns: number of labeled images:", "",
+            *_pivot(["run", "strategy", "variant"], [], lines)]
 
 
 def _record(item: object) -> dict:
