@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from alctl.errors import ManifestError, UserError
 from alctl.safe_text import has_control, redact_url, terminal
-from alctl.strategies.registry import NAMES as STRATEGY_NAMES
-from alctl.strategies.registry import POWER_BASES
+from alctl.strategies.catalog import NAMES as STRATEGY_NAMES
+from alctl.strategies.catalog import POWER_BASES
 
 # Known dataset facts used by cross-field checks before any file is read: (classes, pool size).
 DATASET_FACTS: dict[str, tuple[int, int]] = {

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from alctl import identity
 from alctl import manifest as mf
 from alctl.errors import UserError
-from alctl.strategies.registry import needs
+from alctl.strategies.catalog import needs
 
 # Test-split sizes of the named datasets (the pool sizes are manifest.DATASET_FACTS).
 TEST_SIZES: dict[str, int] = {
@@ -171,7 +171,7 @@ def cycle_cost(config: mf.Manifest, cycle: int, pool: int, test: int) -> CycleCo
         features += extra
     else:
         steps, images = t.epochs * plain_steps, t.epochs * plain_images
-    wanted = needs(a.power.base if a.strategy == "power" else a.strategy)  # power reads what its base reads
+    wanted = needs(a.strategy, a.power.base)  # power reads what its base reads
     if cycle < a.cycles - 1 and wanted & {"probs", "features", "graph"}:
         features += pool  # the selection's pass over the pool
     if cycle < a.cycles - 1 and "mc_probs" in wanted:

@@ -59,7 +59,7 @@ import pyarrow as pa
 
 from alctl import store
 from alctl.errors import UserError
-from alctl.strategies.registry import NAMES as STRATEGY_NAMES
+from alctl.strategies.catalog import NAMES as STRATEGY_NAMES
 
 _REP = re.compile(r"/?rep=\d+$")
 

@@ -93,3 +93,13 @@ def test_arrows_point_down() -> None:
             assert "alctl.cli" not in deps, name
         if not name.startswith(("alctl.cli", "alctl.engine")):
             assert not any(d.startswith("alctl.engine") for d in deps), f"{name} imports the engine"
+
+
+def test_the_schema_and_the_plan_load_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, alctl.manifest, alctl.identity, alctl.plan, alctl.report; "
+            "loaded = [m for m in ('torch', 'torchvision', 'alctl.strategies.registry') if m in sys.modules]; "
+            "assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True)

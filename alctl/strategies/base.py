@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from alctl.propagate import GraphSpec
+from alctl.strategies.catalog import POWER_BASES
 
 if TYPE_CHECKING:
     import torch
@@ -32,8 +33,6 @@ __all__ = [
 EMPTY = np.zeros(0, dtype=np.int64)
 NON_FINITE_PROBS = "selection: the model's probabilities hold NaN or inf (did training diverge?)"
 NON_FINITE_FEATURES = "selection: the features hold NaN or inf (did training diverge?)"
-# The scores power sampling may raise to a power: probability-based, each >= 0 (see scores.power_select).
-POWER_BASES: tuple[str, ...] = ("bald", "uncertainty", "margin", "least-confidence")
 
 
 @dataclass(frozen=True)

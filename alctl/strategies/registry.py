@@ -4,8 +4,8 @@
 model on U, mc_probs = the softmax `[T, n_u, C]` of T forward passes on U with dropout on (MC dropout),
 features = the feature rows `[n, D]` of the whole pool, graph = builds the kNN graph on those features (so
 also needs them). Power sampling reads what its base score reads (`needs(name, params)`). A PoolView's
-fields that a strategy does not need may be None. This module never imports alctl.manifest (the manifest
-imports NAMES and POWER_BASES from here). Unknown names raise ValueError.
+fields that a strategy does not need may be None. Names and needs come from `catalog` (torch-free: the
+manifest's schema reads them there); this module pairs them with the functions. Unknown names raise ValueError.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alctl.strategies.base import POWER_BASES, PoolView, Selection, StrategyFn, StrategyParams, check_budget
+from alctl.strategies.base import PoolView, Selection, StrategyFn, StrategyParams, check_budget
+from alctl.strategies.catalog import COLD_START_NAMES, NAMES, NEED_KINDS, NEEDS, POWER_BASES
+from alctl.strategies.catalog import needs as catalog_needs
 from alctl.strategies.coverage import probcover_select, typiclust_select
 from alctl.strategies.embedding import badge_select
 from alctl.strategies.geometry import coreset_select
@@ -35,8 +37,6 @@ __all__ = [
     "cold_start",
 ]
 
-NEED_KINDS = frozenset({"probs", "mc_probs", "features", "graph"})
-
 
 @dataclass(frozen=True)
 class Strategy:
@@ -47,24 +47,14 @@ class Strategy:
     needs: frozenset[str]
 
 
-STRATEGIES: tuple[Strategy, ...] = (
-    Strategy("random", random_select, frozenset()),
-    Strategy("uncertainty", uncertainty_select, frozenset({"probs"})),
-    Strategy("coreset", coreset_select, frozenset({"features"})),
-    Strategy("ceal", ceal_select, frozenset({"probs"})),
-    Strategy("jlp", jlp_select, frozenset({"features", "graph"})),
-    Strategy("margin", margin_select, frozenset({"probs"})),
-    Strategy("least-confidence", least_confidence_select, frozenset({"probs"})),
-    Strategy("bald", bald_select, frozenset({"mc_probs"})),
-    # what it may read: any base's needs; needs("power", params) narrows it to params.power_base's
-    Strategy("power", power_select, frozenset({"probs", "mc_probs"})),
-    Strategy("badge", badge_select, frozenset({"probs", "features"})),
-    Strategy("typiclust", typiclust_select, frozenset({"features"})),
-    Strategy("probcover", probcover_select, frozenset({"features"})),
-)
-NAMES: tuple[str, ...] = tuple(s.name for s in STRATEGIES)
-# Strategies that can pick the initial set before any label or model (they read features only).
-COLD_START_NAMES: tuple[str, ...] = ("typiclust", "probcover")
+_FUNCTIONS: dict[str, StrategyFn] = {
+    "random": random_select, "uncertainty": uncertainty_select, "coreset": coreset_select, "ceal": ceal_select,
+    "jlp": jlp_select, "margin": margin_select, "least-confidence": least_confidence_select, "bald": bald_select,
+    "power": power_select, "badge": badge_select, "typiclust": typiclust_select, "probcover": probcover_select,
+}
+if tuple(_FUNCTIONS) != NAMES:  # the catalog (names, needs) and the functions list the same strategies
+    raise ImportError(f"strategies: functions for {sorted(_FUNCTIONS)} but the catalog lists {sorted(NAMES)}")
+STRATEGIES: tuple[Strategy, ...] = tuple(Strategy(name, _FUNCTIONS[name], NEEDS[name]) for name in NAMES)
 _BY_NAME = {s.name: s for s in STRATEGIES}
 
 
@@ -79,10 +69,8 @@ def _entry(name: str) -> Strategy:
 def needs(name: str, params: StrategyParams | None = None) -> frozenset[str]:
     """What strategy `name` reads: a subset of NEED_KINDS ("graph" implies "features"). For "power", with
     `params` the needs of its base score params.power_base; without, everything a base may read."""
-    entry = _entry(name)
-    if name == "power" and params is not None:
-        return _entry(params.power_base).needs
-    return entry.needs
+    _entry(name)
+    return catalog_needs(name, params.power_base if params is not None else None)
 
 
 def get_strategy(name: str) -> StrategyFn:
