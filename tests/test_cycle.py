@@ -63,7 +63,6 @@ def test_same_manifest_same_selections(write_manifest, workdir: Path) -> None:
     assert pq.read_table(_task_dir(other) / "pool.parquet").equals(first)
 
 
-@pytest.mark.slow
 def test_interrupted_after_cycle_1_then_resumed_equals_uninterrupted(write_manifest) -> None:
     extra = {"repetitions": 1, "active": {"strategy": "ceal", "cycles": 4, "ceal": {"threshold": 0.9}}}
     straight = write_manifest({**extra, "name": "straight"}, name="straight.yaml")

@@ -116,7 +116,6 @@ def test_the_prior_ends_with_a_refresh_after_prior_epochs() -> None:
         assert cost.propagations == count and cost.features == 1000 + count * 1000
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fixmatch", [{}, {"flexible": True}, {"prior_epochs": 1}])
 def test_fixmatch_stopped_mid_epoch_resumes_to_the_same_result(write_manifest, fixmatch: dict) -> None:
     flexible = fixmatch.get("flexible", False)

@@ -102,7 +102,6 @@ def test_a_changed_setting_is_refused_naming_the_field_exit_2(write_manifest) ->
     assert len(res.output.strip().splitlines()) == 1
 
 
-@pytest.mark.slow
 def test_a_directory_recorded_under_an_older_hash_is_accepted_once_and_its_checkpoint_resumes(write_manifest) -> None:
     path, task = _one_task(write_manifest, {"train": {"epochs": 4, "rampdown_epochs": 5}})
     calls = iter(range(10_000))
