@@ -116,8 +116,7 @@ def _params() -> StrategyParams:
     from alctl.strategies.base import StrategyParams
 
     graph = GraphSpec(k=50, gamma=3.0, alpha=0.99, tol=1e-6, max_iter=20, knn="exact")
-    return StrategyParams(ceal_threshold=0.1, ceal_decay=0.00033, graph=graph, power_base="bald",
-                          power_exponent=1.0, probcover_delta=0.75)
+    return StrategyParams(graph=graph)
 
 
 def _view(pool: dict[str, np.ndarray], classes: int) -> PoolView:

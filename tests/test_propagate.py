@@ -38,8 +38,7 @@ def graph(**changes: object) -> GraphSpec:
 
 def params(**changes: object) -> StrategyParams:
     """Strategy parameters whose graph is GRAPH with some fields changed."""
-    return StrategyParams(ceal_threshold=0.1, ceal_decay=0.00033, graph=graph(**changes), power_base="bald",
-                          power_exponent=1.0, probcover_delta=0.75)
+    return StrategyParams(graph=graph(**changes))
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -29,12 +29,12 @@ from alctl.strategies import (
 )
 from alctl.strategies import geometry as geo
 from alctl.strategies.registry import NEED_KINDS, POWER_BASES
+from alctl.strategies.params import CealParams, ProbCoverParams
 from alctl.strategies.scores import ceal_keep, ceal_limit
 
 # The manifest's defaults, written out: the strategies have none of their own.
 GRAPH = GraphSpec(k=50, gamma=3.0, alpha=0.99, tol=1e-6, max_iter=20, knn="exact")
-PARAMS = StrategyParams(ceal_threshold=0.1, ceal_decay=0.00033, graph=GRAPH, power_base="bald", power_exponent=1.0,
-                        probcover_delta=0.75)
+PARAMS = StrategyParams(graph=GRAPH, sections={"ceal": CealParams(cap=None, balanced=False)})  # the paper's CEAL
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -314,7 +314,7 @@ def test_ceal_threshold_decays_with_cycle():
     # threshold floored at 0: nothing is pseudo-labelled
     assert select("ceal", _ceal_view(1000), 1, np.random.default_rng(0), PARAMS).pseudo_positions.size == 0
     # other parameters
-    params = dataclasses.replace(PARAMS, ceal_threshold=0.01, ceal_decay=0.001)
+    params = PARAMS.updated("ceal", threshold=0.01, decay=0.001)
     sel = select("ceal", _ceal_view(1), 1, np.random.default_rng(0), params)
     assert sel.pseudo_positions.tolist() == [0]
 
@@ -343,7 +343,7 @@ def _cap_view() -> PoolView:
 
 
 def _capped(cap: float | None, balanced: bool = False, budget: int = 1) -> Selection:
-    params = dataclasses.replace(PARAMS, ceal_threshold=0.5, ceal_decay=0.0, ceal_cap=cap, ceal_balanced=balanced)
+    params = PARAMS.updated("ceal", threshold=0.5, decay=0.0, cap=cap, balanced=balanced)
     return select("ceal", _cap_view(), budget, np.random.default_rng(0), params)
 
 
@@ -424,37 +424,42 @@ def test_ceal_limit_reads_the_cap_as_written():
     assert ceal_limit(0.01, 1) == 1  # any positive cap allows one
 
 
-def test_ceal_defaults_are_the_paper():
-    assert (PARAMS.ceal_cap, PARAMS.ceal_balanced) == (None, False)
+def test_ceal_without_cap_and_balance_is_the_paper():
+    assert (PARAMS.of("ceal").cap, PARAMS.of("ceal").balanced) == (None, False)
     uncapped = select("ceal", _cap_view(), 1, np.random.default_rng(0),
-                      dataclasses.replace(PARAMS, ceal_threshold=0.5, ceal_decay=0.0))
+                      PARAMS.updated("ceal", threshold=0.5, decay=0.0))
     big = _capped(1000.0)
     assert uncapped.pseudo_positions.tolist() == big.pseudo_positions.tolist() == [1, 2, 3, 4, 5, 7, 9, 12]
 
 
 def test_strategy_params_reject_bad_values():
-    # the manifest schema bounds these for users; the pure constructor still refuses them (ValueError)
-    with pytest.raises(ValueError, match="ceal_threshold"):
-        dataclasses.replace(PARAMS, ceal_threshold=2.0, ceal_decay=0.0)
-    with pytest.raises(ValueError, match="ceal_decay"):
-        dataclasses.replace(PARAMS, ceal_decay=-1.0)
+    # each strategy's model bounds its values (pydantic's ValidationError is a ValueError naming the field)
+    with pytest.raises(ValueError, match="threshold"):
+        PARAMS.updated("ceal", threshold=2.0, decay=0.0)
+    with pytest.raises(ValueError, match="decay"):
+        PARAMS.updated("ceal", decay=-1.0)
     for bad in (-0.5, math.inf, math.nan):
-        with pytest.raises(ValueError, match="ceal_cap"):
-            dataclasses.replace(PARAMS, ceal_cap=bad)
-    with pytest.raises(TypeError, match="ceal_balanced"):
-        dataclasses.replace(PARAMS, ceal_balanced="yes")
+        with pytest.raises(ValueError, match="cap"):
+            PARAMS.updated("ceal", cap=bad)
+    with pytest.raises(ValueError, match="balanced"):
+        PARAMS.updated("ceal", balanced="sometimes")
     with pytest.raises(TypeError, match="GraphSpec"):
         dataclasses.replace(PARAMS, graph={"k": 50})
-    with pytest.raises(ValueError, match="power_base"):
-        dataclasses.replace(PARAMS, power_base="coreset")
+    with pytest.raises(ValueError, match="base"):
+        PARAMS.updated("power", base="coreset")
     for bad in (0.0, -1.0, math.inf):
-        with pytest.raises(ValueError, match="power_exponent"):
-            dataclasses.replace(PARAMS, power_exponent=bad)
+        with pytest.raises(ValueError, match="exponent"):
+            PARAMS.updated("power", exponent=bad)
     for bad in (0.0, 2.5):
-        with pytest.raises(ValueError, match="probcover_delta"):
-            dataclasses.replace(PARAMS, probcover_delta=bad)
+        with pytest.raises(ValueError, match="delta"):
+            PARAMS.updated("probcover", delta=bad)
+    with pytest.raises(TypeError, match=r"sections\['power'\] must be a PowerParams"):
+        StrategyParams(graph=GRAPH, sections={"power": CealParams()})
+    with pytest.raises(TypeError, match="'coreset' is not a strategy with parameters"):
+        StrategyParams(graph=GRAPH, sections={"coreset": CealParams()})
     with pytest.raises(TypeError, match="StrategyParams"):
         select("ceal", _ceal_view(0), 1, np.random.default_rng(0), {"threshold": 0.1})
+    assert StrategyParams(graph=GRAPH).of("probcover") == ProbCoverParams()  # absent: the model's defaults
 
 
 # --------------------------------------------------------------------------- registry and contract
@@ -473,8 +478,8 @@ def test_registry_lists_every_strategy_once_with_its_needs():
         assert needs(name) <= NEED_KINDS
     # power sampling reads what its base reads
     for base in POWER_BASES:
-        assert needs("power", dataclasses.replace(PARAMS, power_base=base)) == needs(base)
-        assert needs(base, dataclasses.replace(PARAMS, power_base=base)) == needs(base)
+        assert needs("power", PARAMS.updated("power", base=base)) == needs(base)
+        assert needs(base, PARAMS.updated("power", base=base)) == needs(base)
 
 
 def test_unknown_strategy_lists_valid_names():
@@ -523,7 +528,7 @@ def test_selection_contract(name):
 
 @pytest.mark.parametrize("name,base", [(name, "bald") for name in NAMES] + [("power", b) for b in POWER_BASES[1:]])
 def test_fields_a_strategy_does_not_need_may_be_none(name, base):
-    params = dataclasses.replace(PARAMS, power_base=base)
+    params = PARAMS.updated("power", base=base)
     view = make_view(n=120, n_labeled=20, seed=12)
     full = select(name, view, 10, np.random.default_rng(2), params)
     wanted = needs(name, params)

@@ -22,13 +22,13 @@ from alctl.propagate import GraphSpec
 from alctl.strategies import NAMES, PoolView, StrategyParams, needs, select
 from alctl.strategies import coverage as cov
 from alctl.strategies.embedding import gradient_residuals, kmeanspp_kron
+from alctl.strategies.params import CealParams
 from alctl.strategies.registry import POWER_BASES
 from alctl.strategies.scores import bald_scores, entropy, least_confidence_scores, margin_scores
 from alctl.train import predict, predict_mc
 
 GRAPH = GraphSpec(k=50, gamma=3.0, alpha=0.99, tol=1e-6, max_iter=20, knn="exact")
-PARAMS = StrategyParams(ceal_threshold=0.1, ceal_decay=0.00033, graph=GRAPH, power_base="bald", power_exponent=1.0,
-                        probcover_delta=0.75)
+PARAMS = StrategyParams(graph=GRAPH, sections={"ceal": CealParams(cap=None, balanced=False)})  # the paper's CEAL
 TINY = float(np.finfo(np.float64).tiny)
 
 
@@ -190,7 +190,7 @@ def ref_power(view: PoolView, base: str, exponent: float, seed: int, budget: int
 @pytest.mark.parametrize("exponent", [0.5, 1.0, 4.0])
 def test_power_matches_a_loop_over_the_same_gumbel_keys(base, exponent):
     view = random_view(seed=7)
-    params = dataclasses.replace(PARAMS, power_base=base, power_exponent=exponent)
+    params = PARAMS.updated("power", base=base, exponent=exponent)
     for seed, budget in ((0, 25), (1, 1), (2, view.unlabeled.size)):
         sel = select("power", view, budget, np.random.default_rng(seed), params)
         assert sel.chosen.tolist() == ref_power(view, base, exponent, seed, budget)
@@ -205,7 +205,7 @@ def test_power_frequencies_follow_score_to_the_exponent():
     probs = np.stack([p1, 1 - p1], axis=1).astype(np.float32)
     unl = np.array([3, 0, 2, 1], dtype=np.int64)
     view = PoolView(probs, None, np.zeros(0, np.int64), unl, np.zeros(0, np.int64), 2, 0)
-    params = dataclasses.replace(PARAMS, power_base="least-confidence", power_exponent=2.0)
+    params = PARAMS.updated("power", base="least-confidence", exponent=2.0)
     w = (1 - probs[:, 0].astype(np.float64)) ** 2
     trials = 12000
     counts: dict[tuple[int, int], int] = {}
@@ -226,14 +226,14 @@ def test_power_frequencies_follow_score_to_the_exponent():
 def test_power_large_exponent_is_the_top_b_and_zero_scores_come_last():
     view = random_view(seed=8)
     top = select("margin", view, 10, np.random.default_rng(0), PARAMS).chosen
-    params = dataclasses.replace(PARAMS, power_base="margin", power_exponent=1e4)
+    params = PARAMS.updated("power", base="margin", exponent=1e4)
     assert sorted(select("power", view, 10, np.random.default_rng(5), params).chosen.tolist()) == sorted(top.tolist())
     # one-hot predictions have score 0 (weight 0): drawn only after every positive one, keys stay finite
     probs = np.array([[1, 0], [0.6, 0.4], [0, 1], [0.9, 0.1]], dtype=np.float32)
     unl = np.arange(4, dtype=np.int64)
     onehot = PoolView(probs, None, np.zeros(0, np.int64), unl, np.zeros(0, np.int64), 2, 0)
     for base in ("margin", "least-confidence", "uncertainty"):
-        params = dataclasses.replace(PARAMS, power_base=base, power_exponent=1.0)
+        params = PARAMS.updated("power", base=base, exponent=1.0)
         for seed in range(20):
             sel = select("power", onehot, 4, np.random.default_rng(seed), params)
             assert sorted(sel.chosen[:2].tolist()) == [1, 3] and np.isfinite(sel.scores).all()
@@ -441,7 +441,7 @@ def ref_probcover(features: np.ndarray, labeled: np.ndarray, unlabeled: np.ndarr
 @pytest.mark.parametrize("seed,delta", [(0, 0.6), (1, 0.9), (2, 0.3), (3, 1.2)])
 def test_probcover_matches_dense_greedy(seed, delta):
     view = random_view(n=250, n_labeled=25, dim=4, seed=seed)
-    params = dataclasses.replace(PARAMS, probcover_delta=delta)
+    params = PARAMS.updated("probcover", delta=delta)
     for budget in (0, 1, 20, 225):
         sel = select("probcover", view, budget, np.random.default_rng(0), params)
         assert sel.chosen.tolist() == ref_probcover(view.features, view.labeled, view.unlabeled, delta, budget)
@@ -478,12 +478,12 @@ def test_probcover_auto_delta_uses_the_purity_rule():
     from alctl.strategies.coverage import purity_delta
 
     view = random_view(n=200, n_labeled=10, dim=4, seed=4)
-    auto = dataclasses.replace(PARAMS, probcover_delta=None)
+    auto = PARAMS.updated("probcover", delta="auto")
     sel = select("probcover", view, 15, np.random.default_rng(3), auto)
     nodes = np.union1d(view.labeled, view.unlabeled)
     delta = purity_delta(np.asarray(view.features)[nodes], max(2, view.num_classes),
                          int(np.random.default_rng(3).integers(0, 2**31 - 1)))
-    fixed = select("probcover", view, 15, np.random.default_rng(3), dataclasses.replace(PARAMS, probcover_delta=delta))
+    fixed = select("probcover", view, 15, np.random.default_rng(3), PARAMS.updated("probcover", delta=delta))
     assert sel.chosen.tolist() == fixed.chosen.tolist()
     assert mf.Manifest.model_validate({"dataset": {"name": "digits"},
                                        "active": {"probcover": {"delta": "auto"}}}).active.probcover.delta == "auto"
@@ -501,7 +501,7 @@ def test_probcover_known_ranking():
     labeled = np.flatnonzero(blob == 0)[:1]  # one label covers the largest blob
     unl = np.setdiff1d(np.arange(blob.size), labeled)
     view = PoolView(None, feats, labeled, unl, np.zeros(1, np.int64), 4, 0)
-    params = dataclasses.replace(PARAMS, probcover_delta=0.3)
+    params = PARAMS.updated("probcover", delta=0.3)
     sel = select("probcover", view, 4, np.random.default_rng(0), params)
     # each pick covers its whole blob; equal gains: lower position; then every gain is 0: lowest position left
     first = [int(np.flatnonzero(blob == c)[0]) for c in (1, 2, 3)]
@@ -521,7 +521,7 @@ def test_coverage_graph_balls_are_closed_and_exact_at_the_boundary():
 
 def test_probcover_chunks_do_not_change_the_answer_and_edges_are_capped(monkeypatch):
     view = random_view(n=300, n_labeled=20, dim=4, seed=14)
-    params = dataclasses.replace(PARAMS, probcover_delta=0.8)
+    params = PARAMS.updated("probcover", delta=0.8)
     ref = select("probcover", view, 30, np.random.default_rng(0), params)
     monkeypatch.setattr(cov, "_RANGE_ROWS", 7)
     monkeypatch.setattr(cov, "_GATHER", 50)
@@ -538,7 +538,7 @@ def test_probcover_memory_follows_the_edges_not_the_pool_squared():
     feats = _normalise(rng.normal(size=(n, 8)))
     view = PoolView(None, feats, np.arange(100, dtype=np.int64), np.arange(100, n, dtype=np.int64),
                     np.zeros(100, np.int64), 10, 0)
-    params = dataclasses.replace(PARAMS, probcover_delta=0.3)
+    params = PARAMS.updated("probcover", delta=0.3)
     tracemalloc.start()
     try:
         sel = select("probcover", view, 50, np.random.default_rng(0), params)
@@ -611,7 +611,7 @@ def test_manifest_fields_and_strategy_params():
         20, "bald", 1.0, 0.75)
     p = settings.strategy_params(mf.parse({"active": {"power": {"base": "margin", "exponent": 3.0},
                                                       "probcover": {"delta": 0.5}}}))
-    assert (p.power_base, p.power_exponent, p.probcover_delta) == ("margin", 3.0, 0.5)
+    assert (p.of("power").base, p.of("power").exponent, p.of("probcover").delta) == ("margin", 3.0, 0.5)
     assert needs("power", p) == frozenset({"probs"}) and needs("power", settings.strategy_params(m)) == {"mc_probs"}
     assert tuple(mf.PowerConfig.model_fields["base"].annotation.__args__) == POWER_BASES
     for field in ("bald", "power", "probcover"):
@@ -660,3 +660,17 @@ def test_acquire_gives_each_strategy_what_it_needs(name):
     assert torch.equal(torch.get_rng_state(), state)
     assert a.chosen.shape == (6,) and np.isin(a.chosen, unl).all() and a.scores.shape == unl.shape
     assert np.array_equal(a.chosen, b.chosen) and np.array_equal(a.scores, b.scores)
+
+
+def test_the_schema_and_the_engine_derive_each_strategys_section_from_the_catalog() -> None:
+    from alctl.strategies import catalog, registry
+
+    assert tuple(s.name for s in registry.STRATEGIES) == catalog.NAMES
+    assert all(s.fn.__name__ == e.function.split(":")[1] for s, e in zip(registry.STRATEGIES, catalog.ENTRIES))
+    sections = {name: f.annotation for name, f in mf.ActiveConfig.model_fields.items()
+                if f.annotation in catalog.PARAMS.values()}
+    assert sections == catalog.PARAMS  # active.<name> is the strategy's own model, nothing listed by hand
+    m = mf.parse({"active": {"power": {"base": "margin"}}})
+    p = settings.strategy_params(m)
+    assert set(p.sections) == set(catalog.PARAMS) and p.of("power") is m.active.power
+    assert catalog.COLD_START_NAMES == ("typiclust", "probcover")

@@ -13,6 +13,7 @@ from alctl.pretrain import PretrainSpec
 from alctl.simclr import SimclrSpec
 from alctl.propagate import GraphSpec
 from alctl.strategies import StrategyParams
+from alctl.strategies.catalog import PARAMS as STRATEGY_PARAMS
 from alctl.train import FP32, Compute, Consistency, Semi, Targets, TrainSpec
 
 _COMPUTE_FIELDS = {"device", "precision", "channels_last", "compile"}
@@ -40,14 +41,11 @@ def graph_spec(s: mf.SemiConfig) -> GraphSpec:
 
 
 def strategy_params(config: mf.Manifest) -> StrategyParams:
-    """What the acquisition functions read from the manifest: CEAL's threshold, decay, cap and balance (its weight
-    is the engine's: `cycle.CycleTraining`), the graph of jLP, power sampling's base and exponent, ProbCover's radius
-    (None: auto; BALD's passes are the engine's: `steps.acquire`)."""
-    a = config.active
-    return StrategyParams(ceal_threshold=a.ceal.threshold, ceal_decay=a.ceal.decay, graph=graph_spec(config.semi),
-                          power_base=a.power.base, power_exponent=a.power.exponent,
-                          probcover_delta=None if a.probcover.delta == "auto" else a.probcover.delta,
-                          ceal_cap=a.ceal.cap, ceal_balanced=a.ceal.balanced)
+    """What the acquisition functions read from the manifest: each strategy's own section (active.<name>, for every
+    strategy the catalog gives parameters) and the semi section's graph (jLP). CEAL's weight and BALD's passes
+    are read by the engine itself (`cycle.CycleTraining`, `steps.acquire`)."""
+    return StrategyParams(graph=graph_spec(config.semi),
+                          sections={name: getattr(config.active, name) for name in STRATEGY_PARAMS})
 
 
 def pretrain_spec(config: mf.Manifest, num_classes: int, shape: ImageShape = (1, 32, 32)) -> PretrainSpec:

@@ -12,15 +12,15 @@ NaN or inf in the model's outputs raise FloatingPointError. Pure: no file I/O.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from alctl.propagate import GraphSpec
-from alctl.strategies.catalog import POWER_BASES
+from alctl.strategies.catalog import PARAMS, POWER_BASES
 
 if TYPE_CHECKING:
     import torch
@@ -65,46 +65,36 @@ class Selection:
 
 @dataclass(frozen=True)
 class StrategyParams:
-    """Parameters of the acquisition functions (from the manifest; no defaults here but the paper's values of the
-    CEAL fields added later), checked at construction.
+    """What the acquisition functions read besides the pool view: each strategy's own parameters (its manifest
+    section `active.<name>`, an instance of the model `catalog.PARAMS[name]`; absent = that model's defaults) and
+    the kNN graph and solver jLP diffuses on (the semi section's). Checked at construction (TypeError)."""
 
-    ceal_threshold: normalised entropy in [0, 1] below which CEAL pseudo-labels; ceal_decay: its decrease
-    per cycle, >= 0; ceal_cap: the most CEAL pseudo-labels, as a multiple >= 0 of the next training's labeled set
-    (labeled + chosen), or None: no cap (the paper); ceal_balanced: keep at most ceil(kept / C) pseudo-labels per
-    predicted class (False: the paper); graph: the kNN graph and solver of jLP; power_base: the score power sampling
-    draws from (one of POWER_BASES); power_exponent: the power it raises it to, > 0; probcover_delta: ProbCover's
-    ball radius, Euclidean distance between L2-normalised features, in (0, 2], or None: chosen by the paper's
-    purity rule at each selection (`coverage.purity_delta`).
-    """
-
-    ceal_threshold: float
-    ceal_decay: float
     graph: GraphSpec
-    power_base: str
-    power_exponent: float
-    probcover_delta: float | None
-    ceal_cap: float | None = None
-    ceal_balanced: bool = False
+    sections: Mapping[str, BaseModel] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """Range and type checks of every field (ValueError / TypeError)."""
-        if not 0.0 <= float(self.ceal_threshold) <= 1.0:
-            raise ValueError(f"StrategyParams.ceal_threshold must be in [0, 1], got {self.ceal_threshold!r}")
-        if not (float(self.ceal_decay) >= 0.0 and math.isfinite(float(self.ceal_decay))):
-            raise ValueError(f"StrategyParams.ceal_decay must be a finite number >= 0, got {self.ceal_decay!r}")
-        if self.ceal_cap is not None and not (float(self.ceal_cap) >= 0.0 and math.isfinite(float(self.ceal_cap))):
-            raise ValueError(f"StrategyParams.ceal_cap must be None or a finite number >= 0, got {self.ceal_cap!r}")
-        if not isinstance(self.ceal_balanced, (bool, np.bool_)):
-            raise TypeError(f"StrategyParams.ceal_balanced must be a bool, got {type(self.ceal_balanced).__name__}")
+        """Type checks: a GraphSpec, and for each strategy with parameters an instance of its model."""
         if not isinstance(self.graph, GraphSpec):
             raise TypeError(f"StrategyParams.graph must be a GraphSpec, got {type(self.graph).__name__}")
-        if self.power_base not in POWER_BASES:
-            raise ValueError(
-                f"StrategyParams.power_base must be one of {', '.join(POWER_BASES)}, got {self.power_base!r}")
-        if not (float(self.power_exponent) > 0.0 and math.isfinite(float(self.power_exponent))):
-            raise ValueError(f"StrategyParams.power_exponent must be a finite number > 0, got {self.power_exponent!r}")
-        if self.probcover_delta is not None and not 0.0 < float(self.probcover_delta) <= 2.0:
-            raise ValueError(f"StrategyParams.probcover_delta must be in (0, 2], got {self.probcover_delta!r}")
+        for name, section in self.sections.items():
+            model = PARAMS.get(name)
+            if model is None:
+                raise TypeError(f"StrategyParams.sections: {name!r} is not a strategy with parameters"
+                                f" ({', '.join(PARAMS)})")
+            if not isinstance(section, model):
+                raise TypeError(f"StrategyParams.sections[{name!r}] must be a {model.__name__}, got"
+                                f" {type(section).__name__}")
+
+    def of(self, name: str) -> Any:  # noqa: ANN401 - the model of `name`
+        """Strategy `name`'s parameters: its section, or its model's defaults when none was given."""
+        section = self.sections.get(name)
+        return section if section is not None else PARAMS[name]()
+
+    def updated(self, name: str, **values: Any) -> "StrategyParams":  # noqa: ANN401
+        """A copy with some of strategy `name`'s parameters changed, validated by its model (pydantic's
+        ValidationError, a ValueError, names a bad value)."""
+        section = PARAMS[name].model_validate({**self.of(name).model_dump(), **values})
+        return replace(self, sections={**self.sections, name: section})
 
 
 StrategyFn = Callable[[PoolView, int, np.random.Generator, StrategyParams], Selection]

@@ -343,10 +343,10 @@ def purity_delta(x: np.ndarray, n_clusters: int, seed: int, purity: float = PURI
 
 def probcover_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
     """ProbCover (Yehuda et al. 2022): greedy max coverage of the labeled and unlabeled images by balls of radius
-    params.probcover_delta (Euclidean distance between L2-normalised features) around the picks; balls around
+    active.probcover.delta (Euclidean distance between L2-normalised features) around the picks; balls around
     labeled images cover from the start (`coverage_graph`, `probcover_greedy`; equal gains: lower pool position).
 
-    params.probcover_delta None: the radius by the paper's purity rule (`purity_delta`, the k-means of the
+    delta auto: the radius by the paper's purity rule (`purity_delta`, the k-means of the
     labeled and unlabeled images into max(2, C) clusters seeded from `rng`), recomputed at every selection since
     the features change. Scores `[n_u]` float32: a pick's gain (newly covered images) at its turn, any other
     image's gain after every pick, so that sorting by score (equal: lower position) replays the picks. `rng` is
@@ -356,7 +356,8 @@ def probcover_select(view: PoolView, budget: int, rng: np.random.Generator, para
         return make_selection(EMPTY, np.zeros(0, dtype=np.float32))
     nodes = np.union1d(lab, unl)  # pool position order: node order breaks ties
     x = host_rows(view.features, nodes)
-    delta = params.probcover_delta
+    delta = params.of("probcover").delta
+    delta = None if delta == "auto" else float(delta)
     if delta is None:
         delta = purity_delta(x, max(2, view.num_classes), int(rng.integers(0, 2**31 - 1)))
     indptr, indices = coverage_graph(x, delta)

@@ -1,36 +1,25 @@
-"""The one list of acquisition functions: name, function, and what each reads from the model; `select` runs one.
+"""The catalog's acquisition functions, imported; `needs` says what one reads and `select` runs one.
 
 `needs` holds names from {"probs", "mc_probs", "features", "graph"}: probs = the softmax `[n_u, C]` of the
 model on U, mc_probs = the softmax `[T, n_u, C]` of T forward passes on U with dropout on (MC dropout),
 features = the feature rows `[n, D]` of the whole pool, graph = builds the kNN graph on those features (so
 also needs them). Power sampling reads what its base score reads (`needs(name, params)`). A PoolView's
-fields that a strategy does not need may be None. Names and needs come from `catalog` (torch-free: the
-manifest's schema reads them there); this module pairs them with the functions. Unknown names raise ValueError.
+fields that a strategy does not need may be None. Names, needs, functions and parameter models come from
+`catalog` (torch-free: the manifest's schema reads it); this module imports the functions. Unknown names raise
+ValueError.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from alctl.strategies.base import PoolView, Selection, StrategyFn, StrategyParams, check_budget
-from alctl.strategies.catalog import COLD_START_NAMES, NAMES, NEED_KINDS, NEEDS, POWER_BASES
+from alctl.strategies.catalog import COLD_START_NAMES, ENTRIES, NAMES, NEED_KINDS, POWER_BASES, Entry
 from alctl.strategies.catalog import needs as catalog_needs
-from alctl.strategies.coverage import probcover_select, typiclust_select
-from alctl.strategies.embedding import badge_select
-from alctl.strategies.geometry import coreset_select
-from alctl.strategies.graph import jlp_select
-from alctl.strategies.scores import (
-    bald_select,
-    ceal_select,
-    least_confidence_select,
-    margin_select,
-    power_select,
-    random_select,
-    uncertainty_select,
-)
 
 __all__ = [
     "Strategy", "STRATEGIES", "NAMES", "NEED_KINDS", "POWER_BASES", "COLD_START_NAMES", "needs", "get_strategy", "select",
@@ -47,14 +36,13 @@ class Strategy:
     needs: frozenset[str]
 
 
-_FUNCTIONS: dict[str, StrategyFn] = {
-    "random": random_select, "uncertainty": uncertainty_select, "coreset": coreset_select, "ceal": ceal_select,
-    "jlp": jlp_select, "margin": margin_select, "least-confidence": least_confidence_select, "bald": bald_select,
-    "power": power_select, "badge": badge_select, "typiclust": typiclust_select, "probcover": probcover_select,
-}
-if tuple(_FUNCTIONS) != NAMES:  # the catalog (names, needs) and the functions list the same strategies
-    raise ImportError(f"strategies: functions for {sorted(_FUNCTIONS)} but the catalog lists {sorted(NAMES)}")
-STRATEGIES: tuple[Strategy, ...] = tuple(Strategy(name, _FUNCTIONS[name], NEEDS[name]) for name in NAMES)
+def _function(entry: Entry) -> StrategyFn:
+    """The function a catalog entry names (`module:function` under alctl.strategies)."""
+    module, attr = entry.function.split(":")
+    return getattr(importlib.import_module(f"alctl.strategies.{module}"), attr)
+
+
+STRATEGIES: tuple[Strategy, ...] = tuple(Strategy(e.name, _function(e), e.needs) for e in ENTRIES)
 _BY_NAME = {s.name: s for s in STRATEGIES}
 
 
@@ -68,9 +56,9 @@ def _entry(name: str) -> Strategy:
 
 def needs(name: str, params: StrategyParams | None = None) -> frozenset[str]:
     """What strategy `name` reads: a subset of NEED_KINDS ("graph" implies "features"). For "power", with
-    `params` the needs of its base score params.power_base; without, everything a base may read."""
+    `params` the needs of its base score (active.power.base); without, everything a base may read."""
     _entry(name)
-    return catalog_needs(name, params.power_base if params is not None else None)
+    return catalog_needs(name, params.of("power").base if params is not None else None)
 
 
 def get_strategy(name: str) -> StrategyFn:

@@ -156,19 +156,20 @@ def power_keys(scores: np.ndarray, exponent: float, gumbel: np.ndarray) -> np.nd
 
 def power_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
     """Power sampling (Kirsch et al. 2022, baal's PowerBALD): b images of U drawn without replacement with
-    probability proportional to score^power_exponent, score = the params.power_base score (>= 0).
+    probability proportional to score^exponent, score = the base's score (>= 0): active.power's base and exponent.
 
     Drawn by the Gumbel-top-k trick: keys `power_keys(score, exponent, g)` with g `[n_u]` = rng.gumbel(), the b
     largest keys picked, in order (distributed as b sequential draws, each proportional to score^exponent among
     the images not yet drawn). The bases' scores are made non-negative: entropy and BALD (>= 0 as they are),
     margin as 1 - (p1 - p2), least confidence as 1 - p1; a zero score (a one-hot prediction) has weight 0 and
     comes after every positive one. Scores `[n_u]` float32 = the keys, so sorting by score replays the picks."""
-    base = params.power_base
+    power = params.of("power")
+    base = power.base
     view = host_mc_probs(host_probs(view))
     b = check_budget(view, budget)
     check_view(view, need_probs=base != "bald", need_mc_probs=base == "bald")
     unl = np.asarray(view.unlabeled, dtype=np.int64)
-    keys = power_keys(_BASE_SCORES[base](view), params.power_exponent, rng.gumbel(size=unl.shape[0]))
+    keys = power_keys(_BASE_SCORES[base](view), power.exponent, rng.gumbel(size=unl.shape[0]))
     order = np.lexsort((unl, -keys))
     return make_selection(unl[order[:b]], keys.astype(np.float32))
 
@@ -203,13 +204,14 @@ def ceal_keep(norm_entropy: np.ndarray, positions: np.ndarray, labels: np.ndarra
 
 def ceal_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
     """CEAL (Wang et al. 2017): uncertainty selection, plus pseudo-labels (argmax) on the remaining images of U
-    whose normalised entropy H / log C is below max(0, ceal_threshold - ceal_decay * cycle), by pool position;
-    of those, at most ceil(ceal_cap x (n_l + b)) (the next training's labels), the most confident (`ceal_keep`),
-    class-balanced with ceal_balanced. Without cap or balance, every confident image (the paper)."""
+    whose normalised entropy H / log C is below max(0, threshold - decay * cycle), by pool position; of those, at
+    most ceil(cap x (n_l + b)) (the next training's labels), the most confident (`ceal_keep`), class-balanced
+    with balanced (active.ceal's fields). Without cap or balance, every confident image (the paper)."""
     view = host_probs(view)
     b = check_budget(view, budget)
     check_view(view, need_probs=True)
-    threshold, decay = float(params.ceal_threshold), float(params.ceal_decay)
+    ceal = params.of("ceal")
+    threshold, decay = float(ceal.threshold), float(ceal.decay)
     unl = np.asarray(view.unlabeled, dtype=np.int64)
     h = entropy(view.probs)
     scores = h.astype(np.float32)
@@ -220,9 +222,9 @@ def ceal_select(view: PoolView, budget: int, rng: np.random.Generator, params: S
     confident &= ~np.isin(unl, chosen)
     rows = np.flatnonzero(confident)  # [m] rows of U
     labels = np.asarray(view.probs)[rows].argmax(axis=1)  # [m]
-    if params.ceal_cap is not None or params.ceal_balanced:
-        most = ceal_limit(params.ceal_cap, len(view.labeled) + len(chosen))
-        keep = ceal_keep(norm[rows], unl[rows], labels, view.num_classes, most, bool(params.ceal_balanced))
+    if ceal.cap is not None or ceal.balanced:
+        most = ceal_limit(ceal.cap, len(view.labeled) + len(chosen))
+        keep = ceal_keep(norm[rows], unl[rows], labels, view.num_classes, most, bool(ceal.balanced))
         rows, labels = rows[keep], labels[keep]
     order = np.argsort(unl[rows], kind="stable")
     return make_selection(chosen, scores, unl[rows][order], labels[order])
