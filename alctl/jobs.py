@@ -1,38 +1,7 @@
-"""Slurm / Kubernetes job specs from a manifest: pure renderers (manifest -> text) and `alctl submit`.
-
-One scheduler index runs one task: `alctl cycle MANIFEST --quiet` reads SLURM_ARRAY_TASK_ID (Slurm array)
-or JOB_COMPLETION_INDEX (Kubernetes Indexed Job) and runs only that task of `manifest.tasks(m)`. With
-`scheduler.tasks_per_gpu` N > 1, index i runs tasks i*N .. i*N+N-1 at once on its one GPU (`alctl cycle
-MANIFEST --quiet --jobs N --tasks-per-index N`): ceil(tasks / N) indexes, each with N x cpus and N x memory
-(and OMP_NUM_THREADS = cpus per process), at most max(1, max_parallel // N) of them at once.
-
-Slurm (`render_slurm`): a bash batch script for `sbatch`, `--array=0-(N-1)[%max_parallel]`, logs in
-`<run dir>/logs/%A_%a.out` (append mode, so a requeued task keeps one log). The batch shell gets SIGUSR1
-`signal_seconds` before the time limit (`--signal=B:USR1@S`) and forwards it (and SIGTERM) to alctl, which
-checkpoints and exits 3; on exit 3 after the warning the script requeues its own array task so it resumes
-where it stopped. Without an image the script runs the alctl executable the submitter ran (absolute path);
-with an image it runs `alctl` inside it through Apptainer (or Singularity): `apptainer exec [--nv]
---bind WORKDIR docker://IMAGE alctl cycle ...` (a reference with `://`, an absolute path or a `.sif` file is
-used as given).
-
-Kubernetes (`render_k8s`): one YAML stream of a ConfigMap `alctl-<name>-manifest` holding the manifest file
-as written, under its own file name (so a manifest without `name:` still gets the run name from its stem),
-and a batch/v1 Indexed Job `alctl-<name>` whose container (`scheduler.image`, required) runs
-`alctl cycle /etc/alctl/<file> --quiet` in /work. The ConfigMap is mounted read-only at /etc/alctl.
-The runs directory (`output`) and `dataset.root` are mounted at /work/<path> (or at the same absolute path)
-from the PersistentVolumeClaims `scheduler.runs_claim` / `scheduler.data_claim`, else from hostPaths at
-WORKDIR/<path> (only meaningful on a one-node cluster or a filesystem every node shares). `scheduler.time`
-becomes the pod's `activeDeadlineSeconds` (per task, like Slurm's --time; not the whole Job's), and
-`signal_seconds` its `terminationGracePeriodSeconds` (SIGTERM, then SIGKILL). A pod that exits 3
-(checkpointed on SIGTERM) or is disrupted does not count against `backoffLimitPerIndex` (podFailurePolicy
-Ignore): its index is simply restarted and resumes. The Job needs Kubernetes >= 1.29 (backoffLimitPerIndex).
-
-No value from a manifest, an option or a file name can change the structure of a spec: each goes through one
-function per output format: `_comment` (header comments: control characters refused), `_directive` (#SBATCH
-values: control characters and whitespace refused), `_word` (one shell word, alctl.safe_text.shell_word) and the
-YAML dumper (a yaml.SafeDumper; no text is pasted into YAML). A value none of them can hold is a UserError naming
-its field or option, raised before anything is written.
-"""
+"""Slurm / Kubernetes job specs from a manifest: pure renderers (manifest -> text) and `alctl submit`. One
+scheduler index runs one task (or `scheduler.tasks_per_gpu` of them); no value from a manifest, an option or a
+file name can change a spec's structure (`_comment`, `_directive`, `_word`, the YAML dumper). How the specs
+work: docs/internals.md, Slurm and Kubernetes job specs."""
 
 from __future__ import annotations
 

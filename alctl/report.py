@@ -1,47 +1,6 @@
-"""Aggregation over repetitions and rendering: markdown, csv, json, png.
-
-Figures (pure functions over `Point`s / `Row`s / arrays; `figures` computes them all):
-
-- `rows` (`Row`): mean ± std of test accuracy over repetitions per run, setting (strategy x variant x other swept
-  settings) and cycle; accuracies in percent, std the sample std (0 for one repetition). With them the mean number
-  of pseudo-labels the cycle trained on (CEAL's or label propagation's) and the mean pseudo-label accuracy (%,
-  where the truth is known), over the repetitions that record them (None when none does: older metrics files).
-- `auc` (`Area`): area under the budget curve: per repetition the trapezoidal mean accuracy over its labels range
-  (the integral divided by max - min labels, so it reads as a mean accuracy in %; one cycle: its accuracy), over
-  the cycles every repetition of the setting has; then mean ± std over repetitions.
-- `auc_paired` (`PairedArea`): against the same references as `paired`, per repetition index present in both the
-  difference of the two areas over the cycles every repetition of both has; mean with its 95% t-interval.
-- `labels_saved` (`LabelsSaved`): for each setting that is not Random, at each of its numbers of labels, how many
-  labels Random (same run, variant and other settings) needs to reach its mean accuracy, by linear interpolation
-  of Random's mean curve, and saved = that - its labels. `relation` is "=" (reached within Random's range), "<="
-  (Random's first point already reaches it: random_labels is Random's smallest number of labels) or ">" (Random
-  never reaches it: random_labels is Random's largest number of labels).
-- `paired` (`Paired`): against the same strategy's plain variant (`against` = "plain"), against Random of the
-  same variant (`against` = "random") and, for a +SEMI method other than label propagation (FixMatch, shown as the
-  variant "+SEMI fixmatch"), against label propagation (`against` = "lp"), same other settings, at the same
-  number of labels: the mean of the per-repetition differences (points, setting - reference; repetitions matched
-  by index, which share their initial labeled set), with a 95% t-interval mean ± t(0.975, n-1) sd / sqrt(n);
-  n < 2: no interval (null).
-- `winners` (`Winner`): per run, strategy (with the other settings) and cycle with several variants, the variant
-  with the highest mean accuracy and its margin over the next one; its `strategy` names the other settings, as in
-  the markdown, e.g. "random (l2_features=True)".
-
-References match on the whole setting: a +SEMI setting swept over semi.class_weights=false whose plain variant was
-excluded from the grid has no plain reference. Settings (task keys without the repetition) identify everything;
-`strategy` and `variant` are there for reading.
-
-Formats:
-
-- markdown: one wide accuracy table per run (rows: strategy x variant, columns: numbers of labels, cells: mean ±
-  std), or the long one (a line per setting and cycle) with `long=True`; then the best variant, AUC, paired AUC
-  differences, labels saved, paired differences and pseudo-labels (settings that train on any), each a section
-  that is left out when empty.
-- json: an object with a list per table (rows, auc, auc_paired, labels_saved, paired, winners), each a list of
-  the dataclass' fields; NaN (no test set) and missing intervals are null.
-- csv: one header; the first column `table` names the table a line belongs to (rows | auc | auc_paired |
-  labels_saved | paired | winners), then the union of the tables' fields (a field a table lacks is empty).
-  `table == "rows"` gives the accuracy rows with the columns of before.
-"""
+"""Aggregation over repetitions and rendering (markdown, csv, json, png): `figures` computes every table from
+the repetitions' `Point`s (rows, auc, auc_paired, labels_saved, paired, winners); the renderers only format them.
+What each table holds: docs/internals.md, Report figures."""
 
 from __future__ import annotations
 

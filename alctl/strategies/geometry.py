@@ -84,42 +84,15 @@ def _exact_min_dist(rows: np.ndarray, centers: np.ndarray, c_sq: np.ndarray, win
 def kcenter_greedy(
     features: np.ndarray | torch.Tensor, centers: np.ndarray, candidates: np.ndarray, budget: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy k-center (Sener & Savarese 2018): `budget` times, pick the candidate farthest (Euclidean)
-    from its nearest center, then make it a center.
+    """Greedy k-center (Sener & Savarese 2018): `budget` times, pick the candidate farthest (Euclidean) from its
+    nearest center, then make it a center; the picks of exact greedy k-center on the float32 features.
 
-    features `[n, D]` (cast to float32; a numpy array or a torch tensor), centers / candidates: int pool
-    positions (rows of `features`).
-    Returns (picked positions `[budget]` int64 in pick order, score `[len(candidates)]` float32 following
-    `candidates`). A picked candidate's score is its distance to the nearest center when it was picked;
-    any other candidate's score is its distance to the nearest center after all picks, so sorting by
-    score puts the picks first, in pick order (ties only at equal distances; the pick order is authoritative).
-
-    With no centers at all, the first pick is the candidate farthest from the mean of the candidates
-    (first in `candidates` order on ties); its score is +inf, the distance to the nearest of no center.
-    With no centers and budget 0, every score is the distance to that mean.
-
-    Memory is linear in the pool (no candidates x centers matrix): squared distances are float32
-    ||a||^2 + ||b||^2 - 2ab computed in `_BLOCK_ROWS x _BLOCK_COLS` blocks, once against the initial
-    centers and once at the end against the picks. In between the greedy is lazy: each candidate keeps
-    an upper bound of its squared min-distance (distances only shrink) and a heap brings up to date
-    only the candidates whose bound reaches the top; should that touch too many candidates per pick
-    (`_LAZY_MAX_POPS`), the rest of the run updates every candidate with one matrix-vector product
-    per pick instead. Both give the same picks.
-
-    The picks are those of exact greedy k-center on the float32 features: float32 distances only
-    shortlist the farthest candidates; whenever more than one lies within the float32 rounding bound
-    of the maximum, those are re-measured in float64 with direct differences (as
-    scipy.spatial.distance_matrix does) and the first, in `candidates` order, of the exact maxima is
-    taken, as `np.argmax` on exact distances would. (With more than `_MAX_REFINE` such near-ties at
-    one step, the float32 maximum is taken instead.) Scores of candidates that are not picked carry the
-    float32 error of the formula, about 1e-7 * max ||a||^2 on squared distances.
-
-    A CPU torch tensor takes this numpy path (bit-identical to passing its `.numpy()`). A CUDA tensor
-    runs `_kcenter_torch` on its device: the same greedy with one full update per pick (a matrix-vector
-    product, a min, an argmax) and the same float64 re-measurement of near-ties, so the same picks (up
-    to float64 rounding between exactly equidistant candidates); its scores carry float32 rounding of
-    the same size as this path's.
-    """
+    features `[n, D]` (float32 numpy array or torch tensor; a CUDA tensor runs on its device), centers /
+    candidates: int pool positions. Returns (picked positions `[budget]` int64 in pick order, scores
+    `[len(candidates)]` float32 following `candidates`: a pick's distance to its nearest center when picked, any
+    other candidate's after all picks, so sorting by score replays the picks). No centers: the first pick is the
+    candidate farthest from the candidates' mean (score +inf). ValueError on a bad shape. How it stays linear in
+    memory and exact: docs/internals.md, Greedy k-center."""
     if is_tensor(features):
         shape = tuple(features.shape)
     else:

@@ -91,26 +91,12 @@ def _jlp_greedy(
 
 
 def jlp_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
-    """jLP: diffuse from the labeled set, pick the unlabeled image least reached, add it to the sources, repeat b times.
+    """jLP: diffuse from the labeled set, pick the unlabeled image least reached, add it to the sources, repeat b
+    times; the picks of the authors' b cold CG solves, computed incrementally (docs/internals.md, jLP).
 
-    The authors' loop solves, before each pick t, f_t = (I - alpha W_n)^-1 q_t by a cold CG solve (tol,
-    max_iter), q_t = 1 on the labeled images and on the picks so far, and picks the unlabeled, not yet
-    picked image of smallest f_t. Here f_0 is that first cold solve (the same CG iteration, in float32),
-    and each later f_t = f_{t-1} + g_p with g_p = (I - alpha W_n)^-1 e_p the diffusion from the last
-    pick p alone, solved by CG (capped at max_iter) to the absolute residual tol * ||q_t|| at which the
-    cold solve of turn t stops (t: the turn its block is solved, at or before the turn it is used).
-    Equivalence: by linearity f_0 + sum of the g's equals (I - alpha W_n)^-1 q_t exactly, so with solves
-    that converge the picks are those of b cold solves (float32 rounding and exact ties aside; tested on
-    small pools). With finite tol the residual of f_t is at most the sum of the t + 1 solves' residuals,
-    where a converged cold solve's is tol * ||q_t||; with solves capped at max_iter before reaching tol,
-    both are different approximations of the same diffusion and may order near-ties differently
-    (benchmarks/bench_propagate.py reports the agreement). The g columns are solved ahead, 16 per worker
-    thread at a time, for the lowest-f candidates without one (batched CG, one sparse product per
-    iteration for the block); the greedy argmin is then replayed on the updated f, so which columns are
-    prepared ahead changes the cost, never the picks. The graph and solver are `params.graph` (`alctl.propagate.diffusion`). Ties go to the lower pool
-    position; `rng` is not used. Scores `[n_u]` float32 follow view.unlabeled: -f at the pick's turn for
-    the picks, -f after all picks for the rest, with the picks first in pick order.
-    """
+    The graph and solver are `params.graph`; ties go to the lower pool position; `rng` is not used. Scores
+    `[n_u]` float32 follow view.unlabeled: -f at the pick's turn for the picks, -f after all picks for the rest,
+    with the picks first in pick order."""
     b = check_budget(view, budget)
     check_view(view, need_features=True)
     spec = params.graph
