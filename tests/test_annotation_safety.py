@@ -28,11 +28,11 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from alctl import labelstudio as ls
+from alctl.annotate import labelstudio as ls
 from alctl import manifest as mf
 from alctl.cli import app
 from alctl.errors import AlctlError, UserError
-from alctl.labels import read_labels
+from alctl.annotate.labels import read_labels
 from tests.checks import digits_human_manifest, pool_table, single_task_dir
 
 runner = CliRunner()

@@ -103,3 +103,11 @@ def test_the_schema_and_the_plan_load_without_torch() -> None:
             "loaded = [m for m in ('torch', 'torchvision', 'alctl.strategies.registry') if m in sys.modules]; "
             "assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_annotation_package_does_not_reach_up_into_the_engine() -> None:
+    graph = import_graph()
+    annotate = [m for m in graph if m.startswith("alctl.annotate")]
+    assert {"alctl.annotate.labels", "alctl.annotate.labelstudio", "alctl.annotate.sheet"} <= set(annotate)
+    for module in annotate:
+        assert not {t for t in graph[module] if t.startswith(("alctl.engine", "alctl.cli", "alctl.manifest"))}, module

@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from alctl import labelstudio as ls
+from alctl.annotate import labelstudio as ls
 from alctl import manifest as mf
 from alctl.cli import app
 from alctl.errors import UserError

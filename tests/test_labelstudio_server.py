@@ -25,7 +25,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from alctl import labelstudio as ls
+from alctl.annotate import labelstudio as ls
 from alctl import manifest as mf
 from alctl.cli import app
 from tests.conftest import TINY, deep_update

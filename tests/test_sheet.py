@@ -1,4 +1,4 @@
-"""Tests for alctl.sheet: grid geometry, exact (upscaled) pixels, captions, atomic PNG output."""
+"""Tests for alctl.annotate.sheet: grid geometry, exact (upscaled) pixels, captions, atomic PNG output."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alctl.sheet import BACKGROUND, PAD, contact_sheet, render_contact_sheet, sheet_geometry
+from alctl.annotate.sheet import BACKGROUND, PAD, contact_sheet, render_contact_sheet, sheet_geometry
 
 
 def _digits(n: int) -> np.ndarray:

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alctl import labelstudio as ls
+from alctl.annotate import labelstudio as ls
 from alctl import manifest as mf
 from alctl import store
 from alctl.data import DatasetSplits
 from alctl.engine.tables import PoolState
 from alctl.errors import UserError
-from alctl.labels import JSON_LIMIT, Unimported, read_labels_text, unimported_labels
+from alctl.annotate.labels import JSON_LIMIT, Unimported, read_labels_text, unimported_labels
 from alctl.models import ConvLarge
 from alctl.train import predict
 

@@ -12,7 +12,7 @@ import torch
 
 from alctl import manifest as mf
 from alctl import runtime, store, tracking
-from alctl import labelstudio as ls
+from alctl.annotate import labelstudio as ls
 from alctl.console import Ui
 from alctl.data import DatasetSplits
 from alctl.engine import checkpoint, parallel, settings
@@ -27,11 +27,11 @@ from alctl.engine.workspace import (
     check_oracle, dataset_for, known_hashes, one_task, plan, select_task, task_config_hash, task_dir, task_lock, write_run_manifest,
 )
 from alctl.errors import UserError
-from alctl.labels import read_labels
+from alctl.annotate.labels import read_labels
 from alctl.models import ConvLarge
 from alctl.pretrain import PROBE_K
 from alctl.safe_text import csv_cell
-from alctl.sheet import contact_sheet
+from alctl.annotate.sheet import contact_sheet
 
 
 def cycle_command(manifest_path: str | Path, task: int | None, cycles: int | None, ui: Ui, jobs: int = 1,

@@ -30,7 +30,7 @@ import numpy as np
 
 from alctl.data.classes import class_index
 from alctl.errors import AlctlError, UserError
-from alctl.labels import (
+from alctl.annotate.labels import (
     JSON_LIMIT, MIB, Answer, Unimported, check_answers, parse_sample_id, read_bounded, read_labels_text, size_text,
 )
 from alctl.safe_text import redact_url, refuse_control, terminal, xml_text
