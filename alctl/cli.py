@@ -186,27 +186,32 @@ def label(
 def report(
     run_dir: Annotated[Path | None, typer.Argument(help="run directory (default: every run under ./runs)")] = None,
     format: Annotated[Literal["markdown", "csv", "json"], typer.Option(
-        "--format", "-f", help="markdown: tables for people; json: an object {rows, auc, labels_saved, paired,"
-                               " winners}, each a list of records (NaN and missing intervals null); csv: one header,"
-                               " first column `table` (rows | auc | labels_saved | paired | winners) naming the table"
-                               " of each line, then the union of the tables' columns")] = "markdown",
+        "--format", "-f", help="markdown: tables for people; json: an object {metric, rows, auc, auc_paired,"
+                               " labels_saved, paired, winners}, each table a list of records (NaN and missing"
+                               " intervals null); csv: one header, first column `table` (rows | auc | auc_paired |"
+                               " labels_saved | paired | winners) naming the table of each line, then the union of"
+                               " the tables' columns")] = "markdown",
     long: Annotated[bool, typer.Option("--long", help="markdown accuracy table with a line per strategy, variant and"
                                                       " cycle instead of a column per number of labels (csv and json"
                                                       " always hold those lines)")] = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="also draw learning curves to this file (PNG, or"
                                                            " the format its suffix names: .pdf, .svg, ...)")] = None,
+    metric: Annotated[str, typer.Option("--metric", help="the test figure of every table: accuracy,"
+                                                        " balanced_accuracy (mean recall over the classes) or macro_f1"
+                                        )] = "accuracy",
 ) -> None:
-    """Test accuracy over repetitions per strategy, variant and number of labels, and what it adds up to.
+    """Test accuracy (or --metric) over repetitions per strategy, variant and number of labels, and what it adds up to.
 
     Accuracy: mean ± std over repetitions (a row per strategy x variant, a column per number of labels). AUC: area
     under the budget curve, the trapezoidal mean accuracy over the labels range per repetition, then mean ± std.
     Labels saved: how many labels Random (same variant and settings) needs to reach each mean accuracy, by linear
-    interpolation of its mean curve, minus the strategy's. Paired: against the plain variant and against Random,
-    the mean of per-repetition differences (repetitions share their initial sets) with a 95% t-interval.
+    interpolation of its mean curve, minus the strategy's. Paired: against the plain variant, against Random and
+    (FixMatch) against label propagation, the mean of per-repetition differences at each number of labels and of
+    the AUC (repetitions share their initial sets) with a 95% t-interval.
     """
     from alctl.report import report as make_report
 
-    text, missing = make_report(run_dir, format, plot, long=long)
+    text, missing = make_report(run_dir, format, plot, long=long, metric=metric)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     if missing:  # on stderr, so that csv/json on stdout stay machine-readable
         err.print(f"{len(missing)} tasks not finished (not in the table):", markup=False)

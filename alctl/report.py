@@ -18,6 +18,8 @@ import pyarrow as pa
 
 from alctl import store
 from alctl.errors import UserError
+from alctl.metrics import METRICS
+from alctl.safe_text import terminal
 from alctl.strategies.catalog import NAMES as STRATEGY_NAMES
 
 _REP = re.compile(r"/?rep=\d+$")
@@ -108,9 +110,12 @@ def find_runs(root: Path = Path("runs")) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / "tasks").is_dir())
 
 
-def read_points(run_dirs: list[Path], finished_only: bool = True) -> list[Point]:
-    """Every repetition's accuracy at every cycle of each run (finished tasks only, when the run's manifest tells
-    which tasks are finished)."""
+def read_points(run_dirs: list[Path], finished_only: bool = True, metric: str = "accuracy") -> list[Point]:
+    """Every repetition's test figure `metric` (accuracy, balanced_accuracy or macro_f1; in Point.accuracy, %) at
+    every cycle of each run (finished tasks only, when the run's manifest tells which tasks are finished); a
+    figure an older metrics file lacks is NaN."""
+    if metric not in METRICS:
+        raise UserError(f"--metric: {terminal(str(metric), limit=40)} is not one of {', '.join(METRICS)}")
     points: list[Point] = []
     for run in run_dirs:
         t = store.read_metrics_dataset(run)
@@ -121,7 +126,7 @@ def read_points(run_dirs: list[Path], finished_only: bool = True) -> list[Point]
         if t.num_rows == 0:
             continue
         task_keys = t["task_key"].to_pylist()
-        acc = t["accuracy"].to_numpy() * 100.0
+        acc = t[metric].to_numpy(zero_copy_only=False).astype(np.float64) * 100.0
         train = [None if a is None or b is None else a + b
                  for a, b in zip(t["seconds_train"].to_pylist(), t["seconds_propagate"].to_pylist())]
         for key, strategy, variant, rep, cycle, labels, a, n_pseudo, pseudo, seconds in zip(
@@ -543,17 +548,21 @@ class Figures:
     labels_saved: list[LabelsSaved] = field(default_factory=list)
     paired: list[Paired] = field(default_factory=list)
     winners: list[Winner] = field(default_factory=list)
+    metric: str = "accuracy"  # the test figure every table holds (accuracy | balanced_accuracy | macro_f1)
 
 
 TABLES: dict[str, type] = {"rows": Row, "auc": Area, "auc_paired": PairedArea, "labels_saved": LabelsSaved,
                            "paired": Paired, "winners": Winner}  # json keys / csv `table` values, in output order
 
 
-def figures(points: list[Point]) -> Figures:
-    """All figures of a report from the repetitions' points."""
+def figures(points: list[Point], metric: str = "accuracy") -> Figures:
+    """All figures of a report from the repetitions' points (whose `accuracy` holds the test figure `metric`)."""
     rows = summarise(points)
     return Figures(rows=rows, auc=auc_table(points), auc_paired=paired_auc(points), labels_saved=labels_saved(rows),
-                   paired=paired(points), winners=winners(rows))
+                   paired=paired(points), winners=winners(rows), metric=metric)
+
+
+_METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -599,8 +608,9 @@ def _accuracy(mean: float, std: float) -> str:
     return "n/a" if np.isnan(mean) else f"{mean:.2f} ± {std:.2f}"
 
 
-def _long_table(rows: list[Row]) -> list[str]:
-    out = ["| run | strategy | variant | cycle | labels | accuracy (%) | reps |", "|---|---|---|---:|---:|---|---:|"]
+def _long_table(rows: list[Row], metric: str = "accuracy") -> list[str]:
+    out = [f"| run | strategy | variant | cycle | labels | {_METRIC_NAMES[metric]} (%) | reps |",
+           "|---|---|---|---:|---:|---|---:|"]
     for r in rows:
         acc = "n/a (no test set)" if np.isnan(r.accuracy_mean) else f"{r.accuracy_mean:.2f} ± {r.accuracy_std:.2f}"
         out.append(f"| {r.run} | {r.strategy}{_extra(r)} | {r.variant} | {r.cycle} | {r.n_labeled} | {acc} |"
@@ -608,8 +618,8 @@ def _long_table(rows: list[Row]) -> list[str]:
     return out
 
 
-def _wide_table(rows: list[Row]) -> list[str]:
-    out = ["Test accuracy (%), mean ± std over repetitions; columns: number of labeled images:"]
+def _wide_table(rows: list[Row], metric: str = "accuracy") -> list[str]:
+    out = [f"Test {_METRIC_NAMES[metric]} (%), mean ± std over repetitions; columns: number of labeled images:"]
     for run, group in _grouped(rows, lambda r: r.run).items():
         lines = []
         for setting_rows in _grouped(group, lambda r: r.setting).values():
@@ -650,15 +660,17 @@ def _pseudo_table(rows: list[Row]) -> list[str]:
 def render_markdown(figs: Figures, long: bool = False) -> str:
     """The accuracy table (wide: a line per strategy x variant and a column per number of labels; long=True: a
     line per setting and cycle), then the best variant, AUC, labels saved, paired differences and pseudo-labels."""
-    out = _long_table(figs.rows) if long else _wide_table(figs.rows)
+    out = _long_table(figs.rows, figs.metric) if long else _wide_table(figs.rows, figs.metric)
     if figs.winners:
         out += ["", "Best variant at each number of labels (highest mean accuracy):", "",
-                "| run | strategy | cycle | labels | best variant | accuracy (%) | ahead of | by (points) |",
+                f"| run | strategy | cycle | labels | best variant | {_METRIC_NAMES[figs.metric]} (%) | ahead of |"
+                " by (points) |",
                 "|---|---|---:|---:|---|---:|---|---:|"]
         out += [f"| {w.run} | {w.strategy} | {w.cycle} | {w.n_labeled} | {w.variant} | {w.accuracy_mean:.2f} |"
                 f" {w.runner_up} | {w.margin:.2f} |" for w in figs.winners]
     if figs.auc:
-        out += ["", "Area under the budget curve: trapezoidal mean accuracy (%) over the labels range, per repetition;"
+        out += ["", f"Area under the budget curve: trapezoidal mean {_METRIC_NAMES[figs.metric]} (%) over the labels"
+                " range, per repetition;"
                 " mean ± std over repetitions:", "",
                 "| run | strategy | variant | labels | cycles | AUC (%) | reps |", "|---|---|---|---|---:|---:|---:|"]
         out += [f"| {a.run} | {a.strategy}{_extra(a)} | {a.variant} | {a.labels_min}–{a.labels_max} | {a.cycles} |"
@@ -751,10 +763,11 @@ def render_csv(figs: Figures) -> str:
 def render_json(figs: Figures) -> str:
     """JSON object {"rows": [...], "auc": [...], "auc_paired": [...], "labels_saved": [...], "paired": [...],
     "winners": [...]}; NaN and missing intervals are null."""
-    return json.dumps({name: [_record(item) for item in getattr(figs, name)] for name in TABLES}, indent=2)
+    return json.dumps({"metric": figs.metric, **{name: [_record(item) for item in getattr(figs, name)]
+                                                 for name in TABLES}}, indent=2)
 
 
-def plot(rows: list[Row], path: Path) -> None:
+def plot(rows: list[Row], path: Path, metric: str = "accuracy") -> None:
     """Learning curves (accuracy vs labels) with ±std bands, one panel per run, like the paper's figure."""
     import matplotlib
 
@@ -775,7 +788,7 @@ def plot(rows: list[Row], path: Path) -> None:
             ax.fill_between(x, y - e, y + e, alpha=0.15, color=line.get_color())
         ax.set_title(run)
         ax.set_xlabel("labeled images")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"test {_METRIC_NAMES[metric]} (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -799,9 +812,12 @@ def unfinished_lines(run_dirs: list[Path]) -> list[str]:
 
 
 def report(run_dir: Path | None, fmt: str, plot_path: Path | None = None,
-           long: bool = False) -> tuple[str, list[str]]:
+           long: bool = False, metric: str = "accuracy") -> tuple[str, list[str]]:
     """(report text over one run directory, or every run under ./runs when None; lines naming unfinished tasks).
-    long: the markdown accuracy table a line per setting and cycle instead of the wide one."""
+    long: the markdown accuracy table a line per setting and cycle instead of the wide one; metric: the test
+    figure every table, AUC, labels saved and paired difference uses (accuracy, balanced_accuracy, macro_f1)."""
+    if metric not in METRICS:
+        raise UserError(f"--metric: {terminal(str(metric), limit=40)} is not one of {', '.join(METRICS)}")
     if plot_path is not None and plot_path.is_dir():
         raise UserError(f"--plot: {plot_path} is a folder; give a file name such as {plot_path / 'curves.png'}")
     if run_dir is None:
@@ -814,13 +830,13 @@ def report(run_dir: Path | None, fmt: str, plot_path: Path | None = None,
         runs = [run_dir] if (run_dir / "tasks").is_dir() else find_runs(run_dir)
         if not runs:
             raise UserError(f"{run_dir}: no tasks/ inside; is this a run directory (runs/<name>)?")
-    figs = figures(read_points(runs))
+    figs = figures(read_points(runs, metric=metric), metric)
     missing = unfinished_lines(runs)
     if not figs.rows:
         detail = f"; {len(missing)} tasks not finished" if missing else ""
         raise UserError(f"{', '.join(map(str, runs))}: no finished task yet{detail}")
     if plot_path is not None:
-        plot(figs.rows, plot_path)
+        plot(figs.rows, plot_path, metric)
     if fmt == "markdown":
         return render_markdown(figs, long=long), missing
     renderers = {"csv": render_csv, "json": render_json}

@@ -68,6 +68,11 @@ METRICS = pa.schema(
         ("device", pa.string()),
         ("manifest_hash", pa.string()),
         ("finished_at", pa.timestamp("s", tz="UTC")),
+        # per-class figures (added later, at the end: older files read with them null, older readers skip them)
+        ("balanced_accuracy", pa.float64()),  # mean recall over the test classes
+        ("macro_f1", pa.float64()),
+        ("recall_per_class", pa.list_(pa.float64())),  # [C] test recall of each class (null: absent from the test)
+        ("labeled_per_class", pa.list_(pa.int64())),  # [C] labeled images of each class the cycle trained on
     ]
 )
 PRETRAIN = pa.schema(

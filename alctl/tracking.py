@@ -38,8 +38,9 @@ INSTALL = "pip install 'alctl[mlflow]'"
 METRIC_COLUMNS = (
     "n_labeled", "n_pseudo", "accuracy", "loss", "pseudo_accuracy", "pseudo_accuracy_top_half",
     "seconds_pretrain", "seconds_train", "seconds_propagate", "seconds_eval", "seconds_select", "seconds_total",
-    "peak_memory_mb",
+    "peak_memory_mb", "balanced_accuracy", "macro_f1",
 )
+PER_CLASS_COLUMNS = {"recall_per_class": "recall_class", "labeled_per_class": "labeled_class"}  # -> <name>_<c>
 MARKER = "n_labeled"  # the metric every logged cycle has: its steps are the cycles an MLflow run already holds
 ARTIFACTS = ("pool.parquet", "scores.parquet", "pseudo.parquet", "metrics.parquet", "task.yaml")
 PARAM_VALUE_LIMIT = 500  # characters: what every MLflow server version accepts (recent ones take 6000)
@@ -139,8 +140,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def row_metrics(row: dict[str, Any]) -> dict[str, float]:
-    """The MLflow metrics of a metrics.parquet row: its METRIC_COLUMNS as floats, null and NaN values left out."""
-    values = {key: row.get(key) for key in METRIC_COLUMNS}
+    """The MLflow metrics of a metrics.parquet row: its METRIC_COLUMNS as floats and its per-class lists as one
+    metric per class (`recall_class_3`, `labeled_class_3`), null and NaN values left out."""
+    values: dict[str, Any] = {key: row.get(key) for key in METRIC_COLUMNS}
+    for column, prefix in PER_CLASS_COLUMNS.items():
+        values.update({f"{prefix}_{c}": v for c, v in enumerate(row.get(column) or [])})
     return {key: float(v) for key, v in values.items() if v is not None and not math.isnan(float(v))}
 
 

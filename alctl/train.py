@@ -516,8 +516,23 @@ def evaluate(
 ) -> tuple[float, float]:
     """Top-1 accuracy in [0, 1] and mean cross-entropy of the model on (images [n, C, H, W], labels [n]), its
     forward passes as `compute` says."""
+    accuracy, loss, _ = evaluate_predictions(model, images, labels, mean, std, batch_size, compute)
+    return accuracy, loss
+
+
+def evaluate_predictions(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 512,
+    compute: Compute = FP32,
+) -> tuple[float, float, np.ndarray]:
+    """`evaluate`'s accuracy and loss, and the predicted classes [n] int64 (numpy) they come from."""
     probs, _ = predict(model, images, mean, std, batch_size, compute)
     labels = labels.to(probs.device)
-    accuracy = float((probs.argmax(1) == labels).float().mean().item())
+    predicted = probs.argmax(1)
+    accuracy = float((predicted == labels).float().mean().item())
     loss = float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels).item())
-    return accuracy, loss
+    return accuracy, loss, predicted.cpu().numpy().astype(np.int64)

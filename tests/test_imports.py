@@ -9,7 +9,7 @@ import alctl
 
 ROOT = Path(alctl.__file__).parent
 PURE = ("alctl.strategies", "alctl.knn", "alctl.propagate", "alctl.train", "alctl.pretrain", "alctl.models",
-        "alctl.augment")
+        "alctl.augment", "alctl.metrics")
 
 
 def _module_name(path: Path) -> str:

@@ -199,7 +199,8 @@ def test_json_and_csv_hold_every_table(workdir: Path, syn: report.Figures) -> No
     res = runner.invoke(app, ["report", "runs/syn", "--format", "json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert list(data) == ["rows", "auc", "auc_paired", "labels_saved", "paired", "winners"]
+    assert list(data) == ["metric", "rows", "auc", "auc_paired", "labels_saved", "paired", "winners"]
+    assert data.pop("metric") == "accuracy"
     for name in data:
         expected = [asdict(x) for x in getattr(syn, name)]
         assert len(data[name]) == len(expected) > 0, name

@@ -98,6 +98,14 @@ def test_a_rows_metrics_are_its_non_null_metric_columns_ceals_pseudo_labels_incl
                                          "pseudo_accuracy": 0.9, "seconds_total": 1.5}
 
 
+def test_per_class_figures_are_logged_one_metric_per_class() -> None:
+    row = {"n_labeled": 20, "accuracy": 0.5, "balanced_accuracy": 0.4, "macro_f1": float("nan"),
+           "recall_per_class": [1.0, None, 0.25], "labeled_per_class": [15, 0, 5]}
+    assert tracking.row_metrics(row) == {
+        "n_labeled": 20.0, "accuracy": 0.5, "balanced_accuracy": 0.4, "recall_class_0": 1.0, "recall_class_2": 0.25,
+        "labeled_class_0": 15.0, "labeled_class_1": 0.0, "labeled_class_2": 5.0}
+
+
 @needs_mlflow
 def test_one_run_per_task_with_params_tags_metrics_and_artifacts(write_manifest, workdir: Path) -> None:
     uri = _uri(workdir)

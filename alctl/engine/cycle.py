@@ -34,7 +34,8 @@ from alctl.pretrain import load_encoder
 from alctl.propagate import class_weights, sample_by_certainty
 from alctl.store import Lock
 from alctl.strategies import Selection
-from alctl.train import FitState, Semi, Targets, evaluate, fit, make_optimizer
+from alctl.metrics import ClassFigures, class_figures
+from alctl.train import FitState, Semi, Targets, evaluate_predictions, fit, make_optimizer
 
 TARGET_ARRAYS = ("labeled_pos", "labeled_y", "pseudo_pos", "pseudo_y", "pseudo_w", "class_w")
 
@@ -137,6 +138,8 @@ class CycleResult:
     selection: Selection | None
     propagation: PropagationOutcome | None = None
     pseudo_accuracy: float | None = None  # of the pseudo-labels (propagation's or CEAL's) where the truth is known
+    figures: ClassFigures | None = None  # per-class test figures (None without a test set)
+    labeled_per_class: np.ndarray | None = None  # [C] int64 labeled images of each class this cycle trained on
 
 
 class CycleTraining:
@@ -313,9 +316,11 @@ def run_cycle(ctx: TaskContext, pool: PoolState, cycle: int, last: bool) -> Cycl
     seconds = dict(training.seconds)
     seconds["carried"] = training.carried
     t0 = time.perf_counter()
+    figures = None
     if len(ctx.test_labels):
-        accuracy, loss = evaluate(model, ctx.test_images, ctx.test_labels, ds.mean, ds.std,
-                                  config.train.eval_batch_size, training.spec.compute)
+        accuracy, loss, predicted = evaluate_predictions(model, ctx.test_images, ctx.test_labels, ds.mean, ds.std,
+                                                         config.train.eval_batch_size, training.spec.compute)
+        figures = class_figures(predicted, ctx.test_labels.cpu().numpy(), ds.num_classes)
     else:  # an image folder without a test tree
         accuracy, loss = float("nan"), float("nan")
     seconds["eval"] = time.perf_counter() - t0
@@ -332,8 +337,10 @@ def run_cycle(ctx: TaskContext, pool: PoolState, cycle: int, last: bool) -> Cycl
         tables.append_selection(cycle, config.active.strategy, pool.unlabeled, selection.chosen, selection.scores,
                                 selection.pseudo_positions, selection.pseudo_labels, config.active.ceal.weight)
         seconds["select"] = time.perf_counter() - t0
-    return CycleResult(accuracy, loss, len(pool.labeled_at(cycle)), training.n_pseudo, seconds, selection, prop,
-                       training.ceal_accuracy if prop is None else prop.accuracy)
+    labeled = pool.labeled_at(cycle)
+    return CycleResult(accuracy, loss, len(labeled), training.n_pseudo, seconds, selection, prop,
+                       training.ceal_accuracy if prop is None else prop.accuracy, figures,
+                       np.bincount(pool.label[labeled].astype(np.int64), minlength=ds.num_classes)[: ds.num_classes])
 
 
 def _metrics_row(ctx: TaskContext, cycle: int, res: CycleResult, seconds_pretrain: float) -> dict[str, object]:
@@ -343,6 +350,11 @@ def _metrics_row(ctx: TaskContext, cycle: int, res: CycleResult, seconds_pretrai
         "task": task.index, "task_key": task.key, "strategy": ctx.config.active.strategy, "variant": task.variant,
         "rep": task.rep, "cycle": cycle, "n_labeled": res.n_labeled, "n_pseudo": res.n_pseudo,
         "accuracy": res.accuracy, "loss": res.loss,
+        "balanced_accuracy": None if res.figures is None else res.figures.balanced_accuracy,
+        "macro_f1": None if res.figures is None else res.figures.macro_f1,
+        "recall_per_class": None if res.figures is None else [None if np.isnan(r) else float(r)
+                                                              for r in res.figures.recall],
+        "labeled_per_class": None if res.labeled_per_class is None else res.labeled_per_class.tolist(),
         "pseudo_accuracy": res.pseudo_accuracy,
         "pseudo_accuracy_top_half": None if prop is None else prop.accuracy_top_half,
         "seconds_pretrain": seconds_pretrain, "seconds_train": s.get("train", 0.0), "seconds_eval": s.get("eval", 0.0),
