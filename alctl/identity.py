@@ -17,7 +17,8 @@ from typing import Any
 
 from alctl import manifest as mf
 
-VERSION = 2  # 1: the hash of the whole resolved manifest with hand-listed omissions (alctl before the rule)
+VERSION = 3  # 1: the hash of the resolved manifest with hand-listed omissions (before this rule); 2: this rule;
+# 3: active.initial_strategy's random draws without labels (balanced is the paper's draw), default auto
 DROPPED = ("name", "output", "sweep", "repetitions", "scheduler", "tracking")  # cannot change a result
 
 
@@ -65,6 +66,27 @@ def digest(fields: dict[str, Any]) -> str:
 def task_hash(config: mf.Manifest) -> str:
     """The hash of a task's identity (`task_fields`)."""
     return digest(task_fields(config))
+
+
+def migrate(data: dict[str, Any], version: int) -> dict[str, Any]:
+    """A configuration recorded by an alctl whose identity version was `version` (a resolved manifest as a
+    mapping), rewritten to mean the same under today's schema: before 3, initial_strategy random was the balanced
+    draw where the labels were known, today's auto (the set is drawn once, at cycle 0)."""
+    out = json.loads(json.dumps(data))
+    active = out.get("active")
+    if version < 3 and isinstance(active, dict) and active.get("initial_strategy") == "random":
+        active["initial_strategy"] = "auto"
+    return out
+
+
+HEADER = f"# alctl identity {VERSION}\n"  # the first line of a task.yaml: which version recorded it
+
+
+def recorded_version(text: str) -> int:
+    """The identity version a task.yaml's first line names; 2 when it names none (written before version 3)."""
+    first = text.split("\n", 1)[0]
+    prefix = "# alctl identity "
+    return int(first[len(prefix):]) if first.startswith(prefix) and first[len(prefix):].isdigit() else 2
 
 
 def differences(old: dict[str, Any], new: dict[str, Any], limit: int = 8) -> list[str]:

@@ -20,6 +20,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from alctl.errors import ManifestError, UserError
 from alctl.safe_text import has_control, redact_url, terminal
+from alctl.strategies.catalog import COLD_START_NAMES
 from alctl.strategies.catalog import NAMES as STRATEGY_NAMES
 from alctl.strategies.catalog import PARAMS as STRATEGY_PARAMS
 from alctl.strategies.params import BaldParams, CealParams, PowerParams, ProbCoverParams
@@ -225,13 +226,13 @@ class _ActiveBase(_Section):
     """The active learning loop's own fields; `ActiveConfig` adds a section per strategy with parameters."""
 
     initial: int = Field(100, ge=1, description="images labeled at cycle 0, chosen by initial_strategy")
-    initial_strategy: Literal["random", "typiclust", "probcover"] = Field(
-        "random",
-        description="how the cycle-0 set is chosen before any label (cold start): random = balanced random (the"
-        " paper's: initial // C per class, needs the true labels, else uniform random); typiclust / probcover ="
-        " the strategy on initial_features, with no labeled image (they ignore the classes). Variants of one"
-        " repetition share the set, since neither choice depends on the variant. A dataset's labeled folder tree"
-        " is the initial set whatever this says",
+    initial_strategy: Literal["auto", "balanced", "random", "typiclust", "probcover"] = Field(
+        "auto",
+        description="how the cycle-0 set is chosen: balanced = initial // C images per class at random (the paper's;"
+        " it reads the true labels, so a simulation's choice only); random = uniformly at random, reading no label;"
+        " typiclust / probcover = the strategy on initial_features, with no labeled image (cold start); auto ="
+        " balanced with a simulated oracle, random with a human one. Variants of one repetition share the set. A"
+        " dataset's labeled folder tree is the initial set whatever this says",
     )
     initial_features: Literal["encoder", "deepcluster", "simclr", "pixels"] = Field(
         "encoder",
@@ -606,7 +607,12 @@ def cross_field_problems(m: Manifest) -> list[str]:
             " bf16 with train.device: cpu"
         )
     a = m.active
-    if (a.initial_strategy != "random" and a.initial_features in ("deepcluster", "simclr")
+    if a.initial_strategy == "balanced" and a.oracle == "human":
+        problems.append(
+            "active.initial_strategy: balanced draws the same number of images per class from the true labels, which"
+            " a human oracle has not given yet; use random (or typiclust / probcover, or auto)"
+        )
+    if (a.initial_strategy in COLD_START_NAMES and a.initial_features in ("deepcluster", "simclr")
             and m.pretrain.method not in ("none", a.initial_features)):
         problems.append(
             f"active.initial_features: {a.initial_features} with pretrain.method {m.pretrain.method}: a task has one"
@@ -1171,11 +1177,18 @@ def simclr_epochs(s: SimclrConfig, pool: int) -> int:
     return s.epochs if s.epochs != "auto" else max(1, round(s.steps * s.batch_size / max(pool, 1)))
 
 
+def initial_strategy(a: ActiveConfig) -> str:
+    """active.initial_strategy; auto = balanced with a simulated oracle, random with a human one."""
+    if a.initial_strategy != "auto":
+        return a.initial_strategy
+    return "balanced" if a.oracle == "simulated" else "random"
+
+
 def encoder_method(config: Manifest) -> str | None:
     """The pre-training whose encoder a task needs: pretrain.method for +PRE; for a cold start on an encoder's
     features, active.initial_features (encoder: DeepCluster's when the task has no pretrain.method); else None."""
     a = config.active
-    cold = a.initial_strategy != "random" and a.initial_features != "pixels"
+    cold = a.initial_strategy in COLD_START_NAMES and a.initial_features != "pixels"
     if cold and a.initial_features in ("deepcluster", "simclr"):
         if config.pretrain.method not in ("none", a.initial_features):
             return config.pretrain.method  # cross-field rules refuse this pairing; the task's own encoder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,36 @@ def test_bad_initial_strategy_is_a_one_line_error(write_manifest) -> None:
     path = write_manifest({"active": {"initial_strategy": "badge"}})
     res = CliRunner().invoke(app, ["validate", str(path)])
     assert res.exit_code == 2 and "initial_strategy" in res.output
+
+
+def test_random_initial_sets_read_no_label_and_balanced_ones_one_per_class(write_manifest) -> None:
+    from alctl.engine.tables import new_pool
+    from alctl.engine.workspace import dataset_for
+
+    cfg = mf.load(write_manifest({"active": {"initial": 10, "initial_strategy": "random"}}))
+    ds = dataset_for(cfg)
+    first = new_pool(cfg, 0, ds).labeled_at(0)
+    shuffled = ds.train_labels.clone()
+    shuffled[:] = shuffled[torch.randperm(len(shuffled), generator=torch.Generator().manual_seed(1))]
+    blind = new_pool(cfg, 0, dataclasses.replace(ds, train_labels=shuffled)).labeled_at(0)
+    assert first.tolist() == blind.tolist() and len(first) == 10  # the labels do not move a random draw
+    balanced = mf.load(write_manifest({"active": {"initial": 10, "initial_strategy": "balanced"}}, name="b.yaml"))
+    picked = new_pool(balanced, 0, ds).labeled_at(0)
+    assert sorted(ds.train_labels.numpy()[picked].tolist()) == list(range(10))  # one per class
+    auto = mf.load(write_manifest({"active": {"initial": 10}}, name="a.yaml"))
+    assert mf.initial_strategy(auto.active) == "balanced"
+    assert new_pool(auto, 0, ds).labeled_at(0).tolist() == picked.tolist()
+    human = mf.parse({"active": {"oracle": "human"}})
+    assert mf.initial_strategy(human.active) == "random"
+
+
+def test_a_balanced_initial_set_with_a_human_oracle_is_refused_in_one_line(write_manifest) -> None:
+    from typer.testing import CliRunner
+
+    from alctl.cli import app
+
+    path = write_manifest({"active": {"oracle": "human", "initial_strategy": "balanced"}})
+    res = CliRunner().invoke(app, ["validate", str(path)])
+    assert res.exit_code == 2
+    assert "active.initial_strategy: balanced draws the same number of images per class from the true labels" \
+        in res.output and len(res.output.strip().splitlines()) == 1

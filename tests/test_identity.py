@@ -40,8 +40,8 @@ def test_identity_keeps_only_non_default_values_outside_the_sections_that_cannot
     explicit = mf.parse({"train": {"lr": 0.1, "epochs": 200}})  # a default written out is no difference
     assert identity.task_hash(explicit) == identity.task_hash(mf.parse({"train": {"lr": 0.1}}))
     # pinned: these hashes are the task directories of recorded runs; they change only with identity.VERSION
-    assert identity.task_hash(mf.Manifest()) == "9e001d9302b8f387"
-    assert identity.task_hash(mf.parse({"train": {"lr": 0.1}})) == "a4832e5fd5c50236"
+    assert identity.task_hash(mf.Manifest()) == "6438b7e7dc82dad7"
+    assert identity.task_hash(mf.parse({"train": {"lr": 0.1}})) == "18ea353ebd7812cc"
 
 
 def test_a_field_added_with_its_default_leaves_every_identity_unchanged(monkeypatch) -> None:
@@ -138,4 +138,23 @@ def test_a_recorded_configuration_that_differs_is_refused_even_under_an_older_ha
         check_task_dir(task)
     recorded.write_text("not: [a manifest")
     with pytest.raises(UserError, match="task hash 0123456789abcdef, manifest now gives"):
+        check_task_dir(task)
+
+
+def test_a_task_recorded_before_version_3_with_initial_strategy_random_is_todays_auto(write_manifest) -> None:
+    path, task = _one_task(write_manifest)
+    check_task_dir(task)
+    tdir = task_dir(task)
+    recorded = tdir / "task.yaml"
+    text = recorded.read_text()
+    assert text.startswith(identity.HEADER) and identity.recorded_version(text) == identity.VERSION
+    # as version 2 wrote it: no header, and `random` for what was the balanced draw
+    recorded.write_text(text[len(identity.HEADER):].replace("initial_strategy: auto", "initial_strategy: random"))
+    (tdir / "task.sha256").write_text("0123456789abcdef\n")
+    assert check_task_dir(task) == identity.task_hash(task.config)
+    # written today, `random` means a draw without labels: another configuration
+    recorded.write_text(identity.HEADER + text[len(identity.HEADER):].replace("initial_strategy: auto",
+                                                                             "initial_strategy: random"))
+    (tdir / "task.sha256").write_text("fedcba9876543210\n")
+    with pytest.raises(UserError, match='active.initial_strategy: "random" -> "auto"'):
         check_task_dir(task)

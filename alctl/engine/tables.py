@@ -29,6 +29,7 @@ from alctl.data import DatasetSplits
 from alctl.engine import settings
 from alctl.errors import AlctlError, UserError
 from alctl.safe_text import terminal
+from alctl.strategies.catalog import COLD_START_NAMES
 from alctl.strategies.registry import cold_start
 
 PENDING = "pending"  # label_source of images selected for a human annotator and not answered yet
@@ -174,9 +175,10 @@ class PoolState:
 def new_pool(config: mf.Manifest, rep: int, ds: DatasetSplits,
              features: Callable[[], np.ndarray | torch.Tensor] | None = None) -> PoolState:
     """The cycle-0 pool: the dataset's labeled tree, else active.initial images chosen by active.initial_strategy
-    (balanced random: the true labels; else uniform random; typiclust / probcover on `features()` `[N, D]`, asked
-    only then), labeled by the simulated oracle, or left pending for a person (a human oracle without true labels).
-    Seeded from (seed, rep, cycle 0, "initial"): never from the variant, so variants of one repetition share it."""
+    (balanced: the true labels, initial // C per class; random: uniformly, no label read; typiclust / probcover on
+    `features()` `[N, D]`, asked only then), labeled by the simulated oracle, or left pending for a person (a
+    human oracle without true labels). Seeded from (seed, rep, cycle 0, "initial"): never from the variant, so
+    variants of one repetition share it."""
     truth = ds.train_labels.numpy()
     pool = PoolState.empty(len(truth))
     if ds.initial_positions is not None and len(ds.initial_positions):
@@ -187,15 +189,16 @@ def new_pool(config: mf.Manifest, rep: int, ds: DatasetSplits,
     rng = runtime.rng(config.seed, rep, 0, "initial")
     a = config.active
     pending = a.oracle == "human" and bool((truth < 0).any())
-    if a.initial_strategy != "random":
+    strategy = mf.initial_strategy(a)
+    if strategy in COLD_START_NAMES:
         if features is None:
-            raise ValueError(f"new_pool: active.initial_strategy {a.initial_strategy} needs the pool's features")
+            raise ValueError(f"new_pool: active.initial_strategy {strategy} needs the pool's features")
         try:
-            init = np.sort(cold_start(a.initial_strategy, features(), a.initial, rng, settings.strategy_params(config),
+            init = np.sort(cold_start(strategy, features(), a.initial, rng, settings.strategy_params(config),
                                      ds.num_classes))
         except FloatingPointError as exc:
-            raise AlctlError(f"active.initial_strategy {a.initial_strategy}: {exc}") from None
-    elif pending:
+            raise AlctlError(f"active.initial_strategy {strategy}: {exc}") from None
+    elif strategy == "random":
         init = np.sort(rng.choice(len(truth), a.initial, replace=False)).astype(np.int64)
     else:
         init = initial_labeled(truth, a.initial, ds.num_classes, rng)

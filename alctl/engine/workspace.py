@@ -128,18 +128,20 @@ def check_task_dir(task: mf.Task, write: bool = True) -> str:
             if write:  # the same configuration under an older rule: accepted once, recorded under today's
                 store.atomic_write_bytes(marker, ("\n".join([h, *hashes]) + "\n").encode())
     elif write:
-        store.atomic_write_bytes(tdir / "task.yaml", mf.to_yaml(task.config).encode())
+        store.atomic_write_bytes(tdir / "task.yaml", (identity.HEADER + mf.to_yaml(task.config)).encode())
         store.atomic_write_bytes(marker, (h + "\n").encode())
     return h
 
 
 def _recorded_fields(tdir: Path) -> dict[str, Any] | None:
-    """The identity of the configuration recorded in a task directory (task.yaml, read with today's schema: fields
-    added since take their defaults); None when it is missing or no longer reads."""
+    """The identity of the configuration recorded in a task directory (task.yaml, migrated from the identity
+    version that wrote it and read with today's schema: fields added since take their defaults); None when it is
+    missing or no longer reads."""
     import yaml
 
     try:
-        data = yaml.safe_load((tdir / "task.yaml").read_text())
+        text = (tdir / "task.yaml").read_text()
+        data = identity.migrate(yaml.safe_load(text), identity.recorded_version(text))
         return identity.task_fields(mf.parse(data))
     except (OSError, yaml.YAMLError, ManifestError, TypeError, ValueError):
         return None
