@@ -110,6 +110,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
 
 
+class ImbalanceConfig(_Section):
+    """A long-tailed pool for simulations: fewer images of each successive class (the test split stays whole)."""
+
+    profile: Literal["exponential"] = Field(
+        "exponential", description="exponential: class c keeps n_max x ratio^(-c / (C - 1)) images (Cao et al. 2019)")
+    ratio: float = Field(50.0, ge=1, description="images of the most frequent class over the least frequent")
+    seed: int = Field(0, ge=0, description="which images of a class stay (a uniform draw)")
+
+
 class DatasetConfig(_Section):
     """Which images; files live under `root`."""
 
@@ -135,6 +144,8 @@ class DatasetConfig(_Section):
     truth: str | None = Field(
         None, description="imagefolder: CSV (path,label) of true labels of pool images, for the simulated oracle"
     )
+    imbalance: ImbalanceConfig | None = Field(
+        None, description="a long-tailed pool cut from a named dataset (simulations of skewed data); null = as shipped")
     classes: list[str] | None = Field(
         None, description="imagefolder: class names in index order; null = the folder names of labeled/test, sorted"
     )
@@ -565,6 +576,8 @@ def cross_field_problems(m: Manifest) -> list[str]:
         for key in ("pool", "labeled", "test", "truth", "classes"):
             if getattr(d, key) is not None:
                 problems.append(f"dataset.{key}: only for dataset.name: imagefolder (got {d.name})")
+    if d.imbalance is not None and d.name == "imagefolder":
+        problems.append("dataset.imbalance: for the named datasets only; an image folder's pool is as it is")
     facts = DATASET_FACTS.get(d.name)
     if facts is not None:
         _, pool = facts

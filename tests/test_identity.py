@@ -25,10 +25,14 @@ GOLDEN = Path(__file__).parent / "golden" / "defaults.json"
 
 def test_every_default_is_pinned_so_changing_one_needs_a_new_identity_version() -> None:
     golden = json.loads(GOLDEN.read_text())
-    # a changed default changes what manifests relying on it mean: bump identity.VERSION and regenerate the file
-    # (python -c "from alctl import identity; ..." as in this test) in the same commit
-    assert golden["identity"] == identity.VERSION, "identity.VERSION changed: regenerate tests/golden/defaults.json"
-    assert golden["defaults"] == identity.defaults(), "a default changed: bump identity.VERSION and regenerate"
+    now = identity.defaults()
+    # a changed or removed default changes what manifests relying on it mean: bump identity.VERSION (with a
+    # `migrate` step for recorded task.yaml files) and regenerate the file in the same commit
+    changed = sorted(k for k in golden["defaults"] if now.get(k, "<removed>") != golden["defaults"][k])
+    assert not changed, f"defaults changed: {changed}; bump identity.VERSION and regenerate {GOLDEN.name}"
+    assert golden["identity"] == identity.VERSION, f"identity.VERSION changed: regenerate {GOLDEN.name}"
+    added = sorted(set(now) - set(golden["defaults"]))  # a new field at its default: no new version, but pinned
+    assert not added, f"new fields {added}: regenerate {GOLDEN.name} (python -c 'from alctl import identity; ...')"
 
 
 def test_identity_keeps_only_non_default_values_outside_the_sections_that_cannot_change_a_result() -> None:

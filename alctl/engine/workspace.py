@@ -13,6 +13,7 @@ from alctl import identity
 from alctl import manifest as mf
 from alctl import runtime, store
 from alctl.data import DatasetSplits, load_dataset
+from alctl.data.imbalance import long_tailed
 from alctl.errors import ManifestError, UserError
 from alctl.safe_text import terminal
 
@@ -54,10 +55,11 @@ def _dataset(key: str, where: str) -> DatasetSplits:
     """Load (once per process) a dataset from its config's canonical JSON; `where` (the root as an absolute
     path) only keys the cache, so that a relative root read from another working directory is loaded anew."""
     d = mf.DatasetConfig.model_validate_json(key)
-    return load_dataset(
+    ds = load_dataset(
         d.name, root=d.root, download=d.download, image_size=d.image_size, channels=d.channels,
         pool=d.pool, labeled=d.labeled, test=d.test, truth=d.truth, classes=d.classes,
     )
+    return ds if d.imbalance is None else long_tailed(ds, d.imbalance.ratio, d.imbalance.seed)
 
 
 def dataset_for(config: mf.Manifest) -> DatasetSplits:
