@@ -40,6 +40,9 @@ class Point:
     n_pseudo: int | None = None  # pseudo-labeled images trained on; None in older metrics files
     pseudo_accuracy: float | None = None  # percent of pseudo-labels correct; None when the truth is unknown or none
     train_seconds: float | None = None  # the cycle's training, propagation included (seconds_train + _propagate)
+    rarest_labeled: int | None = None  # labeled images of the pool's rarest class (None: pool counts unknown)
+    rarest_class: int | None = None  # that class's index (fewest pool images; the first on ties)
+    rarest_pool: int | None = None  # its images in the pool
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Row:
     n_pseudo_mean: float | None = None  # over the repetitions that record it; None when none does
     pseudo_accuracy_mean: float | None = None  # percent, over the repetitions that record it; None when none does
     train_seconds_mean: float | None = None  # training + propagation seconds, over the repetitions that record it
+    rarest_labeled_mean: float | None = None  # labeled images of the pool's rarest class, over the repetitions
 
 
 @dataclass(frozen=True)
@@ -129,10 +133,12 @@ def read_points(run_dirs: list[Path], finished_only: bool = True, metric: str = 
         acc = t[metric].to_numpy(zero_copy_only=False).astype(np.float64) * 100.0
         train = [None if a is None or b is None else a + b
                  for a, b in zip(t["seconds_train"].to_pylist(), t["seconds_propagate"].to_pylist())]
-        for key, strategy, variant, rep, cycle, labels, a, n_pseudo, pseudo, seconds in zip(
+        rarest = [_rarest(lab, pool) for lab, pool in zip(t["labeled_per_class"].to_pylist(),
+                                                           t["pool_per_class"].to_pylist())]
+        for key, strategy, variant, rep, cycle, labels, a, n_pseudo, pseudo, seconds, rare in zip(
                 task_keys, t["strategy"].to_pylist(), t["variant"].to_pylist(), t["rep"].to_pylist(),
                 t["cycle"].to_pylist(), t["n_labeled"].to_pylist(), acc, t["n_pseudo"].to_pylist(),
-                t["pseudo_accuracy"].to_pylist(), train):
+                t["pseudo_accuracy"].to_pylist(), train, rarest):
             if rep is None:
                 found = re.search(r"rep=(\d+)$", key)
                 rep = int(found.group(1)) if found else 0
@@ -142,8 +148,19 @@ def read_points(run_dirs: list[Path], finished_only: bool = True, metric: str = 
                                 rep=int(rep), cycle=int(cycle), n_labeled=int(labels), accuracy=float(a),
                                 n_pseudo=None if n_pseudo is None else int(n_pseudo),
                                 pseudo_accuracy=None if pseudo is None or math.isnan(pseudo) else 100.0 * pseudo,
-                                train_seconds=seconds))
+                                train_seconds=seconds, rarest_labeled=rare[0], rarest_class=rare[1],
+                                rarest_pool=rare[2]))
     return points
+
+
+def _rarest(labeled: list[int] | None, pool: list[int] | None) -> tuple[int | None, int | None, int | None]:
+    """(labeled images of the pool's rarest class, its index, its pool images) from a metrics row's per-class
+    lists; Nones when either is unknown (older files, a human oracle without true labels) or the pool is not
+    skewed (its rarest class holds more than half as many images as its largest)."""
+    if not labeled or not pool or len(labeled) != len(pool) or 2 * min(pool) > max(pool):
+        return None, None, None
+    c = int(np.argmin(pool))
+    return int(labeled[c]), c, int(pool[c])
 
 
 def _by_setting(points: list[Point]) -> dict[tuple[str, str], list[Point]]:
@@ -177,7 +194,8 @@ def summarise(points: list[Point]) -> list[Row]:
                     accuracy_std=float(a.std(ddof=1)) if len(a) > 1 else 0.0, repetitions=len(cp),
                     n_pseudo_mean=_mean([p.n_pseudo for p in cp]),
                     pseudo_accuracy_mean=_mean([p.pseudo_accuracy for p in cp]),
-                    train_seconds_mean=_mean([p.train_seconds for p in cp]))
+                    train_seconds_mean=_mean([p.train_seconds for p in cp]),
+                    rarest_labeled_mean=_mean([p.rarest_labeled for p in cp]))
             )
     return rows
 
@@ -549,6 +567,7 @@ class Figures:
     paired: list[Paired] = field(default_factory=list)
     winners: list[Winner] = field(default_factory=list)
     metric: str = "accuracy"  # the test figure every table holds (accuracy | balanced_accuracy | macro_f1)
+    rarest: dict[str, tuple[int, int]] = field(default_factory=dict)  # skewed run -> (rarest class, pool images)
 
 
 TABLES: dict[str, type] = {"rows": Row, "auc": Area, "auc_paired": PairedArea, "labels_saved": LabelsSaved,
@@ -559,7 +578,16 @@ def figures(points: list[Point], metric: str = "accuracy") -> Figures:
     """All figures of a report from the repetitions' points (whose `accuracy` holds the test figure `metric`)."""
     rows = summarise(points)
     return Figures(rows=rows, auc=auc_table(points), auc_paired=paired_auc(points), labels_saved=labels_saved(rows),
-                   paired=paired(points), winners=winners(rows), metric=metric)
+                   paired=paired(points), winners=winners(rows), metric=metric, rarest=_skewed_runs(points))
+
+
+def _skewed_runs(points: list[Point]) -> dict[str, tuple[int, int]]:
+    """Runs whose pool is skewed (`_rarest`): run -> (rarest class, its pool images)."""
+    out: dict[str, tuple[int, int]] = {}
+    for p in points:
+        if p.rarest_class is not None and p.run not in out:
+            out[p.run] = (p.rarest_class, p.rarest_pool)  # type: ignore[assignment]
+    return out
 
 
 _METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
@@ -712,8 +740,29 @@ def render_markdown(figs: Figures, long: bool = False) -> str:
                               [_span([p.pairs for p in items])]))
             out += ["", *_pivot(["run", "strategy", "variant", "against"], ["pairs"], lines)]
     out += _pseudo_table(figs.rows)
+    out += _rarest_table(figs)
     out += _time_ratio_table(figs.rows)
     return "\n".join(out)
+
+
+def _rarest_table(figs: Figures) -> list[str]:
+    """Labeled images of the pool's rarest class per setting and number of labels, for runs whose pools are skewed
+    (their classes' pool counts known and unequal); empty otherwise."""
+    skewed = {r.run for r in figs.rows if r.rarest_labeled_mean is not None} & set(figs.rarest)
+    if not skewed:
+        return []
+    out = ["", "Labeled images of the pool's rarest class (mean over repetitions); columns: number of labeled"
+           " images:"]
+    for run, group in _grouped([r for r in figs.rows if r.run in skewed], lambda r: r.run).items():
+        c, n = figs.rarest[run]
+        lines = []
+        for setting_rows in _grouped(group, lambda r: r.setting).values():
+            r0 = setting_rows[0]
+            lines.append(([run, f"{r0.strategy}{_extra(r0)}", r0.variant, f"{c} ({n} in the pool)"],
+                          {r.n_labeled: "" if r.rarest_labeled_mean is None else f"{r.rarest_labeled_mean:.1f}"
+                           for r in setting_rows}, []))
+        out += ["", *_pivot(["run", "strategy", "variant", "class"], [], lines)]
+    return out
 
 
 def _time_ratio_table(rows: list[Row]) -> list[str]:

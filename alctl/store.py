@@ -73,6 +73,7 @@ METRICS = pa.schema(
         ("macro_f1", pa.float64()),
         ("recall_per_class", pa.list_(pa.float64())),  # [C] test recall of each class (null: absent from the test)
         ("labeled_per_class", pa.list_(pa.int64())),  # [C] labeled images of each class the cycle trained on
+        ("pool_per_class", pa.list_(pa.int64())),  # [C] pool images of each class (null: the truth is unknown)
     ]
 )
 PRETRAIN = pa.schema(

@@ -54,6 +54,9 @@ def test_a_cycle_records_per_class_figures_and_labels_per_class(write_manifest) 
     tdir = mf.run_dir(m) / "tasks" / task.key
     rows = pq.read_table(tdir / "metrics.parquet").to_pylist()
     pool = pq.read_table(tdir / "pool.parquet").to_pydict()
+    from alctl.engine.workspace import dataset_for
+
+    truth = dataset_for(task.config).train_labels.numpy()
     for row in rows:
         recall = np.array([np.nan if r is None else r for r in row["recall_per_class"]])
         assert len(recall) == len(row["labeled_per_class"]) == 10
@@ -62,6 +65,7 @@ def test_a_cycle_records_per_class_figures_and_labels_per_class(write_manifest) 
         labeled = [lab for lab, c in zip(pool["label"], pool["labeled_cycle"]) if 0 <= c <= row["cycle"]]
         assert row["labeled_per_class"] == np.bincount(labeled, minlength=10).tolist()
         assert sum(row["labeled_per_class"]) == row["n_labeled"]
+        assert row["pool_per_class"] == np.bincount(truth, minlength=10).tolist()
 
 
 def _write(run, setting: str, rep: int, rows: list[dict]) -> None:
@@ -107,3 +111,20 @@ def test_report_metric_picks_the_figure_of_every_table_and_refuses_others(workdi
     bad = runner.invoke(app, ["report", "runs/skewed", "--metric", "f2"])
     assert bad.exit_code == 2
     assert "--metric: f2 is not one of accuracy, balanced_accuracy, macro_f1" in bad.output
+
+
+def test_the_report_counts_the_labels_of_the_rarest_class_on_a_skewed_pool(workdir) -> None:
+    from alctl import report
+
+    run = workdir / "runs" / "tail"
+    pool = [40, 20, 4]
+    for rep, found in enumerate([[0, 1, 3], [1, 1, 2]]):
+        _write(run, "strategy=margin/semi=none/pretrain=none", rep,
+               [{"accuracy": 0.5, "labeled_per_class": [3, 3, f], "pool_per_class": pool} for f in found])
+    _write(workdir / "runs" / "flat", "strategy=margin/semi=none/pretrain=none", 0,
+           [{"accuracy": 0.5, "labeled_per_class": [3, 3, 3], "pool_per_class": [40, 38, 30]}])
+    figs = report.figures(report.read_points([run, workdir / "runs" / "flat"]))
+    got = {(r.run, r.n_labeled): r.rarest_labeled_mean for r in figs.rows}
+    assert got[("tail", 10)] == 0.5 and got[("tail", 30)] == 2.5 and got[("flat", 10)] is None
+    out = report.render_markdown(figs).split("rarest class")[1]
+    assert "| tail | margin | plain | 2 (4 in the pool) | 0.5 | 1.0 | 2.5 |" in out and "flat" not in out

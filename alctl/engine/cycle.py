@@ -343,6 +343,14 @@ def run_cycle(ctx: TaskContext, pool: PoolState, cycle: int, last: bool) -> Cycl
                        np.bincount(pool.label[labeled].astype(np.int64), minlength=ds.num_classes)[: ds.num_classes])
 
 
+def _pool_per_class(ctx: TaskContext) -> list[int] | None:
+    """Pool images of each class [C] where every pool image's true class is known (a simulation); else None."""
+    truth = ctx.ds.train_labels.numpy()
+    if (truth < 0).any():
+        return None
+    return np.bincount(truth, minlength=ctx.ds.num_classes)[: ctx.ds.num_classes].tolist()
+
+
 def _metrics_row(ctx: TaskContext, cycle: int, res: CycleResult, seconds_pretrain: float) -> dict[str, object]:
     """The cycle's metrics row."""
     task, prop, s = ctx.task, res.propagation, res.seconds
@@ -355,6 +363,7 @@ def _metrics_row(ctx: TaskContext, cycle: int, res: CycleResult, seconds_pretrai
         "recall_per_class": None if res.figures is None else [None if np.isnan(r) else float(r)
                                                               for r in res.figures.recall],
         "labeled_per_class": None if res.labeled_per_class is None else res.labeled_per_class.tolist(),
+        "pool_per_class": _pool_per_class(ctx),
         "pseudo_accuracy": res.pseudo_accuracy,
         "pseudo_accuracy_top_half": None if prop is None else prop.accuracy_top_half,
         "seconds_pretrain": seconds_pretrain, "seconds_train": s.get("train", 0.0), "seconds_eval": s.get("eval", 0.0),
