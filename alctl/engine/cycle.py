@@ -152,13 +152,12 @@ class CycleTraining:
         config = ctx.config
         self.labeled = pool.labeled_at(cycle)
         self.targets = Targets(labeled_pos=self.labeled, labeled_y=pool.label[self.labeled])
-        self.ceal_accuracy: float | None = None  # of CEAL's pseudo-labels (read again from pseudo.parquet on resume)
-        if config.active.strategy == "ceal":
-            pos, ys = ctx.tables.ceal_pseudo(cycle)
-            if len(pos):
-                self.targets.pseudo_pos, self.targets.pseudo_y = pos, ys
-                self.targets.pseudo_w = np.full(len(pos), config.active.ceal.weight, np.float32)
-                self.ceal_accuracy = pseudo_label_accuracy(ys, ctx.ds.train_labels.numpy()[pos])
+        # the previous selection's pseudo-labels (CEAL's), read again from pseudo.parquet on resume
+        self.selection_accuracy: float | None = None
+        pos, ys, ws = ctx.tables.selection_pseudo(cycle)
+        if len(pos):
+            self.targets.pseudo_pos, self.targets.pseudo_y, self.targets.pseudo_w = pos, ys, ws
+            self.selection_accuracy = pseudo_label_accuracy(ys, ctx.ds.train_labels.numpy()[pos])
         self.n_pseudo = len(self.targets.pseudo_pos)
         self.model = new_model(config, ctx.ds, ctx.task.rep, cycle, ctx.device, ctx.encoder)
         self.generator = runtime.torch_generator(config.seed, ctx.task.rep, cycle, "train", device="cpu")
@@ -311,10 +310,12 @@ class CycleTraining:
 def run_cycle(ctx: TaskContext, pool: PoolState, cycle: int, last: bool) -> CycleResult:
     """Train from scratch (or the encoder) on the labeled set (+ pseudo-labels), evaluate, select unless last."""
     config, ds, tables = ctx.config, ctx.ds, ctx.tables
+    started = time.perf_counter()
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
     training = CycleTraining(ctx, pool, cycle)
     model = training.run()
     seconds = dict(training.seconds)
-    seconds["carried"] = training.carried
     t0 = time.perf_counter()
     figures = None
     if len(ctx.test_labels):
@@ -334,12 +335,12 @@ def run_cycle(ctx: TaskContext, pool: PoolState, cycle: int, last: bool) -> Cycl
     if not last:
         t0 = time.perf_counter()
         selection = acquire(config, ctx.task.rep, ds, pool, model, ctx.images, cycle)
-        tables.append_selection(cycle, config.active.strategy, pool.unlabeled, selection.chosen, selection.scores,
-                                selection.pseudo_positions, selection.pseudo_labels, config.active.ceal.weight)
+        tables.append_selection(cycle, config.active.strategy, pool.unlabeled, selection)
         seconds["select"] = time.perf_counter() - t0
     labeled = pool.labeled_at(cycle)
+    seconds["total"] = time.perf_counter() - started + training.carried  # with earlier processes' share
     return CycleResult(accuracy, loss, len(labeled), training.n_pseudo, seconds, selection, prop,
-                       training.ceal_accuracy if prop is None else prop.accuracy, figures,
+                       training.selection_accuracy if prop is None else prop.accuracy, figures,
                        np.bincount(pool.label[labeled].astype(np.int64), minlength=ds.num_classes)[: ds.num_classes])
 
 
@@ -420,7 +421,10 @@ def drop_stale_training(ui: Ui, tag: str, tables: TaskTables) -> None:
 
 def run_task(task: mf.Task, ui: Ui, manifest_path: str | Path, max_cycles: int | None = None,
              stop: Callable[[], bool] = lambda: False) -> int:
-    """Run (or resume) one task's cycles under its lock; returns the number of cycles run now."""
+    """Run (or resume) one task's cycles under its lock; returns the number of cycles run now.
+
+    Each cycle: train (resumable mid-epoch), evaluate, select (`run_cycle`), then `commit_cycle` records it; a
+    cycle stopped before its metrics row is rolled back and redone on the next run (`start_pool`)."""
     config = task.config
     ds = dataset_for(config)
     device = runtime.choose_device(config.train.device)
@@ -433,47 +437,18 @@ def run_task(task: mf.Task, ui: Ui, manifest_path: str | Path, max_cycles: int |
         if done >= total:
             ui.line(f"{tag} finished: {done}/{config.active.cycles} cycles already done, nothing to do")
             return 0
-        for line in ds.skipped:
-            ui.warn(f"skipped unreadable image {line}")
-        truth = ds.train_labels.numpy()
-        pool = tables.read_pool()
-        say_pool_changes(ui, tag, tables)
-        drop_stale_training(ui, tag, tables)
-        encoder, seconds_pretrain = None, 0.0
-        if pool is None or config.pretrain.method != "none":
-            if mf.uses_encoder(config):
-                encoder, seconds_pretrain = ensure_pretrained(config, ds, device, ui, stop)
-        if pool is None:
-            pool = new_pool(config, task.rep, ds, lambda: initial_features(config, ds, task.rep, device, encoder))
-        else:  # an interrupted cycle may have written its selection before its metrics row: undo and redo it
-            pool.rollback(done)
-            tables.rollback(done)
-        tables.write_pool(pool)
-        if config.pretrain.method == "none":
-            encoder = None  # a cold start's encoder only chose the initial set: plain trains from scratch
-        ctx = TaskContext(task, ds, tables, device, encoder, stop, lock)
+        pool, encoder, seconds_pretrain = start_pool(task, ds, tables, device, ui, stop, done)
         ran = 0
         with ui.progress() as prog:
-            bar = prog.add_task(f"task {task.index}", total=total * mf.cycle_epochs(config),
-                                completed=done * mf.cycle_epochs(config))
-            ctx.on_epoch = lambda: prog.advance(bar)
+            epochs = mf.cycle_epochs(config)
+            bar = prog.add_task(f"task {task.index}", total=total * epochs, completed=done * epochs)
+            ctx = TaskContext(task, ds, tables, device, encoder, stop, lock, on_epoch=lambda: prog.advance(bar))
             for cycle in range(done, total):
                 if len(pool.pending(cycle)):
                     break  # a person has not labeled this cycle's images yet
-                started = time.perf_counter()
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
                 res = run_cycle(ctx, pool, cycle, last=cycle == config.active.cycles - 1)
-                if res.selection is not None:
-                    chosen = res.selection.chosen
-                    pool.mark_selected(chosen, cycle + 1)
-                    if config.active.oracle == "simulated":
-                        pool.apply_labels(chosen, truth[chosen], "oracle")  # the simulated oracle answers
-                    tables.write_pool(pool)
-                res.seconds["total"] = time.perf_counter() - started + res.seconds["carried"]
-                tables.append_metrics(_metrics_row(ctx, cycle, res, seconds_pretrain if cycle == done else 0.0))
+                commit_cycle(ctx, pool, cycle, res, seconds_pretrain if cycle == done else 0.0)
                 tracker.cycle_finished()
-                (tables.checkpoints / "train.pt").unlink(missing_ok=True)
                 ran += 1
                 ui.line(_cycle_line(tag, cycle, res, config.semi.method == "fixmatch"))
                 if stop():
@@ -482,3 +457,42 @@ def run_task(task: mf.Task, ui: Ui, manifest_path: str | Path, max_cycles: int |
         if len(waiting):
             ui.line(waiting_message(task, manifest_path, len(waiting), int(pool.labeled_cycle[waiting].max())))
     return ran
+
+
+def start_pool(task: mf.Task, ds: DatasetSplits, tables: TaskTables, device: torch.device, ui: Ui,
+               stop: Callable[[], bool], done: int) -> tuple[PoolState, dict[str, torch.Tensor] | None, float]:
+    """(the pool to run from, the +PRE encoder or None, seconds spent pre-training): a new pool with its initial
+    set (a cold start trains the encoder first), or the recorded one rolled back to its `done` finished cycles
+    (an interrupted cycle may have written its selection before its metrics row: undone, then redone)."""
+    config, tag = task.config, f"[task {task.index} {task.key}]"
+    for line in ds.skipped:
+        ui.warn(f"skipped unreadable image {line}")
+    pool = tables.read_pool()
+    say_pool_changes(ui, tag, tables)
+    drop_stale_training(ui, tag, tables)
+    encoder, seconds_pretrain = None, 0.0
+    if (pool is None or config.pretrain.method != "none") and mf.uses_encoder(config):
+        encoder, seconds_pretrain = ensure_pretrained(config, ds, device, ui, stop)
+    if pool is None:
+        pool = new_pool(config, task.rep, ds, lambda: initial_features(config, ds, task.rep, device, encoder))
+    else:
+        pool.rollback(done)
+        tables.rollback(done)
+    tables.write_pool(pool)
+    if config.pretrain.method == "none":
+        encoder = None  # a cold start's encoder only chose the initial set: plain trains from scratch
+    return pool, encoder, seconds_pretrain
+
+
+def commit_cycle(ctx: TaskContext, pool: PoolState, cycle: int, res: CycleResult, seconds_pretrain: float) -> None:
+    """Record a finished cycle, in the order resuming relies on: the selection's images marked (and labeled by a
+    simulated oracle) in pool.parquet, then the metrics row (the cycle counts as finished from here), then the
+    training checkpoint dropped. A process stopped in between leaves a cycle without its row: rolled back."""
+    if res.selection is not None:
+        chosen = res.selection.chosen
+        pool.mark_selected(chosen, cycle + 1)
+        if ctx.config.active.oracle == "simulated":
+            pool.apply_labels(chosen, ctx.ds.train_labels.numpy()[chosen], "oracle")  # the oracle answers
+        ctx.tables.write_pool(pool)
+    ctx.tables.append_metrics(_metrics_row(ctx, cycle, res, seconds_pretrain))
+    (ctx.tables.checkpoints / "train.pt").unlink(missing_ok=True)

@@ -5,8 +5,8 @@ selected), source `[N]` object str. Tables are keyed by sample_id, never by posi
 by sample_id on every read (`join_ids`): a row whose image is gone (an image-folder file removed or renamed) maps
 onto no position; pool.parquet keeps it verbatim on every write, so a file that comes back gets its row back, and
 scores / pseudo rows of gone ids are ignored. Dataset images no pool row names join as never selected. In
-pseudo.parquet a row with epoch < 0 (`CEAL_EPOCH`) holds a CEAL pseudo-label chosen at the previous selection for
-this cycle's training; epoch >= 0 rows are label propagation's at that epoch.
+pseudo.parquet a row with epoch < 0 (`SELECTION_EPOCH`) holds a pseudo-label (CEAL's) chosen at the previous
+selection for this cycle's training; epoch >= 0 rows are label propagation's at that epoch.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from alctl.engine import settings
 from alctl.errors import AlctlError, UserError
 from alctl.safe_text import terminal
 from alctl.strategies.catalog import COLD_START_NAMES
+from alctl.strategies.base import Selection
 from alctl.strategies.registry import cold_start
 
 PENDING = "pending"  # label_source of images selected for a human annotator and not answered yet
-CEAL_EPOCH = -1  # pseudo.parquet epoch of CEAL's pseudo-labels (label propagation uses epochs >= 0)
+SELECTION_EPOCH = -1  # pseudo.parquet epoch of a selection's pseudo-labels (CEAL's; label propagation: epochs >= 0)
+CEAL_EPOCH = SELECTION_EPOCH
 LISTED = 5  # sample ids / file names named in a pool-change line before "... and N more"
 # what a pool row whose image is gone was, by label_source (a row never selected is "never selected" whatever it says)
 GONE_KINDS = {"human": "labeled by a person", "initial": "of the initial labeled set",
@@ -295,25 +297,22 @@ class TaskTables:
             cyc = t["cycle"].to_numpy()
             keep = cyc < done
             if name == "pseudo":
-                keep |= (cyc == done) & (t["epoch"].to_numpy() == CEAL_EPOCH)
+                keep |= (cyc == done) & (t["epoch"].to_numpy() == SELECTION_EPOCH)
             if not keep.all():
                 self.store.write(name, t.filter(pa.array(keep)))
 
     # ------------------------------------------------------------------ scores and pseudo-labels
 
-    def append_selection(self, cycle: int, strategy: str, unlabeled: np.ndarray, chosen: np.ndarray,
-                         scores: np.ndarray, pseudo_positions: np.ndarray, pseudo_labels: np.ndarray,
-                         pseudo_weight: float = 1.0) -> None:
-        """Append the cycle's scores (every candidate [n_u], selected flag) and CEAL's pseudo-labels [m] for the
-        next cycle, each recorded with the loss weight `pseudo_weight` (active.ceal.weight)."""
+    def append_selection(self, cycle: int, strategy: str, unlabeled: np.ndarray, selection: Selection) -> None:
+        """Append the cycle's scores (every candidate [n_u], selected flag) and the selection's pseudo-labels [m]
+        for the next cycle's training (CEAL's), with their loss weights."""
         n = len(unlabeled)
         self.store.append("scores", store.to_table("scores", {
             "cycle": np.full(n, cycle, np.int32), "sample_id": self.ids[unlabeled], "strategy": [strategy] * n,
-            "score": scores.astype(np.float32), "selected": np.isin(unlabeled, chosen)}))
-        if len(pseudo_positions):
-            self.store.append("pseudo", self._pseudo_rows(cycle + 1, CEAL_EPOCH, pseudo_positions, pseudo_labels,
-                                                          np.full(len(pseudo_positions), pseudo_weight,
-                                                                  np.float32)))
+            "score": selection.scores.astype(np.float32), "selected": np.isin(unlabeled, selection.chosen)}))
+        if len(selection.pseudo_positions):
+            self.store.append("pseudo", self._pseudo_rows(cycle + 1, SELECTION_EPOCH, selection.pseudo_positions,
+                                                          selection.pseudo_labels, selection.pseudo_weights))
 
     def scores_of(self, cycle: int) -> dict[int, float]:
         """sample_id -> score of the selection made at `cycle`."""
@@ -323,16 +322,17 @@ class TaskTables:
         last = scores.filter(pa.array(rows))
         return dict(zip(last["sample_id"].to_pylist(), last["score"].to_pylist()))
 
-    def ceal_pseudo(self, cycle: int) -> tuple[np.ndarray, np.ndarray]:
-        """CEAL's pseudo-labels for the training of `cycle`: positions [m] int64 and labels [m] int64 (rows of
-        images gone from the dataset are ignored)."""
+    def selection_pseudo(self, cycle: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The previous selection's pseudo-labels for the training of `cycle` (CEAL's): positions [m] int64,
+        labels [m] int64 and loss weights [m] float32 (rows of images gone from the dataset are ignored)."""
         if not self.store.exists("pseudo"):
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         t = self.store.read("pseudo")
-        mask = (t["cycle"].to_numpy() == cycle) & (t["epoch"].to_numpy() == CEAL_EPOCH)
+        mask = (t["cycle"].to_numpy() == cycle) & (t["epoch"].to_numpy() == SELECTION_EPOCH)
         rows = join_ids(self.ids, t["sample_id"].to_numpy()[mask]).rows
         here = rows >= 0
-        return rows[here].astype(np.int64), t["pseudo_label"].to_numpy()[mask][here].astype(np.int64)
+        return (rows[here].astype(np.int64), t["pseudo_label"].to_numpy()[mask][here].astype(np.int64),
+                t["weight"].to_numpy()[mask][here].astype(np.float32))
 
     def _pseudo_rows(self, cycle: int, epoch: int, positions: np.ndarray, labels: np.ndarray,
                      weights: np.ndarray) -> pa.Table:

@@ -61,6 +61,7 @@ class Selection:
     scores: np.ndarray  # [n_u] float32 score of each unlabeled row; higher = picked first
     pseudo_positions: np.ndarray  # [m] int64 pool positions given pseudo-labels for the next training (CEAL), else empty
     pseudo_labels: np.ndarray  # [m] int64
+    pseudo_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # [m] float32 loss weights
 
 
 @dataclass(frozen=True)
@@ -204,12 +205,16 @@ def check_view(
 
 
 def make_selection(
-    chosen: np.ndarray, scores: np.ndarray, pseudo_pos: np.ndarray | None = None, pseudo_lab: np.ndarray | None = None
+    chosen: np.ndarray, scores: np.ndarray, pseudo_pos: np.ndarray | None = None, pseudo_lab: np.ndarray | None = None,
+    pseudo_weight: float = 1.0,
 ) -> Selection:
-    """A Selection with the contract's dtypes: chosen [b] int64, scores [n_u] float32, pseudo [m] int64."""
+    """A Selection with the contract's dtypes: chosen [b] int64, scores [n_u] float32, pseudo-labels [m] int64 for
+    the next training, each weighing `pseudo_weight` in its loss ([m] float32)."""
+    pos = EMPTY.copy() if pseudo_pos is None else np.ascontiguousarray(pseudo_pos, dtype=np.int64)
     return Selection(
         chosen=np.ascontiguousarray(chosen, dtype=np.int64),
         scores=np.ascontiguousarray(scores, dtype=np.float32),
-        pseudo_positions=EMPTY.copy() if pseudo_pos is None else np.ascontiguousarray(pseudo_pos, dtype=np.int64),
+        pseudo_positions=pos,
         pseudo_labels=EMPTY.copy() if pseudo_lab is None else np.ascontiguousarray(pseudo_lab, dtype=np.int64),
+        pseudo_weights=np.full(len(pos), pseudo_weight, dtype=np.float32),
     )

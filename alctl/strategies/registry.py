@@ -83,8 +83,9 @@ def select(name: str, view: PoolView, budget: int, rng: np.random.Generator, par
         problems.append("chosen repeats a position or holds one that is not unlabeled")
     if np.asarray(sel.scores).shape != unl.shape:
         problems.append(f"scores has shape {np.asarray(sel.scores).shape}, expected {unl.shape}")
-    if np.asarray(sel.pseudo_positions).shape != np.asarray(sel.pseudo_labels).shape:
-        problems.append("pseudo_positions and pseudo_labels differ in shape")
+    if not (np.asarray(sel.pseudo_positions).shape == np.asarray(sel.pseudo_labels).shape
+            == np.asarray(sel.pseudo_weights).shape):
+        problems.append("pseudo_positions, pseudo_labels and pseudo_weights differ in shape")
     if problems:
         raise RuntimeError(f"strategy '{name}' broke the Selection contract: " + "; ".join(problems))
     return sel

@@ -227,4 +227,4 @@ def ceal_select(view: PoolView, budget: int, rng: np.random.Generator, params: S
         keep = ceal_keep(norm[rows], unl[rows], labels, view.num_classes, most, bool(ceal.balanced))
         rows, labels = rows[keep], labels[keep]
     order = np.argsort(unl[rows], kind="stable")
-    return make_selection(chosen, scores, unl[rows][order], labels[order])
+    return make_selection(chosen, scores, unl[rows][order], labels[order], float(ceal.weight))
