@@ -1,0 +1,79 @@
+"""The only manifest schema and everything about a manifest: `load(path) -> Manifest`, the sections and their
+defaults (`schema`), the `auto` rules (`rules`), one-line validation messages (`messages`), sweeps and task keys
+(`sweeps`), reading YAML and `extends:` (`loading`). Callers use `from alctl import manifest as mf`."""
+
+from __future__ import annotations
+
+from alctl.manifest.facts import (  # noqa: F401
+    DATASET_FACTS,
+    NATIVE_CHANNELS,
+)
+from alctl.manifest.schema import (  # noqa: F401
+    SHOWN_LIMIT,
+    MAX_YAML_NODES,
+    MAX_TASKS,
+    EXTENDS_ANYWHERE,
+    shown,
+    time_seconds,
+    memory_parts,
+    ImbalanceConfig,
+    DatasetConfig,
+    ModelConfig,
+    TrainConfig,
+    CealConfig,
+    BaldConfig,
+    PowerConfig,
+    ProbCoverConfig,
+    ActiveConfig,
+    FixmatchConfig,
+    SemiConfig,
+    SimclrConfig,
+    PretrainConfig,
+    SchedulerConfig,
+    TrackingConfig,
+    Manifest,
+    cycle_epochs,
+    layer_channels,
+    cross_field_problems,
+    manifest_hash,
+    run_dir,
+    to_yaml,
+)
+from alctl.manifest.rules import (  # noqa: F401
+    ImageShape,
+    image_channels,
+    translate,
+    flip,
+    l2_features,
+    semi_features,
+    simclr_epochs,
+    initial_strategy,
+    encoder_method,
+    uses_encoder,
+)
+from alctl.manifest.messages import (  # noqa: F401
+    Origins,
+    hidden_note,
+)
+from alctl.manifest.sweeps import (  # noqa: F401
+    Task,
+    variant_label,
+    grid_size,
+    grid_problem,
+    EXCLUDE,
+    sweep_axes,
+    excluded,
+    sweep_points,
+    resolve_point,
+    key_component,
+    task_key,
+    tasks,
+)
+from alctl.manifest.loading import (  # noqa: F401
+    parse,
+    expanded_nodes,
+    _UniqueKeyLoader,
+    EXTENDS,
+    extends_anywhere,
+    load,
+)
