@@ -121,10 +121,12 @@ def test_the_report_counts_the_labels_of_the_rarest_class_on_a_skewed_pool(workd
     for rep, found in enumerate([[0, 1, 3], [1, 1, 2]]):
         _write(run, "strategy=margin/semi=none/pretrain=none", rep,
                [{"accuracy": 0.5, "labeled_per_class": [3, 3, f], "pool_per_class": pool} for f in found])
-    _write(workdir / "runs" / "flat", "strategy=margin/semi=none/pretrain=none", 0,
+    # the same run sweeps a balanced pool too: no rarest class there
+    _write(run, "strategy=margin/semi=none/pretrain=none/imbalance=None", 0,
            [{"accuracy": 0.5, "labeled_per_class": [3, 3, 3], "pool_per_class": [40, 38, 30]}])
-    figs = report.figures(report.read_points([run, workdir / "runs" / "flat"]))
-    got = {(r.run, r.n_labeled): r.rarest_labeled_mean for r in figs.rows}
-    assert got[("tail", 10)] == 0.5 and got[("tail", 30)] == 2.5 and got[("flat", 10)] is None
+    figs = report.figures(report.read_points([run]))
+    got = {(r.setting, r.n_labeled): r.rarest_labeled_mean for r in figs.rows}
+    skewed, flat = "strategy=margin/semi=none/pretrain=none", "strategy=margin/semi=none/pretrain=none/imbalance=None"
+    assert got[(skewed, 10)] == 0.5 and got[(skewed, 30)] == 2.5 and got[(flat, 10)] is None
     out = report.render_markdown(figs).split("rarest class")[1]
-    assert "| tail | margin | plain | 2 (4 in the pool) | 0.5 | 1.0 | 2.5 |" in out and "flat" not in out
+    assert "| tail | margin | plain | 2 (4 in the pool) | 0.5 | 1.0 | 2.5 |" in out and "imbalance" not in out

@@ -315,7 +315,8 @@ class Figures:
     paired: list[Paired] = field(default_factory=list)
     winners: list[Winner] = field(default_factory=list)
     metric: str = "accuracy"  # the test figure every table holds (accuracy | balanced_accuracy | macro_f1)
-    rarest: dict[str, tuple[int, int]] = field(default_factory=dict)  # skewed run -> (rarest class, pool images)
+    # (run, setting) on a skewed pool -> (its rarest class, that class's pool images)
+    rarest: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
 
 TABLES: dict[str, type] = {"rows": Row, "auc": Area, "auc_paired": PairedArea, "labels_saved": LabelsSaved,
@@ -326,15 +327,16 @@ def figures(points: list[Point], metric: str = "accuracy") -> Figures:
     """All figures of a report from the repetitions' points (whose `accuracy` holds the test figure `metric`)."""
     rows = summarise(points)
     return Figures(rows=rows, auc=auc_table(points), auc_paired=paired_auc(points), labels_saved=labels_saved(rows),
-                   paired=paired(points), winners=winners(rows), metric=metric, rarest=_skewed_runs(points))
+                   paired=paired(points), winners=winners(rows), metric=metric, rarest=_skewed_settings(points))
 
 
-def _skewed_runs(points: list[Point]) -> dict[str, tuple[int, int]]:
-    """Runs whose pool is skewed (`_rarest`): run -> (rarest class, its pool images)."""
-    out: dict[str, tuple[int, int]] = {}
+def _skewed_settings(points: list[Point]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Settings whose pool is skewed (`_rarest`; a run may sweep pools): (run, setting) -> (rarest class, its pool
+    images)."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
     for p in points:
-        if p.rarest_class is not None and p.run not in out:
-            out[p.run] = (p.rarest_class, p.rarest_pool)  # type: ignore[assignment]
+        if p.rarest_class is not None and (p.run, p.setting) not in out:
+            out[p.run, p.setting] = (p.rarest_class, p.rarest_pool)  # type: ignore[assignment]
     return out
 
 

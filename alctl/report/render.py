@@ -164,18 +164,18 @@ def render_markdown(figs: Figures, long: bool = False) -> str:
 
 
 def _rarest_table(figs: Figures) -> list[str]:
-    """Labeled images of the pool's rarest class per setting and number of labels, for runs whose pools are skewed
-    (their classes' pool counts known and unequal); empty otherwise."""
-    skewed = {r.run for r in figs.rows if r.rarest_labeled_mean is not None} & set(figs.rarest)
-    if not skewed:
+    """Labeled images of the pool's rarest class per setting and number of labels, for the settings whose pool is
+    skewed (their classes' pool counts known and far apart); empty when none is."""
+    rows = [r for r in figs.rows if (r.run, r.setting) in figs.rarest]
+    if not rows:
         return []
     out = ["", "Labeled images of the pool's rarest class (mean over repetitions); columns: number of labeled"
            " images:"]
-    for run, group in _grouped([r for r in figs.rows if r.run in skewed], lambda r: r.run).items():
-        c, n = figs.rarest[run]
+    for run, group in _grouped(rows, lambda r: r.run).items():
         lines = []
         for setting_rows in _grouped(group, lambda r: r.setting).values():
             r0 = setting_rows[0]
+            c, n = figs.rarest[run, r0.setting]
             lines.append(([run, f"{r0.strategy}{_extra(r0)}", r0.variant, f"{c} ({n} in the pool)"],
                           {r.n_labeled: "" if r.rarest_labeled_mean is None else f"{r.rarest_labeled_mean:.1f}"
                            for r in setting_rows}, []))
