@@ -117,7 +117,9 @@ def _manifest(folder: Path, oracle: str) -> Path:
     """A one-task digits run: 10 initial labels, 3 selections of 10 by uncertainty, tiny training."""
     data = deep_update(TINY, {"name": oracle, "repetitions": 1, "seed": 4,
                               "train": {"epochs": 3, "min_steps": 4, "rampdown_epochs": 4},
-                              "active": {"cycles": 4, "strategy": "uncertainty", "oracle": oracle}})
+                              # the same label-free initial draw for both oracles (auto would balance the simulated one)
+                              "active": {"cycles": 4, "strategy": "uncertainty", "oracle": oracle,
+                                         "initial_strategy": "random"}})
     path = folder / f"{oracle}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
