@@ -39,13 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("features", "knn", "propagate", "coreset", "badge", "typiclust", "epoch", "parquet")
 
 
-def pool_arrays(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images uint8 [n, 1, 28, 28], labels int64 [n], ids int64 [n]) of the first n of a seeded permutation."""
+def mnist_pool(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST's training set in a seeded permutation: images uint8 [60000, 1, 28, 28], labels and ids int64; a pool
+    of n images is its first n rows."""
     sys.path.insert(0, str(ROOT))
     from alctl.data import load_dataset
 
     ds = load_dataset("mnist", root=str(ROOT / "data"))
-    order = np.random.default_rng(seed).permutation(len(ds.train_labels))[:n]
+    order = np.random.default_rng(seed).permutation(len(ds.train_labels))
     return ds.train_images[order].numpy(), ds.train_labels[order].numpy(), ds.train_ids[order].numpy()
 
 
@@ -160,11 +161,11 @@ def main() -> None:
         print(json.dumps(_worker(args.worker, args.data, args.width, args.labeled, args.budget)))
         return
     results: dict[int, dict[str, dict[str, float]]] = {}
+    images, labels, ids = mnist_pool(args.seed)  # read once; each size takes its first n rows
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
-            images, labels, ids = pool_arrays(n, args.seed)
             data = Path(tmp) / f"pool{n}.npz"
-            np.savez(data, images=images, labels=labels, ids=ids)
+            np.savez(data, images=images[:n], labels=labels[:n], ids=ids[:n])
             results[n] = {}
             for step in STEPS:
                 if step == "knn":  # the features step saved them beside the pool

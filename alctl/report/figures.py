@@ -12,15 +12,21 @@ from alctl.report.points import (_VARIANT_ORDER, Point, Row, _by_setting, _extra
                                  summarise)
 
 
-def area_under_curve(labels: np.ndarray, accuracy: np.ndarray) -> float:
-    """Trapezoidal area under accuracy(labels) divided by the labels range: a mean accuracy over the range, in the
-    accuracy's unit. One point (or a zero range): its (mean) accuracy."""
+def _sorted_curve(labels: np.ndarray, accuracy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels [n], accuracy [n]) as float64 sorted by labels (stable); ValueError unless both are the same
+    non-empty [n]."""
     x = np.asarray(labels, dtype=np.float64)
     y = np.asarray(accuracy, dtype=np.float64)
     if x.ndim != 1 or x.shape != y.shape or x.size == 0:
         raise ValueError(f"labels {x.shape} and accuracy {y.shape} must be the same non-empty [n]")
     order = np.argsort(x, kind="stable")
-    x, y = x[order], y[order]
+    return x[order], y[order]
+
+
+def area_under_curve(labels: np.ndarray, accuracy: np.ndarray) -> float:
+    """Trapezoidal area under accuracy(labels) divided by the labels range: a mean accuracy over the range, in the
+    accuracy's unit. One point (or a zero range): its (mean) accuracy."""
+    x, y = _sorted_curve(labels, accuracy)
     span = x[-1] - x[0]
     if span == 0:
         return float(y.mean())
@@ -31,12 +37,7 @@ def labels_to_reach(labels: np.ndarray, accuracy: np.ndarray, target: float) -> 
     """The smallest number of labels at which the piecewise-linear curve accuracy(labels) reaches target, and its
     relation: "=" (reached at a point or between two), "<=" (the first point is already above: its labels),
     ">" (never reached: the largest labels)."""
-    x = np.asarray(labels, dtype=np.float64)
-    y = np.asarray(accuracy, dtype=np.float64)
-    if x.ndim != 1 or x.shape != y.shape or x.size == 0:
-        raise ValueError(f"labels {x.shape} and accuracy {y.shape} must be the same non-empty [n]")
-    order = np.argsort(x, kind="stable")
-    x, y = x[order], y[order]
+    x, y = _sorted_curve(labels, accuracy)
     tol = 1e-9  # a mean equal to one of Random's points, up to rounding, is reached there
     for i in range(len(x)):
         if y[i] >= target - tol:
