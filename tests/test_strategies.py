@@ -467,11 +467,11 @@ def test_strategy_params_reject_bad_values():
 
 def test_registry_lists_every_strategy_once_with_its_needs():
     assert NAMES == ("random", "uncertainty", "coreset", "ceal", "jlp", "margin", "least-confidence", "bald", "power",
-                     "badge", "typiclust", "probcover")
+                     "badge", "class-balanced", "typiclust", "probcover")
     expected = {"random": set(), "uncertainty": {"probs"}, "coreset": {"features"}, "ceal": {"probs"},
                 "jlp": {"features", "graph"}, "margin": {"probs"}, "least-confidence": {"probs"},
                 "bald": {"mc_probs"}, "power": {"probs", "mc_probs"}, "badge": {"probs", "features"},
-                "typiclust": {"features"}, "probcover": {"features"}}
+                "class-balanced": {"probs"}, "typiclust": {"features"}, "probcover": {"features"}}
     for name in NAMES:
         assert callable(get_strategy(name))
         assert needs(name) == frozenset(expected[name])
@@ -487,7 +487,7 @@ def test_unknown_strategy_lists_valid_names():
         with pytest.raises(ValueError) as err:
             call("vaal")
         assert str(err.value) == ("unknown strategy 'vaal'; valid: random, uncertainty, coreset, ceal, jlp, margin,"
-                                  " least-confidence, bald, power, badge, typiclust, probcover")
+                                  " least-confidence, bald, power, badge, class-balanced, typiclust, probcover")
     with pytest.raises(ValueError, match="unknown strategy"):
         select("vaal", make_view(), 1, np.random.default_rng(0), PARAMS)
 

@@ -105,6 +105,53 @@ def test_score_strategies_match_their_loop_reference(name, seed):
         assert sel.scores == pytest.approx(np.array(ref), rel=1e-6, abs=1e-7)
 
 
+def ref_class_balanced(scores: np.ndarray, predicted: np.ndarray, unlabeled: np.ndarray, labeled_counts: np.ndarray,
+                       budget: int) -> list[int]:
+    """Round robin by a loop: per class a queue by score (equal: lower position); each round visits the classes
+    by (labels so far, class index) and takes the head of every non-empty queue."""
+    queues = {c: sorted((i for i in range(len(scores)) if predicted[i] == c),
+                        key=lambda i: (-float(scores[i]), int(unlabeled[i]))) for c in range(len(labeled_counts))}
+    picks: list[int] = []
+    while len(picks) < min(budget, len(scores)):
+        for c in sorted(queues, key=lambda c: (int(labeled_counts[c]), c)):
+            if queues[c] and len(picks) < budget:
+                picks.append(int(unlabeled[queues[c].pop(0)]))
+    return picks
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("base", ["margin", "uncertainty", "least-confidence"])
+def test_class_balanced_matches_a_round_robin_loop(seed, base):
+    view = random_view(seed=seed)
+    params = PARAMS.updated("class-balanced", base=base)
+    score = {"margin": margin_scores, "uncertainty": entropy, "least-confidence": least_confidence_scores}[base]
+    ref_scores = score(view.probs).astype(np.float32)
+    counts = np.bincount(view.labels, minlength=view.num_classes)
+    for budget in (0, 1, 7, 37, view.unlabeled.size):
+        sel = select("class-balanced", view, budget, np.random.default_rng(0), params)
+        assert sel.chosen.tolist() == ref_class_balanced(ref_scores, view.probs.argmax(1), view.unlabeled, counts,
+                                                         budget)
+        assert sel.scores == pytest.approx(ref_scores, abs=1e-7)
+
+
+def test_class_balanced_gives_a_rarely_predicted_class_its_share():
+    # 8 images predicted class 0 (all uncertain), 2 predicted class 1 (confident), 1 predicted class 2 (confident):
+    # margin alone takes four images of class 0; class-balanced takes one of each class first, the class with fewer
+    # labels first in a round.
+    probs = np.array([[0.5, 0.45, 0.05]] * 8 + [[0.1, 0.85, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]],
+                     dtype=np.float32)
+    probs[:8, 0] += np.linspace(0, 0.04, 8, dtype=np.float32)  # class 0's margins differ: row 0 the least sure
+    probs[:8, 1] -= np.linspace(0, 0.04, 8, dtype=np.float32)
+    unl = np.arange(10, 21, dtype=np.int64)
+    labels = np.array([0, 0, 1, 2, 2], dtype=np.int64)  # class 1 has the fewest labels
+    view = PoolView(probs, None, np.arange(5, dtype=np.int64), unl, labels, 3, 1)
+    assert select("margin", view, 4, np.random.default_rng(0), PARAMS).chosen.tolist() == [10, 11, 12, 13]
+    chosen = select("class-balanced", view, 4, np.random.default_rng(0), PARAMS).chosen.tolist()
+    # round 1: class 1 (1 label: its less sure image), class 0, class 2; round 2 again from class 1 (its other one)
+    assert chosen == [18, 10, 20, 19]
+    assert select("class-balanced", view, 6, np.random.default_rng(0), PARAMS).chosen.tolist()[4:] == [11, 12]
+
+
 def test_margin_and_least_confidence_known_ranking():
     probs = np.array([
         [0.50, 0.49, 0.01],  # margin 0.01: first;  1 - p1 = 0.50: second

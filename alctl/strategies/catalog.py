@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from alctl.strategies.params import POWER_BASES, BaldParams, CealParams, PowerParams, ProbCoverParams
+from alctl.strategies.params import (
+    POWER_BASES,
+    BaldParams,
+    CealParams,
+    ClassBalancedParams,
+    PowerParams,
+    ProbCoverParams,
+)
 
 __all__ = ["Entry", "ENTRIES", "NAMES", "NEEDS", "NEED_KINDS", "POWER_BASES", "COLD_START_NAMES", "PARAMS", "needs"]
 
@@ -45,6 +52,7 @@ ENTRIES: tuple[Entry, ...] = (
     # what a base may read; `needs(name, base)` narrows it to the base's
     Entry("power", frozenset({"probs", "mc_probs"}), "scores:power_select", PowerParams),
     Entry("badge", frozenset({"probs", "features"}), "embedding:badge_select"),
+    Entry("class-balanced", frozenset({"probs"}), "scores:class_balanced_select", ClassBalancedParams),
     Entry("typiclust", frozenset({"features"}), "coverage:typiclust_select", cold_start=True),
     Entry("probcover", frozenset({"features"}), "coverage:probcover_select", ProbCoverParams, cold_start=True),
 )

@@ -89,6 +89,22 @@ class PowerParams(_Params):
     )
 
 
+# The scores class-balanced selection ranks by within each predicted class (probability-based; see
+# scores.class_balanced_select).
+CLASS_BALANCED_BASES: tuple[str, ...] = ("margin", "uncertainty", "least-confidence")
+
+
+class ClassBalancedParams(_Params):
+    """Class-balanced selection (after Aggarwal et al. 2020, 'Active learning for imbalanced datasets'): a base
+    uncertainty score ranked within each predicted class, picked round robin over those classes."""
+
+    base: Literal[CLASS_BALANCED_BASES] = Field(  # type: ignore[valid-type]
+        "margin",
+        description="the score ranked within each predicted class: margin (1 - (p1 - p2)), uncertainty (entropy) or"
+        " least-confidence (1 - p1)",
+    )
+
+
 class ProbCoverParams(_Params):
     """ProbCover (Yehuda et al. 2022): greedy coverage by balls around the labeled and selected images."""
 

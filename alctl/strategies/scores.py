@@ -1,5 +1,5 @@
 """Score-ranking strategies: random, uncertainty (softmax entropy), margin, least confidence, BALD (MC dropout),
-power sampling of those scores, and CEAL (entropy + confident pseudo-labels).
+power sampling of those scores, class-balanced selection over predicted classes, and CEAL (entropy + confident pseudo-labels).
 
 Array contract: probs `[n_u, C]` softmax rows following view.unlabeled (numpy, or a torch tensor brought to
 the host as float32 at entry); mc_probs `[T, n_u, C]` softmax rows of T MC dropout passes (same rows, brought
@@ -30,6 +30,7 @@ from alctl.strategies.base import (
 __all__ = [
     "entropy", "margin_scores", "least_confidence_scores", "bald_scores", "power_keys", "random_select",
     "uncertainty_select", "margin_select", "least_confidence_select", "bald_select", "power_select", "ceal_select",
+    "class_balanced_order", "class_balanced_select",
     "ceal_limit", "ceal_keep",
 ]
 
@@ -123,6 +124,45 @@ def margin_select(view: PoolView, budget: int, rng: np.random.Generator, params:
 def least_confidence_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
     """Least confidence (Lewis & Gale 1994): the b images of U of lowest top probability; scores `[n_u]` = 1 - p1."""
     return _probability_select(view, budget, least_confidence_scores)
+
+
+# The probability-based scores class-balanced selection may rank by (params.CLASS_BALANCED_BASES).
+_PROB_SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "margin": margin_scores, "uncertainty": entropy, "least-confidence": least_confidence_scores,
+}
+
+
+def class_balanced_order(
+    scores: np.ndarray, predicted: np.ndarray, positions: np.ndarray, labeled_counts: np.ndarray,
+) -> np.ndarray:
+    """Round robin over predicted classes: round r takes the r-th highest score of every class that still has one,
+    classes with fewer labels (`labeled_counts` `[C]`) first, then by class index; within a class, equal scores by
+    lower pool position. scores, predicted (class indices < C), positions: `[n]` → all `[n]` positions, pick order."""
+    s = np.asarray(scores, dtype=np.float64)
+    pred = np.asarray(predicted, dtype=np.int64)
+    pos = np.asarray(positions, dtype=np.int64)
+    within = np.lexsort((pos, -s, pred))  # by class, then score descending, then position
+    cls = pred[within]
+    rank = np.arange(len(cls)) - np.searchsorted(cls, cls, side="left")  # rank of each image within its class
+    counts = np.asarray(labeled_counts, dtype=np.int64)[cls]
+    return pos[within][np.lexsort((cls, counts, rank))]
+
+
+def class_balanced_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
+    """Class-balanced selection: the base score of `active.class-balanced.base` (margin by default) ranked within
+    each class the model predicts on U, the b images picked round robin over those classes (see
+    class_balanced_order), so that a class the model rarely predicts still gets its share of the budget; scores
+    `[n_u]` = the base score."""
+    view = host_probs(view)
+    b = check_budget(view, budget)
+    check_view(view, need_probs=True)
+    unl = np.asarray(view.unlabeled, dtype=np.int64)
+    base = params.of("class-balanced").base
+    scores = _PROB_SCORES[base](view.probs).astype(np.float32)
+    predicted = np.asarray(view.probs).argmax(axis=1)
+    labeled_counts = np.bincount(np.asarray(view.labels, dtype=np.int64), minlength=view.num_classes)
+    chosen = class_balanced_order(scores, predicted, unl, labeled_counts)[:b]
+    return make_selection(chosen, scores)
 
 
 def bald_select(view: PoolView, budget: int, rng: np.random.Generator, params: StrategyParams) -> Selection:
