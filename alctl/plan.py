@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from alctl import identity
 from alctl import manifest as mf
 from alctl.errors import UserError
+from alctl.manifest.facts import pool_size
 from alctl.strategies.catalog import needs
 
 # Test-split sizes of the named datasets (the pool sizes are manifest.DATASET_FACTS).
@@ -103,11 +104,13 @@ class RunCost:
 
 
 def sizes(config: mf.Manifest) -> tuple[int, int] | None:
-    """(pool images, test images) of a named dataset; None for an image folder (known only once it is read)."""
-    facts = mf.DATASET_FACTS.get(config.dataset.name)
-    if facts is None or config.dataset.name not in TEST_SIZES:
+    """(pool images, test images) of a named dataset, its pool cut by dataset.imbalance; None for an image folder
+    (known only once it is read)."""
+    d = config.dataset
+    pool = pool_size(d.name, None if d.imbalance is None else d.imbalance.ratio)
+    if pool is None or d.name not in TEST_SIZES:
         return None
-    return facts[1], TEST_SIZES[config.dataset.name]
+    return pool, TEST_SIZES[d.name]
 
 
 def _plain_steps(n_l: int, t: mf.TrainConfig) -> tuple[int, int]:

@@ -293,3 +293,9 @@ def test_mc_dropout_passes_count_over_the_unlabeled_images(strategy: str, base: 
         n_u = pool - (m.active.initial + m.active.budget * c)
         want = 0 if c == 2 else (7 * n_u if base == "bald" else pool)
         assert plan.cycle_cost(m, c, pool, 400).features == want
+
+
+def test_a_long_tailed_pool_is_counted_at_its_cut_size() -> None:
+    m = mf.parse({"dataset": {"name": "mnist5k", "imbalance": {"ratio": 50}}})
+    assert plan.sizes(m) == (1120, 1000)  # 400 images of digit 0 down to 8 of digit 9, as dataset_for cuts it
+    assert plan.sizes(mf.parse({"dataset": {"name": "mnist5k"}})) == (4000, 1000)

@@ -7,19 +7,9 @@ import dataclasses
 import numpy as np
 
 from alctl.data.images import DatasetSplits, channel_stats
+from alctl.manifest.facts import long_tail_counts
 
-
-def long_tail_counts(counts: np.ndarray, ratio: float) -> np.ndarray:
-    """Images kept per class [C] int64 of a pool with `counts` [C] per class: the exponential profile of Cao et
-    al. (2019), n_c = round(n_max x ratio^(-c / (C - 1))) for class index c, n_max the largest class, at most the
-    class's own count and at least 1 where it has any; ratio 1 keeps every image."""
-    counts = np.asarray(counts, dtype=np.int64)
-    c = len(counts)
-    if ratio < 1:
-        raise ValueError(f"ratio must be >= 1, got {ratio}")
-    shares = ratio ** (-np.arange(c) / max(c - 1, 1))
-    target = np.rint(counts.max(initial=0) * shares).astype(np.int64)
-    return np.where(counts > 0, np.clip(target, 1, counts), 0)
+__all__ = ["long_tail_counts", "long_tailed"]
 
 
 def long_tailed(ds: DatasetSplits, ratio: float, seed: int) -> DatasetSplits:
