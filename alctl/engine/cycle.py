@@ -140,6 +140,7 @@ class CycleResult:
     pseudo_accuracy: float | None = None  # of the pseudo-labels (propagation's or CEAL's) where the truth is known
     figures: ClassFigures | None = None  # per-class test figures (None without a test set)
     labeled_per_class: np.ndarray | None = None  # [C] int64 labeled images of each class this cycle trained on
+    model_state: dict[str, torch.Tensor] = field(default_factory=dict)  # the trained model, for model.pt
 
 
 class CycleTraining:
@@ -308,8 +309,9 @@ class CycleTraining:
 
 
 def run_cycle(ctx: TaskContext, pool: PoolState, cycle: int, last: bool) -> CycleResult:
-    """Train from scratch (or the encoder) on the labeled set (+ pseudo-labels), evaluate, select unless last."""
-    config, ds, tables = ctx.config, ctx.ds, ctx.tables
+    """Train from scratch (or the encoder) on the labeled set (+ pseudo-labels), evaluate, select unless last;
+    writes nothing but the training checkpoint (commit_cycle records the result)."""
+    config, ds = ctx.config, ctx.ds
     started = time.perf_counter()
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -325,23 +327,18 @@ def run_cycle(ctx: TaskContext, pool: PoolState, cycle: int, last: bool) -> Cycl
     else:  # an image folder without a test tree
         accuracy, loss = float("nan"), float("nan")
     seconds["eval"] = time.perf_counter() - t0
-    checkpoint.save(tables.checkpoints / "model.pt", {"model": model.state_dict(), "cycle": cycle,
-                                                      "task_hash": ctx.hash})
     prop = training.propagation
-    if prop is not None:
-        u = prop.unlabeled
-        tables.replace_propagation(cycle, prop.epoch, u, prop.labels[u], prop.weights[u])
     selection = None
     if not last:
         t0 = time.perf_counter()
         selection = acquire(config, ctx.task.rep, ds, pool, model, ctx.images, cycle)
-        tables.append_selection(cycle, config.active.strategy, pool.unlabeled, selection)
         seconds["select"] = time.perf_counter() - t0
     labeled = pool.labeled_at(cycle)
     seconds["total"] = time.perf_counter() - started + training.carried  # with earlier processes' share
     return CycleResult(accuracy, loss, len(labeled), training.n_pseudo, seconds, selection, prop,
                        training.selection_accuracy if prop is None else prop.accuracy, figures,
-                       np.bincount(pool.label[labeled].astype(np.int64), minlength=ds.num_classes)[: ds.num_classes])
+                       np.bincount(pool.label[labeled].astype(np.int64), minlength=ds.num_classes)[: ds.num_classes],
+                       model.state_dict())
 
 
 def _pool_per_class(ctx: TaskContext) -> list[int] | None:
@@ -485,14 +482,24 @@ def start_pool(task: mf.Task, ds: DatasetSplits, tables: TaskTables, device: tor
 
 
 def commit_cycle(ctx: TaskContext, pool: PoolState, cycle: int, res: CycleResult, seconds_pretrain: float) -> None:
-    """Record a finished cycle, in the order resuming relies on: the selection's images marked (and labeled by a
-    simulated oracle) in pool.parquet, then the metrics row (the cycle counts as finished from here), then the
-    training checkpoint dropped. A process stopped in between leaves a cycle without its row: rolled back."""
+    """Record a finished cycle: the only place a cycle's results are written, in the order resuming relies on:
+    the model (checkpoints/model.pt), the propagation's pseudo-labels (pseudo.parquet), the selection's scores
+    (scores.parquet), its images marked (and labeled by a simulated oracle) in pool.parquet, then the metrics row
+    (the cycle counts as finished from here), then the training checkpoint dropped. A process stopped before the
+    metrics row leaves a cycle that `start_pool` rolls back (tables.rollback, pool.rollback) and runs again."""
+    tables = ctx.tables
+    checkpoint.save(tables.checkpoints / "model.pt", {"model": res.model_state, "cycle": cycle,
+                                                      "task_hash": ctx.hash})
+    prop = res.propagation
+    if prop is not None:
+        u = prop.unlabeled
+        tables.replace_propagation(cycle, prop.epoch, u, prop.labels[u], prop.weights[u])
     if res.selection is not None:
+        tables.append_selection(cycle, ctx.config.active.strategy, pool.unlabeled, res.selection)
         chosen = res.selection.chosen
         pool.mark_selected(chosen, cycle + 1)
         if ctx.config.active.oracle == "simulated":
             pool.apply_labels(chosen, ctx.ds.train_labels.numpy()[chosen], "oracle")  # the oracle answers
-        ctx.tables.write_pool(pool)
-    ctx.tables.append_metrics(_metrics_row(ctx, cycle, res, seconds_pretrain))
-    (ctx.tables.checkpoints / "train.pt").unlink(missing_ok=True)
+        tables.write_pool(pool)
+    tables.append_metrics(_metrics_row(ctx, cycle, res, seconds_pretrain))
+    (tables.checkpoints / "train.pt").unlink(missing_ok=True)
