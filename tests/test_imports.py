@@ -20,13 +20,28 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of `tree` except what sits under `if TYPE_CHECKING:` (imports for annotations only)."""
+    nodes: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
 def import_graph() -> dict[str, set[str]]:
-    """module -> alctl modules it imports, at module level or inside functions (lazy imports count too)."""
+    """module -> alctl modules it imports at run time, at module level or inside functions (lazy imports count
+    too; imports under `if TYPE_CHECKING:`, for annotations only, do not)."""
     files = {_module_name(p): p for p in ROOT.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in files}
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -70,6 +85,8 @@ def test_the_graph_is_read_and_finds_a_planted_cycle() -> None:
     graph = import_graph()
     assert "alctl.engine.cycle" in graph["alctl.engine.commands"]
     assert "alctl.knn" in graph["alctl.propagate"]
+    assert "alctl.manifest.checks" in graph["alctl.manifest.schema"]
+    assert "alctl.manifest.schema" not in graph["alctl.manifest.checks"]  # only under TYPE_CHECKING there
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
@@ -111,3 +128,24 @@ def test_the_annotation_package_does_not_reach_up_into_the_engine() -> None:
     assert {"alctl.annotate.labels", "alctl.annotate.labelstudio", "alctl.annotate.sheet"} <= set(annotate)
     for module in annotate:
         assert not {t for t in graph[module] if t.startswith(("alctl.engine", "alctl.cli", "alctl.manifest"))}, module
+
+
+# The configuration layer (the schema, its rules and the identity of a task) and what it may import: the bottom.
+CONFIG = ("alctl.manifest", "alctl.identity")
+BELOW_CONFIG = ("alctl.errors", "alctl.safe_text", "alctl.strategies.catalog", "alctl.strategies.params")
+
+
+def test_the_configuration_is_the_bottom_layer_and_only_the_cli_imports_the_engine() -> None:
+    graph = import_graph()
+    for name, deps in graph.items():
+        if name.startswith(CONFIG):
+            above = {d for d in deps if not d.startswith(CONFIG + BELOW_CONFIG)}
+            assert not above, f"{name} (configuration) imports {sorted(above)}"
+        if name.startswith(BELOW_CONFIG):
+            assert not any(d.startswith(CONFIG) for d in deps), f"{name} is below the configuration but imports it"
+        if not name.startswith(("alctl.cli", "alctl.engine")):
+            assert not any(d.startswith("alctl.engine") for d in deps), f"{name} imports the engine"
+    users = {name for name, deps in graph.items() if not name.startswith("alctl.engine")
+             and any(d.startswith("alctl.engine") for d in deps)}
+    assert users == {"alctl.cli"}
+

@@ -1,5 +1,5 @@
 """The only manifest schema and everything about a manifest: `load(path) -> Manifest`, the sections and their
-defaults (`schema`), the `auto` rules (`rules`), one-line validation messages (`messages`), sweeps and task keys
+defaults (`schema`), the cross-field rules (`checks`), how values are read and shown (`values`), the `auto` rules (`rules`), one-line validation messages (`messages`), sweeps and task keys
 (`sweeps`), reading YAML and `extends:` (`loading`). Callers use `from alctl import manifest as mf`."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from alctl.manifest.facts import (  # noqa: F401
     DATASET_FACTS,
     NATIVE_CHANNELS,
 )
-from alctl.manifest.schema import (  # noqa: F401
+from alctl.manifest.values import (  # noqa: F401
     SHOWN_LIMIT,
     MAX_YAML_NODES,
     MAX_TASKS,
@@ -16,6 +16,10 @@ from alctl.manifest.schema import (  # noqa: F401
     shown,
     time_seconds,
     memory_parts,
+    layer_channels,
+)
+from alctl.manifest.checks import cross_field_problems  # noqa: F401
+from alctl.manifest.schema import (  # noqa: F401
     ImbalanceConfig,
     DatasetConfig,
     ModelConfig,
@@ -33,8 +37,6 @@ from alctl.manifest.schema import (  # noqa: F401
     TrackingConfig,
     Manifest,
     cycle_epochs,
-    layer_channels,
-    cross_field_problems,
     manifest_hash,
     run_dir,
     to_yaml,

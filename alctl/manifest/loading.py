@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from alctl.errors import ManifestError
 from alctl.safe_text import terminal
-from alctl.manifest.schema import MAX_YAML_NODES, SHOWN_LIMIT, EXTENDS_ANYWHERE, Manifest, shown
+from alctl.manifest.schema import Manifest
+from alctl.manifest.values import EXTENDS_ANYWHERE, MAX_YAML_NODES, SHOWN_LIMIT, shown
 from alctl.manifest.messages import Origins, _RUN_LEVEL, _format_validation, _known_path, _origin, hidden_note
 from alctl.manifest.sweeps import EXCLUDE, grid_problem, resolve_point, sweep_axes, sweep_points
 

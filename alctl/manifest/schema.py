@@ -1,12 +1,11 @@
-"""The manifest schema: every section with its defaults and descriptions, and the cross-field rules of one
-configuration."""
+"""The manifest schema: every section with its defaults and descriptions (the cross-field rules: `checks`; how
+values are read and shown: `values`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,80 +13,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 
 from alctl.errors import UserError
-from alctl.safe_text import has_control, redact_url, terminal
-from alctl.strategies.catalog import COLD_START_NAMES
+from alctl.safe_text import redact_url
 from alctl.strategies.catalog import NAMES as STRATEGY_NAMES
 from alctl.strategies.catalog import PARAMS as STRATEGY_PARAMS
 from alctl.strategies.params import BaldParams, CealParams, PowerParams, ProbCoverParams
 
-from alctl.manifest.facts import DATASET_FACTS
-
-
-_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-_MEMORY_RE = re.compile(r"^(\d+)\s*(?:([KMGT])i?B?)?$", re.IGNORECASE)
-SHOWN_LIMIT = 80  # characters of a value from the manifest echoed in a message
-MAX_YAML_NODES = 100_000  # values of a manifest file once its aliases are expanded (the shipped ones hold < 200)
-MAX_TASKS = 10_000  # sweep grid x repetitions (the paper's full grid is 90 tasks; see `grid_problem`)
-EXTENDS_ANYWHERE = "ALCTL_EXTENDS_ANYWHERE"  # =1: `extends:` may name a file anywhere (see `_read_data`)
-
-_SHOWN = reprlib.Repr()
-_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict, _SHOWN.maxset = 3, 8, 8, 8, 8
-_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = SHOWN_LIMIT, SHOWN_LIMIT, SHOWN_LIMIT
-
-
-def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
-    """A value from a manifest as a message shows it: its repr, bounded however large or deeply aliased the value
-    is (reprlib never walks more than a few elements), control characters escaped, at most `limit` characters."""
-    return terminal(_SHOWN.repr(value), limit=limit)
-
-
-def time_seconds(value: str, where: str = "scheduler.time") -> int | None:
-    """Seconds of a Slurm time limit (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); None for UNLIMITED/INFINITE."""
-    text = value.strip()
-    if text.upper() in ("UNLIMITED", "INFINITE"):
-        return None
-    match = _TIME_RE.match(text)
-    if not match:
-        raise UserError(f"{where}: {shown(value)} is not a time limit; use HH:MM:SS, MM, MM:SS or D-HH[:MM[:SS]]")
-    days, a, b, c = match.groups()
-    nums = [int(x) for x in (a, b, c) if x is not None]
-    if days is not None:
-        hours, minutes, seconds = (nums + [0, 0])[:3]
-        total = int(days) * 86400 + hours * 3600 + minutes * 60 + seconds
-    elif len(nums) == 3:
-        total = nums[0] * 3600 + nums[1] * 60 + nums[2]
-    elif len(nums) == 2:
-        total = nums[0] * 60 + nums[1]
-    else:
-        total = nums[0] * 60
-    if total <= 0:
-        raise UserError(f"{where}: {shown(value)} is zero; give a positive time limit")
-    return total
-
-
-def memory_parts(value: str, where: str = "scheduler.memory") -> tuple[int, str]:
-    """Amount and unit (K, M, G or T; Slurm's default unit is M) of a memory size such as 16G or 16Gi."""
-    match = _MEMORY_RE.match(value.strip())
-    if not match or int(match.group(1)) <= 0:
-        raise UserError(f"{where}: {shown(value)} is not a memory size; use a positive integer with K, M, G or T,"
-                        " e.g. 16G")
-    return int(match.group(1)), (match.group(2) or "M").upper()
-
-
-def _no_control(value: str, where: str, what: str) -> str:
-    """`value`, or a ValueError naming `where` when it holds a control character (NUL, newline, escape, ...)."""
-    if has_control(value):
-        found = next(ch for ch in value if has_control(ch))
-        raise ValueError(f"{where}: must be {what} without control characters (found {ascii(found)} in"
-                         f" {shown(value)})")
-    return value
-
-
-def _no_nul(value: str | None, where: str) -> str | None:
-    """`value`, or a ValueError naming `where` when it holds a NUL character, which no file path can hold."""
-    if value is not None and "\0" in value:
-        raise ValueError(f"{where}: a path cannot contain a NUL character (got {shown(value)})")
-    return value
+from alctl.manifest.checks import cross_field_problems
+from alctl.manifest.values import memory_parts, no_control, no_nul, shown, time_seconds
 
 
 class _Section(BaseModel):
@@ -140,7 +72,7 @@ class DatasetConfig(_Section):
     @classmethod
     def _path(cls, value: str | None, info: ValidationInfo) -> str | None:
         """A path without a NUL character."""
-        return _no_nul(value, f"dataset.{info.field_name}")
+        return no_nul(value, f"dataset.{info.field_name}")
 
 
 class ModelConfig(_Section):
@@ -406,7 +338,7 @@ class PretrainConfig(_Section):
     @classmethod
     def _path(cls, value: str | None) -> str | None:
         """A path without a NUL character."""
-        return _no_nul(value, "pretrain.weights")
+        return no_nul(value, "pretrain.weights")
 
 
 class SchedulerConfig(_Section):
@@ -512,7 +444,7 @@ class Manifest(_Section):
     @classmethod
     def _plain_name(cls, value: str) -> str:
         """A run name is one directory under `output`: no path separators or control characters, not . or .."""
-        _no_control(value, "name", "a plain folder name")
+        no_control(value, "name", "a plain folder name")
         if "/" in value or "\\" in value or value.strip() in (".", ".."):
             raise ValueError(f"name: {shown(value)} must be a plain folder name (no / or \\, not . or ..)")
         return value
@@ -521,7 +453,7 @@ class Manifest(_Section):
     @classmethod
     def _plain_output(cls, value: str) -> str:
         """The folder of run directories: a path without control characters."""
-        return _no_control(value, "output", "a folder path")
+        return no_control(value, "output", "a folder path")
 
     @model_validator(mode="after")
     def _cross_field(self) -> "Manifest":
@@ -535,98 +467,6 @@ class Manifest(_Section):
 def cycle_epochs(m: Manifest) -> int:
     """Training epochs of one cycle: train.epochs, plus semi.phase2_epochs with +SEMI."""
     return m.train.epochs + (m.semi.phase2_epochs if m.semi.method != "none" else 0)
-
-
-def layer_channels(base: int, width: float) -> int:
-    """Channels of a CNN layer with `base` channels at the paper's width 1.0, at a width multiplier (at least 8)."""
-    return max(8, int(round(base * width)))
-
-
-def cross_field_problems(m: Manifest) -> list[str]:
-    """Cross-field problems of a configuration, one line each, naming the fields."""
-    problems: list[str] = []
-    d = m.dataset
-    if d.name == "imagefolder":
-        if d.pool is None:
-            problems.append("dataset.pool: imagefolder needs the folder of unlabeled images (relative to dataset.root)")
-        if d.image_size is None:
-            problems.append("dataset.image_size: imagefolder needs a size (pixels) to resize every image to")
-        if d.classes is None and d.labeled is None and d.test is None:
-            problems.append("dataset.classes: imagefolder needs class names, or a labeled/test folder tree to read them from")
-        if m.active.oracle == "simulated" and d.truth is None:
-            problems.append(
-                "active.oracle: simulated needs true labels of the pool images: set dataset.truth (CSV path,label)"
-                " or use oracle: human"
-            )
-    else:
-        for key in ("pool", "labeled", "test", "truth", "classes"):
-            if getattr(d, key) is not None:
-                problems.append(f"dataset.{key}: only for dataset.name: imagefolder (got {d.name})")
-    if d.imbalance is not None and d.name == "imagefolder":
-        problems.append("dataset.imbalance: for the named datasets only; an image folder's pool is as it is")
-    facts = DATASET_FACTS.get(d.name)
-    if facts is not None:
-        _, pool = facts
-        total = m.active.initial + m.active.budget * (m.active.cycles - 1)
-        if m.active.initial > pool:
-            problems.append(f"active.initial: {m.active.initial} is larger than the {d.name} pool ({pool} images)")
-        elif total > pool:
-            problems.append(
-                f"active.budget: initial {m.active.initial} + budget {m.active.budget} x {m.active.cycles - 1} selections"
-                f" = {total} exceeds the {d.name} pool ({pool} images)"
-            )
-        if m.semi.method == "label-propagation" and m.semi.k >= pool:
-            problems.append(f"semi.k: {m.semi.k} neighbours needs a pool larger than {pool}")
-    if m.active.strategy == "ceal" and m.semi.method != "none":
-        problems.append(
-            f"active.strategy: ceal does not combine with semi.method: {m.semi.method}"
-            " (CEAL brings its own pseudo-labels); use another strategy or semi.method: none, or in a sweep leave"
-            f" the pair out: exclude: [{{active.strategy: ceal, semi.method: {m.semi.method}}}]"
-        )
-    bald = m.active.strategy == "bald" or (m.active.strategy == "power" and m.active.power.base == "bald")
-    if bald and m.model.dropout == 0:
-        problems.append(
-            f"active.strategy: {m.active.strategy} (BALD) compares passes with dropout on, but model.dropout is 0;"
-            " set model.dropout > 0 (e.g. 0.5) or use another strategy"
-        )
-    feature_dim = layer_channels(128, m.model.width)
-    if m.pretrain.pca is not None and m.pretrain.pca > feature_dim:
-        problems.append(
-            f"pretrain.pca: {m.pretrain.pca} exceeds the feature dimension {feature_dim} of model.width {m.model.width};"
-            f" use at most {feature_dim} or null"
-        )
-    if m.semi.phase2_epochs and m.semi.warmup:
-        problems.append(
-            "semi.warmup: not used with semi.phase2_epochs (phase 1 is the whole of train.epochs on the labels);"
-            " set it to 0"
-        )
-    if m.train.precision == "fp16" and m.train.device == "cpu":
-        problems.append(
-            "train.precision: fp16 needs a CUDA device (torch's CPU autocast is meant for bf16); use auto, fp32 or"
-            " bf16 with train.device: cpu"
-        )
-    a = m.active
-    if a.initial_strategy == "balanced" and a.oracle == "human":
-        problems.append(
-            "active.initial_strategy: balanced draws the same number of images per class from the true labels, which"
-            " a human oracle has not given yet; use random (or typiclust / probcover, or auto)"
-        )
-    if (a.initial_strategy in COLD_START_NAMES and a.initial_features in ("deepcluster", "simclr")
-            and m.pretrain.method not in ("none", a.initial_features)):
-        problems.append(
-            f"active.initial_features: {a.initial_features} with pretrain.method {m.pretrain.method}: a task has one"
-            f" encoder; use initial_features: {m.pretrain.method} (or encoder), or pretrain.method: {a.initial_features}"
-        )
-    if m.semi.features == "encoder+pixels" and m.pretrain.method == "none":
-        problems.append(
-            "semi.features: encoder+pixels joins a pre-trained encoder's features to the pixels, but pretrain.method"
-            " is none; set pretrain.method (simclr or deepcluster) or use semi.features: pixels"
-        )
-    if m.semi.labeled_per_batch >= m.semi.batch_size:
-        problems.append(
-            f"semi.labeled_per_batch: {m.semi.labeled_per_batch} must be smaller than semi.batch_size {m.semi.batch_size}"
-        )
-    return problems
 
 
 def manifest_hash(m: Manifest) -> str:

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from alctl.errors import ManifestError
 from alctl.safe_text import terminal
-from alctl.manifest.schema import MAX_TASKS, SHOWN_LIMIT, Manifest
+from alctl.manifest.schema import Manifest
+from alctl.manifest.values import MAX_TASKS, SHOWN_LIMIT
 from alctl.manifest.messages import Origins, _format_validation
 
 
