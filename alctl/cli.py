@@ -243,7 +243,7 @@ def submit(
     ] = None,
 ) -> None:
     """Write a Slurm array / Kubernetes Indexed Job (one index per task, or per --tasks-per-gpu tasks); --run submits it."""
-    from alctl.jobs import submit_command
+    from alctl.jobs.submit import submit_command
 
     overrides = {"partition": partition, "time": time, "gpus": gpus, "cpus": cpus, "memory": memory,
                  "image": image, "max_parallel": parallel, "namespace": namespace,

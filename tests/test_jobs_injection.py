@@ -178,7 +178,7 @@ def test_a_value_with_spaces_quotes_or_substitutions_is_one_inert_word(
     for tool in ("apptainer", "alctl"):
         (bindir / tool).write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\0" "$a"; done > "$ARGS_FILE"\n')
         (bindir / tool).chmod(0o755)
-    monkeypatch.setattr(jobs, "default_executable", lambda: [str(bindir / "alctl")])
+    monkeypatch.setattr(jobs.submit, "default_executable", lambda: [str(bindir / "alctl")])
     manifest_name = f"{odd}.yaml"
     env = {"PATH": f"{bindir}:/usr/bin:/bin", "ARGS_FILE": str(workdir / "args"), "HOME": str(workdir)}
     for image in (None, f"site/{odd}"):
