@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from alctl.errors import AlctlError
 from alctl.safe_text import terminal
