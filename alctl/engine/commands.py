@@ -24,7 +24,7 @@ from alctl.engine.pretraining import ensure_pretrained, pretrain_key, pretrain_p
 from alctl.engine.steps import PropagationOutcome, acquire, pool_features, propagate_pool
 from alctl.engine.tables import TaskTables
 from alctl.engine.workspace import (
-    check_oracle, dataset_for, known_hashes, one_task, plan, select_task, task_config_hash, task_dir, task_lock, write_run_manifest,
+    check_oracle, dataset_for, known_hashes, one_task, plan, select_task, task_dir, task_lock, write_run_manifest,
 )
 from alctl.errors import UserError
 from alctl.annotate.labels import read_labels

@@ -4,7 +4,6 @@ image folders of started tasks changed since their pools were written."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
