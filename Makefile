@@ -35,8 +35,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Without the slow end-to-end tests, on two processes; fails when it takes longer than its budget (seconds).
+FAST_BUDGET_S ?= 180
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	ALCTL_TEST_BUDGET_S=$(FAST_BUDGET_S) $(PY) -m pytest -m "not slow" -n 2
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_coreset.py
