@@ -35,7 +35,9 @@ from alctl.propagate import class_weights, sample_by_certainty
 from alctl.store import Lock
 from alctl.strategies import Selection
 from alctl.metrics import ClassFigures, class_figures
-from alctl.train import FitState, Semi, Targets, evaluate_predictions, fit, make_optimizer
+from alctl.train.loop import fit
+from alctl.train.predict import evaluate_predictions
+from alctl.train.spec import FitState, Semi, Targets, make_optimizer
 
 TARGET_ARRAYS = ("labeled_pos", "labeled_y", "pseudo_pos", "pseudo_y", "pseudo_w", "class_w")
 
