@@ -11,7 +11,7 @@ from alctl import runtime
 from alctl.augment import view_spec
 from alctl.pretrain import PretrainSpec
 from alctl.simclr import SimclrSpec
-from alctl.propagate import GraphSpec
+from alctl.propagate.graph import GraphSpec
 from alctl.strategies import StrategyParams
 from alctl.strategies.catalog import PARAMS as STRATEGY_PARAMS
 from alctl.train.compute import FP32, Compute

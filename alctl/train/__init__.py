@@ -11,6 +11,7 @@ from alctl.train.compute import COMPILE_BACKEND, FP32, PRECISIONS, Compute
 from alctl.train.loop import _epoch_batches, _flat_targets, _mixed_batches, _plain_batches, check_finite, fit
 from alctl.train.losses import consistency_loss, flexible_thresholds, weighted_loss
 from alctl.train.predict import evaluate, evaluate_predictions, predict, predict_mc
+from alctl.train.sampling import class_weights, sample_by_certainty
 from alctl.train.spec import (
     Consistency,
     FitState,
@@ -27,6 +28,7 @@ __all__ = [
     "PRECISIONS", "COMPILE_BACKEND", "FP32", "Compute", "TrainSpec", "Targets", "FitState", "Consistency", "Semi",
     "make_optimizer", "cosine_lr", "total_epochs", "learning_rate", "weighted_loss", "consistency_loss",
     "flexible_thresholds", "check_finite", "fit", "predict", "predict_mc", "evaluate", "evaluate_predictions",
+    "class_weights", "sample_by_certainty",
 ]
 # Private names that tests and benchmarks reach through the package. COMPILE_BACKEND is read at
 # call time in `compute`: patch alctl.train.compute.COMPILE_BACKEND, not this copy.
