@@ -114,14 +114,14 @@ def sizes(config: mf.Manifest) -> tuple[int, int] | None:
 
 
 def _plain_steps(n_l: int, t: mf.TrainConfig) -> tuple[int, int]:
-    """(steps, images) of one epoch on n_l labeled images (train._plain_batches)."""
+    """(steps, images) of one epoch on n_l labeled images (train.loop._plain_batches)."""
     bs = min(t.batch_size, max(n_l, 1))
     steps = max(math.ceil(max(n_l, 1) / bs), t.min_steps, 1)
     return steps, steps * bs
 
 
 def _mixed_steps(n_p: int, s: mf.SemiConfig) -> tuple[int, int]:
-    """(steps, images) of one +SEMI epoch over n_p pseudo-labeled images (train._mixed_batches)."""
+    """(steps, images) of one +SEMI epoch over n_p pseudo-labeled images (train.loop._mixed_batches)."""
     p = n_p if s.unlabeled_per_epoch is None else min(n_p, s.unlabeled_per_epoch)
     steps = max(1, math.ceil(p / (s.batch_size - s.labeled_per_batch)))
     return steps, steps * s.labeled_per_batch + p
@@ -145,7 +145,7 @@ def cycle_cost(config: mf.Manifest, cycle: int, pool: int, test: int) -> CycleCo
     a, t, s = config.active, config.train, config.semi
     n_l = min(a.initial + a.budget * cycle, pool)
     plain_steps, plain_images = _plain_steps(n_l, t)
-    if a.strategy == "ceal" and cycle > 0 and a.ceal.cap != 0:  # train._epoch_batches: batch_size pseudo-labels a batch
+    if a.strategy == "ceal" and cycle > 0 and a.ceal.cap != 0:  # train.loop._epoch_batches: batch_size pseudo-labels a batch
         plain_images += plain_steps * t.batch_size
     steps, images, features, propagations = 0, 0, 0, 0
     if s.method == "label-propagation":
@@ -153,7 +153,7 @@ def cycle_cost(config: mf.Manifest, cycle: int, pool: int, test: int) -> CycleCo
         mixed_epochs = (t.epochs + s.phase2_epochs) - first_mixed
         unlabeled = pool - n_l
         n_p = unlabeled if s.selection == "all" else int(round(s.fraction * unlabeled))
-        # no pseudo-label (every image labeled): the epochs train on plain batches (train._epoch_batches)
+        # no pseudo-label (every image labeled): the epochs train on plain batches (train.loop._epoch_batches)
         m_steps, m_images = _mixed_steps(n_p, s) if n_p else (plain_steps, plain_images)
         steps += first_mixed * plain_steps + mixed_epochs * m_steps
         images += first_mixed * plain_images + mixed_epochs * m_images

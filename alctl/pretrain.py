@@ -28,7 +28,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from alctl.augment import augment, normalize
 from alctl.knn import knn_vote
 from alctl.models import ConvLarge
-from alctl.train import check_finite
+from alctl.train.loop import check_finite
 
 CLASSIFIER_PREFIX = "classifier."
 

@@ -32,7 +32,7 @@ from alctl.augment import ViewSpec, views
 from alctl.models import ConvLarge
 from alctl.pretrain import (EpochStats, Probe, check_pool, cluster_features, epoch_seed, kmeans, probe_accuracy,
                             seeded_global_rng)
-from alctl.train import check_finite
+from alctl.train.loop import check_finite
 
 # tags of the per-epoch random streams (seed, epoch, tag); 100+ keeps them apart from DeepCluster's
 _TAG_ORDER, _TAG_VIEWS, _TAG_KMEANS, _TAG_HEAD = 100, 101, 102, 103

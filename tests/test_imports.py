@@ -84,7 +84,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_graph_is_read_and_finds_a_planted_cycle() -> None:
     graph = import_graph()
     assert "alctl.engine.cycle" in graph["alctl.engine.commands"]
-    assert "alctl.knn" in graph["alctl.propagate"]
+    assert "alctl.knn" in graph["alctl.propagate.graph"]
     assert "alctl.manifest.checks" in graph["alctl.manifest.schema"]
     assert "alctl.manifest.schema" not in graph["alctl.manifest.checks"]  # only under TYPE_CHECKING there
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

@@ -1,4 +1,4 @@
-"""The cost of a run before it starts (alctl/plan.py): counts follow the batching of alctl/train.py exactly."""
+"""The cost of a run before it starts (alctl/plan.py): counts follow the batching of alctl/train/loop.py exactly."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from alctl import identity
 from alctl import manifest as mf
 from alctl import runtime, train
+from alctl.augment import augment, normalize
 from alctl.cli import app
 from alctl.engine import settings
 from alctl.errors import ManifestError, UserError
@@ -118,7 +119,7 @@ def test_fp32_default_is_the_plain_training_loop_bit_for_bit() -> None:
         for step, b in enumerate(batches):
             for group in opt.param_groups:
                 group["lr"] = train.learning_rate(epoch + step / len(batches), spec, None)
-            x = train.augment(train.normalize(images[pos[b]], MEAN, STD), spec.translate, spec.flip, gen)
+            x = augment(normalize(images[pos[b]], MEAN, STD), spec.translate, spec.flip, gen)
             logits, _ = ref(x)
             loss = train.weighted_loss(logits, ys[b], ws[b], None)
             opt.zero_grad(set_to_none=True)
@@ -187,7 +188,7 @@ def test_channels_last_is_applied_to_the_model_and_its_input_batches() -> None:
 def test_compiled_training_matches_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     """torch.compile (opt-in) through a backend that traces and differentiates without generating C++ code
     (inductor works too but takes minutes on a small CPU): same results as eager up to rounding."""
-    monkeypatch.setattr(train, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr("alctl.train.compute.COMPILE_BACKEND", "aot_eager")  # read there at call time
     images, targets = _data(32)
     eager, compiled = _model(), _model()
     torch.manual_seed(5)  # dropout's draws

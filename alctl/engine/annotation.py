@@ -28,7 +28,7 @@ from alctl.engine.tables import PoolState
 from alctl.errors import UserError
 from alctl.annotate.labels import JSON_LIMIT, Unimported, read_labels_text, unimported_labels
 from alctl.models import ConvLarge
-from alctl.train import predict
+from alctl.train.predict import predict
 
 MIN_SIDE = 128  # pixels: PNGs of small array images are scaled up (nearest, integer factor) to at least this side
 TASKS_FILE, CONFIG_FILE, IMAGES_DIR = "tasks.json", "label_config.xml", "images"

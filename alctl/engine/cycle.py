@@ -31,11 +31,13 @@ from alctl.errors import AlctlError, Preempted, UserError
 from alctl.safe_text import terminal
 from alctl.models import ConvLarge, build_model
 from alctl.pretrain import load_encoder
-from alctl.propagate import class_weights, sample_by_certainty
 from alctl.store import Lock
 from alctl.strategies import Selection
 from alctl.metrics import ClassFigures, class_figures
-from alctl.train import FitState, Semi, Targets, evaluate_predictions, fit, make_optimizer
+from alctl.train.loop import fit
+from alctl.train.predict import evaluate_predictions
+from alctl.train.sampling import class_weights, sample_by_certainty
+from alctl.train.spec import FitState, Semi, Targets, make_optimizer
 
 TARGET_ARRAYS = ("labeled_pos", "labeled_y", "pseudo_pos", "pseudo_y", "pseudo_w", "class_w")
 

@@ -11,10 +11,11 @@ from alctl import runtime
 from alctl.augment import view_spec
 from alctl.pretrain import PretrainSpec
 from alctl.simclr import SimclrSpec
-from alctl.propagate import GraphSpec
+from alctl.propagate.graph import GraphSpec
 from alctl.strategies import StrategyParams
 from alctl.strategies.catalog import PARAMS as STRATEGY_PARAMS
-from alctl.train import FP32, Compute, Consistency, Semi, Targets, TrainSpec
+from alctl.train.compute import FP32, Compute
+from alctl.train.spec import Consistency, Semi, Targets, TrainSpec
 
 _COMPUTE_FIELDS = {"device", "precision", "channels_last", "compile"}
 ImageShape = mf.ImageShape

@@ -20,9 +20,9 @@ from alctl.engine import settings
 from alctl.engine.tables import PoolState
 from alctl.errors import AlctlError, UserError
 from alctl.models import ConvLarge
-from alctl.propagate import label_propagation
+from alctl.propagate.labels import label_propagation
 from alctl.strategies import PoolView, Selection, needs, select
-from alctl.train import predict, predict_mc
+from alctl.train.predict import predict, predict_mc
 
 
 @dataclass

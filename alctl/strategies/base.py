@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel
 
-from alctl.propagate import GraphSpec
+from alctl.propagate.graph import GraphSpec
 from alctl.strategies.catalog import PARAMS, POWER_BASES
 
 if TYPE_CHECKING:

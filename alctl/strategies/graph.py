@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from alctl.propagate import Diffusion, diffusion
+from alctl.propagate.graph import diffusion
+from alctl.propagate.solver import Diffusion
 from alctl.strategies.base import (
     NON_FINITE_FEATURES,
     PoolView,

@@ -1,14 +1,8 @@
-"""Label propagation (Iscen et al., CVPR 2019) over the kNN graph of the pool's features, and the public
-diffusion operator (I - alpha W_n)^-1 that jLP selection (`alctl.strategies.graph`) is built on.
+"""The diffusion operator of a normalised graph, p -> (I - alpha W_n) p, and its inverse by batched conjugate gradient.
 
-Array contract: features `[n, D]` float32 L2-normalised, one row per pool position, as a numpy array or a
-torch tensor (on CUDA the kNN search runs on the device and only sims / ids come to the host); positions
-and labels int64; sims `[n, k]` float32 / ids `[n, k]` int64 from `alctl.knn.knn_search`; the normalised
-graph W_n `[n, n]` float32 CSR, symmetric, zero diagonal; right-hand sides Y and solutions Z `[n, C]` (one
-column per class, or per diffusion source) float32; pseudo-labels `[n]` int64, certainty weights `[n]`
-float32, class weights `[C]` float32. Graph and solver settings come in a `GraphSpec` (no defaults here:
-they live in the manifest schema). Randomness: none (ties go to the lower pool position). Pure: no file
-I/O; caller mistakes raise ValueError / TypeError.
+Array contract: the normalised graph W_n `[n, n]` float32 CSR, symmetric, zero diagonal (`alctl.propagate.graph`);
+right-hand sides Y and solutions Z `[n, C]` (one column per class, or per diffusion source) float32. Randomness:
+none. Pure: no file I/O; caller mistakes raise ValueError.
 
 The linear solves are conjugate gradient on (I - alpha W_n) Z = Y for all columns at once: each column
 follows the iteration of scipy.sparse.linalg.cg (own step sizes, own stopping test
@@ -23,21 +17,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.sparse
-
-from alctl.knn import METHODS, knn_search
-
-if TYPE_CHECKING:
-    import torch
-
-__all__ = [
-    "GraphSpec", "Propagation", "Diffusion", "WEIGHT_SCALES", "normalized_graph", "diffusion", "diffusion_from_knn",
-    "solve", "label_propagation", "propagate_labels", "pseudo_labels", "class_weights", "sample_by_certainty",
-]
 
 # Sparse products take at most this many dense columns at a time (CG keeps its vectors in such blocks).
 _BLOCK_COLS = 16
@@ -50,93 +33,6 @@ _DOT_BLOCK = 256
 _ONES_ROW = np.ones((1, _DOT_BLOCK), dtype=np.float32)  # sums runs of _DOT_BLOCK rows in `_coldot`
 # CG compacts its working arrays to the running columns once this fraction of them has stopped.
 _COMPACT_FRACTION = 0.25
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    """kNN graph and solver settings (the manifest's `semi` section); checked at construction (ValueError/TypeError).
-
-    k: neighbours per node (an integer >= 1; searched as min(k, n - 1)); gamma: affinity exponent, > 0;
-    alpha: in [0, 1); tol: CG relative residual, finite >= 0; max_iter: CG iterations, integer >= 0;
-    knn: a method of `alctl.knn.METHODS`.
-    """
-
-    k: int
-    gamma: float
-    alpha: float
-    tol: float
-    max_iter: int
-    knn: str
-
-    def __post_init__(self) -> None:
-        """Range and type checks of every field."""
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
-            raise ValueError(f"GraphSpec.k must be an integer >= 1, got {self.k!r}")
-        _check_gamma(self.gamma)
-        _check_solver_args(self.alpha, self.tol, self.max_iter)
-        if self.knn not in METHODS:
-            raise ValueError(f"GraphSpec.knn must be one of {', '.join(METHODS)}, got {self.knn!r}")
-
-
-@dataclass(frozen=True)
-class Propagation:
-    """Result of label propagation over the pool."""
-
-    labels: np.ndarray  # [n] int64 pseudo-label per pool position (labeled rows keep their given label)
-    weights: np.ndarray  # [n] float32 certainty ω in [0, 1]; labeled rows 1.0; unreached rows 0.0
-    class_weights: np.ndarray  # [C] float32, inversely proportional to class frequency among labels (labeled + pseudo)
-    scores: np.ndarray  # [n, C] float32, the solution Z
-    iterations: int  # CG iterations used
-
-
-# --------------------------------------------------------------------------- graph
-
-
-def normalized_graph(sims: np.ndarray, ids: np.ndarray, gamma: float) -> scipy.sparse.csr_matrix:
-    """W_n = D^-1/2 (A + A^T) D^-1/2 with A_ij = max(s_ij, 0)^gamma, zero diagonal; [n, n] float32 CSR.
-
-    sims `[n, k]` float (row i: similarities of i to ids[i]), ids `[n, k]` int in [0, n). Self-loops
-    (ids[i, j] == i) are dropped; a node with no positive edge gets an empty row (degree 0 → 0, not inf).
-    Entries of W = A + A^T sum both directions where i and j list each other.
-    """
-    s = np.asarray(sims)
-    nb = np.asarray(ids)
-    if s.ndim != 2 or nb.shape != s.shape:
-        raise ValueError(f"normalized_graph: sims and ids must both be [n, k], got {s.shape} and {nb.shape}")
-    if not np.issubdtype(s.dtype, np.floating) or not np.issubdtype(nb.dtype, np.integer):
-        raise ValueError(f"normalized_graph: sims must be float and ids integer, got {s.dtype} and {nb.dtype}")
-    gamma = _check_gamma(gamma)
-    n, k = s.shape
-    if nb.size and (int(nb.min()) < 0 or int(nb.max()) >= n):
-        raise ValueError(f"normalized_graph: ids must lie in [0, {n - 1}]")
-    if not np.isfinite(s).all():
-        raise ValueError("normalized_graph: sims hold NaN or inf")
-    a = np.maximum(s, 0, dtype=np.float32)
-    if gamma == round(gamma) and gamma <= 8:  # repeated products: faster than a float power
-        base = a.copy()
-        for _ in range(int(gamma) - 1):
-            a *= base
-    else:
-        a **= np.float32(gamma)
-    a[nb == np.arange(n)[:, None]] = 0.0
-    # Degrees of W = A + A^T without forming it: row sums of A plus column sums of A.
-    deg = a.sum(axis=1, dtype=np.float64) + np.bincount(nb.ravel(), weights=a.ravel(), minlength=n)
-    inv_sqrt = np.zeros(n, dtype=np.float64)
-    np.divide(1.0, np.sqrt(deg), out=inv_sqrt, where=deg > 0)
-    inv32 = inv_sqrt.astype(np.float32)
-    a *= inv32[:, None]
-    a *= inv32[nb]
-    index_dtype = np.int32 if n * k < 2**31 else np.int64
-    half = scipy.sparse.csr_matrix(
-        (a.ravel(), nb.ravel().astype(index_dtype, copy=False), np.arange(0, n * k + 1, k, dtype=index_dtype)),
-        shape=(n, n),
-    )
-    wn = (half + half.T.tocsr()).tocsr()  # sums duplicates, drops the zeros
-    wn.eliminate_zeros()
-    return wn
-
-
-# --------------------------------------------------------------------------- solver
 
 
 class Diffusion:
@@ -393,14 +289,6 @@ def _check_solver_args(alpha: float, tol: float, max_iter: int) -> tuple[float, 
     return alpha, tol, int(max_iter)
 
 
-def _check_gamma(gamma: float) -> float:
-    """gamma as a float after the range check (ValueError unless a finite number > 0)."""
-    value = float(gamma)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"gamma must be a positive number, got {gamma}")
-    return value
-
-
 def solve(
     wn: scipy.sparse.spmatrix, y: np.ndarray, alpha: float, tol: float, max_iter: int, x0: np.ndarray | None = None
 ) -> tuple[np.ndarray, int]:
@@ -431,190 +319,3 @@ def solve(
     op = Diffusion(wn, alpha)
     z, its = op.solve(y2, tol, max_iter, x2)
     return (z[:, 0] if vector else z), its
-
-
-def diffusion(features: np.ndarray | torch.Tensor, spec: GraphSpec) -> Diffusion:
-    """The diffusion operator of the pool's kNN graph: `knn_search(features, min(spec.k, n - 1), spec.knn)`,
-    `normalized_graph(..., spec.gamma)`, then `Diffusion(W_n, spec.alpha)`.
-
-    features `[n, D]` float32 L2-normalised, n >= 2: a numpy array or a torch tensor (CUDA: the search runs
-    on the device, the operator on the host).
-    """
-    if not isinstance(spec, GraphSpec):
-        raise TypeError(f"diffusion: spec must be a GraphSpec, got {type(spec).__name__}")
-    n = int(features.shape[0])
-    if n < 2:
-        raise ValueError(f"diffusion: needs at least 2 pool rows, got {n}")
-    sims, ids = knn_search(features, min(int(spec.k), n - 1), spec.knn)
-    return diffusion_from_knn(sims, ids, spec)
-
-
-def diffusion_from_knn(sims: np.ndarray, ids: np.ndarray, spec: GraphSpec) -> Diffusion:
-    """`Diffusion(normalized_graph(sims, ids, spec.gamma), spec.alpha)` for a kNN search already made
-    (sims / ids `[n, k]` as `knn_search` returns them; spec.k and spec.knn are not used)."""
-    return Diffusion(normalized_graph(sims, ids, spec.gamma), spec.alpha)
-
-
-# --------------------------------------------------------------------------- pseudo-labels
-
-
-WEIGHT_SCALES = ("max", "none")
-
-
-def pseudo_labels(
-    z: np.ndarray, labeled: np.ndarray, labels: np.ndarray, num_classes: int, weight_scale: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels [n], weights [n], class_weights [C]) from Z, vectorised.
-
-    z `[n, C]`; labeled `[n_l]` int positions with given labels `[n_l]`. Pseudo-label = argmax of the row
-    (first column on ties). Certainty ω = 1 - H(ẑ)/log C with ẑ the row with negatives clipped to 0 and
-    L1-normalised (Iscen et al.); a row with no positive entry (unreached) gets ω = 0. weight_scale (one of
-    `WEIGHT_SCALES`) "max"
-    then divides every ω by the largest ω over all rows, as the authors' code does (the most certain row
-    weighs 1, so an uncertain propagation from few labels still trains on U); "none" keeps ω as it is.
-    Labeled rows take their given label and ω = 1. Class weights (`class_weights`): count_c = positions
-    labeled (given or pseudo) c, w_c = (n / C) / count_c, and 0 for a class with count 0. labels int64,
-    weights float32 in [0, 1], class_weights float32.
-    """
-    zz = np.asarray(z)
-    lab = np.asarray(labeled)
-    given = np.asarray(labels)
-    c = int(num_classes)
-    if zz.ndim != 2 or zz.shape[1] != c or c < 1:
-        raise ValueError(f"pseudo_labels: z must be [n, num_classes={num_classes}], got {zz.shape}")
-    n = zz.shape[0]
-    if lab.ndim != 1 or given.shape != lab.shape:
-        raise ValueError(f"pseudo_labels: labeled and labels must be 1-D of equal length, got {lab.shape} and {given.shape}")
-    if lab.size and (not np.issubdtype(lab.dtype, np.integer) or not np.issubdtype(given.dtype, np.integer)):
-        raise ValueError("pseudo_labels: labeled and labels must be integer arrays")
-    if lab.size and (lab.min() < 0 or lab.max() >= n or given.min() < 0 or given.max() >= c):
-        raise ValueError("pseudo_labels: a labeled position or label is out of range")
-    if not np.isfinite(zz).all():
-        raise ValueError("pseudo_labels: z holds NaN or inf")
-    if weight_scale not in WEIGHT_SCALES:
-        raise ValueError(f"pseudo_labels: weight_scale must be one of {', '.join(WEIGHT_SCALES)}, got {weight_scale!r}")
-    out = zz.argmax(axis=1).astype(np.int64) if n else np.zeros(0, np.int64)
-    pos = np.maximum(zz, 0, dtype=np.float32)
-    total = pos.sum(axis=1, dtype=np.float64)
-    reached = total > 0
-    # H(ẑ) with ẑ = pos / total: log(total) - sum(pos log pos) / total, one logarithm per entry.
-    logs = np.zeros(pos.shape, dtype=np.float32)
-    np.log(pos, out=logs, where=pos > 0)
-    logs *= pos
-    safe = np.where(reached, total, 1.0)
-    ent = np.log(safe) - logs.sum(axis=1, dtype=np.float64) / safe
-    if c > 1:
-        w = np.where(reached, 1.0 - ent / math.log(c), 0.0)
-    else:
-        w = reached.astype(np.float64)
-    np.clip(w, 0.0, 1.0, out=w)
-    top = float(w.max(initial=0.0)) if weight_scale == "max" else 0.0
-    if top > 0:
-        w /= top
-    out[lab] = given
-    w[lab] = 1.0
-    return out, w.astype(np.float32), class_weights(out, c)
-
-
-def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Class weights [C] float32 inverse to class frequency among labels [m]: (m / C) / count_c, 0 when count_c = 0."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes]
-    cw = np.zeros(num_classes, dtype=np.float64)
-    np.divide(len(labels) / num_classes, counts, out=cw, where=counts > 0)
-    return cw.astype(np.float32)
-
-
-def sample_by_certainty(weights: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices [m] of round(fraction * n) rows drawn without replacement with probability proportional to
-    their certainty weights [n] (the authors' `lp_mode: prob`); rows of weight 0 are never drawn."""
-    w = np.asarray(weights, dtype=np.float64)
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    m = min(int(round(fraction * len(w))), int(np.count_nonzero(w > 0)))
-    if m == 0:
-        return np.zeros(0, dtype=np.int64)
-    chosen = rng.choice(len(w), size=m, replace=False, p=w / w.sum())
-    return np.sort(chosen).astype(np.int64)
-
-
-# --------------------------------------------------------------------------- label propagation
-
-
-def _positions(labeled: np.ndarray, labels: np.ndarray, n: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """labeled / labels as int64 after range, uniqueness and shape checks (ValueError)."""
-    lab = np.asarray(labeled)
-    given = np.asarray(labels)
-    if lab.ndim != 1 or given.shape != lab.shape:
-        raise ValueError(f"labeled and labels must be 1-D of equal length, got {lab.shape} and {given.shape}")
-    if lab.size and (not np.issubdtype(lab.dtype, np.integer) or not np.issubdtype(given.dtype, np.integer)):
-        raise ValueError(f"labeled and labels must be integer arrays, got {lab.dtype} and {given.dtype}")
-    lab, given = lab.astype(np.int64), given.astype(np.int64)
-    if lab.size and (lab.min() < 0 or lab.max() >= n):
-        raise ValueError(f"labeled positions must lie in [0, {n - 1}]")
-    if lab.size and (given.min() < 0 or given.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}]")
-    if np.unique(lab).size != lab.size:
-        raise ValueError("labeled positions must be unique")
-    return lab, given
-
-
-def _num_classes(num_classes: int) -> int:
-    """num_classes as an int (ValueError unless a positive integer)."""
-    c = int(num_classes)
-    if c < 1 or c != num_classes:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return c
-
-
-def label_propagation(
-    features: np.ndarray | torch.Tensor,
-    labeled: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int,
-    graph: GraphSpec,
-    weight_scale: str,
-) -> Propagation:
-    """kNN graph on L2-normalised features [n, D] + propagation from labeled positions [n_l] with labels [n_l].
-
-    `diffusion(features, graph)` (features: numpy array or torch tensor, n >= 2), then `propagate_labels`
-    with graph.tol / graph.max_iter and `weight_scale` (one of `WEIGHT_SCALES`). Arguments are checked
-    before the kNN search.
-    """
-    c = _num_classes(num_classes)
-    if not isinstance(graph, GraphSpec):
-        raise TypeError(f"label_propagation: graph must be a GraphSpec, got {type(graph).__name__}")
-    n = int(features.shape[0])
-    if n < 2:
-        raise ValueError(f"label_propagation: needs at least 2 pool rows, got {n}")
-    lab, given = _positions(labeled, labels, n, c)
-    op = diffusion(features, graph)
-    return _propagate(op, lab, given, c, graph.tol, graph.max_iter, weight_scale)
-
-
-def propagate_labels(
-    op: Diffusion, labeled: np.ndarray, labels: np.ndarray, num_classes: int, tol: float, max_iter: int,
-    weight_scale: str,
-) -> Propagation:
-    """Label propagation on a built operator: Z = op.solve(Y, tol, max_iter), then `pseudo_labels`.
-
-    Y `[n, C]` has 1/|L_c| on the labeled rows of class c (a class without labeled rows: a zero column of
-    Y and of Z); labeled `[n_l]` int positions in [0, op.n), labels `[n_l]` int in [0, num_classes).
-    """
-    c = _num_classes(num_classes)
-    _, tol, max_iter = _check_solver_args(op.alpha, tol, max_iter)
-    lab, given = _positions(labeled, labels, op.n, c)
-    return _propagate(op, lab, given, c, tol, max_iter, weight_scale)
-
-
-def _propagate(
-    op: Diffusion, labeled: np.ndarray, labels: np.ndarray, num_classes: int, tol: float, max_iter: int,
-    weight_scale: str,
-) -> Propagation:
-    """`propagate_labels` on checked arguments (labeled / labels int64)."""
-    n, c = op.n, num_classes
-    counts = np.bincount(labels, minlength=c)
-    y = np.zeros((n, c), dtype=np.float32)
-    y[labeled, labels] = (1.0 / counts[labels]).astype(np.float32)  # only classes that have labeled rows
-    z, its = op.solve(y, tol, max_iter)
-    out, w, cw = pseudo_labels(z, labeled, labels, c, weight_scale)
-    return Propagation(labels=out, weights=w, class_weights=cw, scores=z, iterations=its)
