@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from alctl.manifest import layer_channels
+from alctl.config import layer_channels
 
 
 class ConvBlock(nn.Sequential):

@@ -15,16 +15,12 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from alctl import identity
-from alctl import manifest as mf
+from alctl.config import identity
+from alctl import config as mf
 from alctl.errors import UserError
-from alctl.manifest.facts import pool_size
+from alctl.config.facts import TEST_SIZES, pool_size
 from alctl.strategies.catalog import needs
 
-# Test-split sizes of the named datasets (the pool sizes are manifest.DATASET_FACTS).
-TEST_SIZES: dict[str, int] = {
-    "mnist5k": 1000, "digits": 400, "mnist": 10000, "svhn": 26032, "cifar10": 10000, "cifar100": 10000,
-}
 # A forward pass costs about a third of a training step's forward + backward: inference images per second
 # default to 3x the training throughput when only that is given.
 INFERENCE_SPEEDUP = 3.0

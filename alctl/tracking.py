@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlparse, urlsplit
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl import store
 from alctl.console import Ui
 from alctl.errors import Preempted, UserError

@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alctl import manifest as mf  # noqa: E402
+from alctl import config as mf  # noqa: E402
 from alctl import propagate  # noqa: E402
 from alctl.engine.cycle import new_model  # noqa: E402
 from alctl.engine.pretraining import load_encoder_file, pretrain_key, pretrain_paths  # noqa: E402

@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alctl import manifest as mf  # noqa: E402
+from alctl import config as mf  # noqa: E402
 from alctl import store  # noqa: E402
 from alctl.console import Ui  # noqa: E402
 from alctl.engine.commands import cycle_command  # noqa: E402

@@ -52,7 +52,7 @@ EOF
 step "2. GPU unit checks"
 run 90 "$PY" - <<'EOF'
 import numpy as np, torch
-from alctl import manifest as mf, train
+from alctl import config as mf, train
 from alctl.engine import settings
 from alctl.models import build_model
 dev = torch.device("cuda")

@@ -10,7 +10,7 @@ def kept_and_direct_propagation(path: Path, features: Any) -> tuple[list[int], l
     """For the single task of manifest `path` after its cycle 0: the pseudo-labels kept in pseudo.parquet and those
     of a direct propagation over `features(task, ds)` [N, D] from the same labeled set, both over the unlabeled
     positions in pool order, and the pseudo table itself."""
-    from alctl import manifest as mf
+    from alctl import config as mf
     from alctl.engine.steps import propagate_pool
     from alctl.engine.tables import TaskTables
     from alctl.engine.workspace import dataset_for, task_dir
@@ -61,7 +61,7 @@ def digits_human_manifest(folder: Path, name: str) -> Path:
 
 def single_task_dir(manifest: Path) -> Path:
     """The task directory of a one-task manifest."""
-    from alctl import manifest as mf
+    from alctl import config as mf
 
     m = mf.load(manifest)
     return mf.run_dir(m) / "tasks" / mf.tasks(m)[0].key

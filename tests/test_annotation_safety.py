@@ -29,7 +29,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from alctl.annotate import labelstudio as ls
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.cli import app
 from alctl.errors import AlctlError, UserError
 from alctl.annotate.labels import read_labels

@@ -6,7 +6,7 @@ from types import ModuleType
 
 import pytest
 
-from alctl import manifest as mf
+from alctl import config as mf
 from tests.checks import load_benchmark
 
 

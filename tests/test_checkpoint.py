@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.cli import app
 from alctl.engine import checkpoint
 from alctl.errors import UserError

@@ -188,7 +188,7 @@ def test_validate_shows_the_grid_less_its_exclusions_and_the_plan(options: str, 
             " 2 left out by sweep.exclude -> 6 x 3 repetitions = 18 tasks") in out
     assert "left out: semi.method=none, semi.class_weights=False" in out
     # one plan line per point (3 repetitions each) with alctl.plan's counts; the plain ones never propagate
-    from alctl import manifest as mf
+    from alctl import config as mf
     from alctl import plan
 
     run = plan.run_cost(mf.load(options))

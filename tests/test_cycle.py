@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl import report, tracking
 from alctl.console import Ui, silent
 from alctl.engine import commands, tables

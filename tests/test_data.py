@@ -196,3 +196,13 @@ def test_class_index_takes_a_name_first_then_an_index_in_range() -> None:
     for bad in ("4", "-1", "bird", "Dog", "1.0", ""):
         assert class_index(bad, classes) is None, bad
     assert class_index("2", ["a", "b", "a"]) == 2 and class_index("a", ["a", "b", "a"]) == 0
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist5k"])
+def test_the_table_of_dataset_facts_matches_what_the_loader_reads(name: str) -> None:
+    from alctl.config.facts import FACTS
+
+    ds = load_dataset(name)
+    facts = FACTS[name]
+    assert (ds.num_classes, len(ds.train_labels), len(ds.test_labels), ds.train_images.shape[1]) == (
+        facts.classes, facts.pool, facts.test, facts.channels)

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from alctl import identity
-from alctl import manifest as mf
+from alctl.config import identity
+from alctl import config as mf
 from alctl import plan
 from alctl.cli import app
 from alctl.console import silent

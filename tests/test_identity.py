@@ -10,8 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from alctl import identity
-from alctl import manifest as mf
+from alctl.config import identity
+from alctl import config as mf
 from alctl.cli import app
 from alctl.console import silent
 from alctl.engine import commands
@@ -32,7 +32,7 @@ def test_every_default_is_pinned_so_changing_one_needs_a_new_identity_version() 
     assert not changed, f"defaults changed: {changed}; bump identity.VERSION and regenerate {GOLDEN.name}"
     assert golden["identity"] == identity.VERSION, f"identity.VERSION changed: regenerate {GOLDEN.name}"
     added = sorted(set(now) - set(golden["defaults"]))  # a new field at its default: no new version, but pinned
-    assert not added, f"new fields {added}: regenerate {GOLDEN.name} (python -c 'from alctl import identity; ...')"
+    assert not added, f"new fields {added}: regenerate {GOLDEN.name} (python -c 'from alctl.config import identity; ...')"
 
 
 def test_identity_keeps_only_non_default_values_outside_the_sections_that_cannot_change_a_result() -> None:

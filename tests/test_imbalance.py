@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.data.imbalance import long_tail_counts, long_tailed
 from alctl.engine.workspace import dataset_for
 from alctl.errors import ManifestError

@@ -85,8 +85,8 @@ def test_the_graph_is_read_and_finds_a_planted_cycle() -> None:
     graph = import_graph()
     assert "alctl.engine.cycle" in graph["alctl.engine.commands"]
     assert "alctl.knn" in graph["alctl.propagate.graph"]
-    assert "alctl.manifest.checks" in graph["alctl.manifest.schema"]
-    assert "alctl.manifest.schema" not in graph["alctl.manifest.checks"]  # only under TYPE_CHECKING there
+    assert "alctl.config.checks" in graph["alctl.config.schema"]
+    assert "alctl.config.schema" not in graph["alctl.config.checks"]  # only under TYPE_CHECKING there
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
@@ -116,7 +116,7 @@ def test_the_schema_and_the_plan_load_without_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, alctl.manifest, alctl.identity, alctl.plan, alctl.report; "
+    code = ("import sys, alctl.config, alctl.config.identity, alctl.plan, alctl.report; "
             "loaded = [m for m in ('torch', 'torchvision', 'alctl.strategies.registry') if m in sys.modules]; "
             "assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -127,12 +127,20 @@ def test_the_annotation_package_does_not_reach_up_into_the_engine() -> None:
     annotate = [m for m in graph if m.startswith("alctl.annotate")]
     assert {"alctl.annotate.labels", "alctl.annotate.labelstudio", "alctl.annotate.sheet"} <= set(annotate)
     for module in annotate:
-        assert not {t for t in graph[module] if t.startswith(("alctl.engine", "alctl.cli", "alctl.manifest"))}, module
+        assert not {t for t in graph[module] if t.startswith(("alctl.engine", "alctl.cli", "alctl.config"))}, module
 
 
 # The configuration layer (the schema, its rules and the identity of a task) and what it may import: the bottom.
-CONFIG = ("alctl.manifest", "alctl.identity")
+CONFIG = ("alctl.config", "alctl.manifest", "alctl.identity")  # the package and its former import paths
 BELOW_CONFIG = ("alctl.errors", "alctl.safe_text", "alctl.strategies.catalog", "alctl.strategies.params")
+
+
+def test_the_former_import_paths_are_the_same_modules() -> None:
+    import alctl.config.identity
+    from alctl import config, identity, manifest
+
+    assert manifest is config and identity is alctl.config.identity
+    assert manifest.Manifest is config.Manifest
 
 
 def test_the_configuration_is_the_bottom_layer_and_only_the_cli_imports_the_engine() -> None:

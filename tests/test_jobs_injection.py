@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from alctl import jobs
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.cli import app
 from alctl.errors import UserError
 

@@ -22,7 +22,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from alctl.annotate import labelstudio as ls
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.cli import app
 from alctl.errors import UserError
 from tests.checks import digits_human_manifest, pool_table, single_task_dir

@@ -26,7 +26,7 @@ import yaml
 from typer.testing import CliRunner
 
 from alctl.annotate import labelstudio as ls
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.cli import app
 from tests.conftest import TINY, deep_update
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from alctl import identity
-from alctl import manifest as mf
+from alctl.config import identity
+from alctl import config as mf
 from alctl.errors import ManifestError
 
 ROOT = Path(__file__).resolve().parents[1]

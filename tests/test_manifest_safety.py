@@ -17,7 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.cli import app
 from alctl.errors import UserError
 

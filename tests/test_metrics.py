@@ -43,7 +43,7 @@ def test_no_image_gives_nan_and_bad_input_is_refused() -> None:
 def test_a_cycle_records_per_class_figures_and_labels_per_class(write_manifest) -> None:
     import pyarrow.parquet as pq
 
-    from alctl import manifest as mf
+    from alctl import config as mf
     from alctl.console import silent
     from alctl.engine import commands
 

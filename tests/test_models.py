@@ -9,7 +9,7 @@ import torch
 
 from alctl.augment import flip, normalize, translate
 from alctl.models import build_model
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.engine import settings
 from alctl.train import Semi, Targets, TrainSpec, cosine_lr, evaluate, fit, learning_rate, predict, total_epochs
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from alctl import jobs
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.console import silent
 from alctl.engine import commands, parallel
 from alctl.engine.workspace import select_task, task_dir

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl import plan, train
 from alctl.engine import settings
 

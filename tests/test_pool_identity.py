@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.cli import app
 from alctl.data.imagefolder import path_sample_id
 from alctl.engine import workspace

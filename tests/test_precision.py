@@ -12,8 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from alctl import identity
-from alctl import manifest as mf
+from alctl.config import identity
+from alctl import config as mf
 from alctl import runtime, train
 from alctl.augment import augment, normalize
 from alctl.cli import app

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl import store
 from alctl.console import silent
 from alctl.engine import commands

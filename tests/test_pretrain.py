@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.data import load_dataset
 from alctl.engine import settings
 from alctl.models import ConvLarge

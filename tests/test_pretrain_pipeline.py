@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.cli import app
 from tests.checks import kept_and_direct_propagation
 

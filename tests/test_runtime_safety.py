@@ -150,7 +150,7 @@ def test_a_young_malformed_lock_is_waited_for_briefly_then_taken_over(tmp_path: 
 
 
 def test_an_empty_task_lock_does_not_block_the_cycle(write_manifest, workdir: Path) -> None:
-    from alctl import manifest as mf
+    from alctl import config as mf
 
     path = write_manifest({"repetitions": 1, "train": {"epochs": 1, "rampdown_epochs": 2}, "active": {"cycles": 2}})
     m = mf.load(path)
@@ -191,7 +191,7 @@ def _first_float(state: dict[str, Any]) -> str:
 def test_a_damaged_training_checkpoint_is_refused_naming_the_file(write_manifest, workdir: Path) -> None:
     import torch
 
-    from alctl import manifest as mf
+    from alctl import config as mf
     from alctl.console import silent
     from alctl.engine.cycle import run_task
     from alctl.errors import Preempted
@@ -277,7 +277,7 @@ def _pretrain_manifest(write_manifest: Any, extra: dict[str, Any] | None = None)
 
 def _pretrain_paths(path: Path) -> dict[str, Path]:
     """The files of the manifest's one pre-training under runs/<name>/pretrain/."""
-    from alctl import manifest as mf
+    from alctl import config as mf
     from alctl.engine.pretraining import pretrain_key, pretrain_paths
     from alctl.engine.workspace import dataset_for
 

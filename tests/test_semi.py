@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.cli import app
 from tests.checks import kept_and_direct_propagation
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from alctl import manifest as mf
+from alctl import config as mf
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 

@@ -497,7 +497,7 @@ def test_no_import_cycle_and_no_manifest_import():
         "import sys; import alctl.propagate; "
         "assert not any(m.startswith('alctl.strategies') for m in sys.modules), 'propagate imports strategies'; "
         "import alctl.strategies.registry; "
-        "assert 'alctl.manifest' not in sys.modules and 'alctl.errors' not in sys.modules, sorted(sys.modules)"
+        "assert 'alctl.config' not in sys.modules and 'alctl.errors' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

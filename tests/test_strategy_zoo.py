@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.engine import settings, steps
 from alctl.errors import ManifestError
 from alctl.models import build_model

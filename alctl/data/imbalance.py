@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from alctl.data.images import DatasetSplits, channel_stats
-from alctl.manifest.facts import long_tail_counts
+from alctl.config.facts import long_tail_counts
 
 __all__ = ["long_tail_counts", "long_tailed"]
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from alctl.annotate import labelstudio as ls
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl import store
 from alctl.data import DatasetSplits
 from alctl.engine.tables import PoolState

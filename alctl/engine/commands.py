@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl import runtime, store, tracking
 from alctl.annotate import labelstudio as ls
 from alctl.console import Ui

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl import runtime, tracking
 from alctl.console import Ui
 from alctl.data import DatasetSplits

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.console import Ui
 from alctl.errors import AlctlError, Preempted, UserError
 

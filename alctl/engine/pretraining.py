@@ -14,8 +14,8 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from alctl import identity
-from alctl import manifest as mf
+from alctl.config import identity
+from alctl import config as mf
 from alctl import runtime, store
 from alctl.console import Ui
 from alctl.data import DatasetSplits

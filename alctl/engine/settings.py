@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl import runtime
 from alctl.augment import view_spec
 from alctl.pretrain import PretrainSpec

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl import runtime
 from alctl.data import DatasetSplits
 from alctl.engine import settings

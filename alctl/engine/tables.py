@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl import runtime, store
 from alctl.data import DatasetSplits
 from alctl.engine import settings

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl import plan, tracking
 from alctl.engine.tables import TaskTables
 from alctl.engine.workspace import dataset_for, task_dir

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from alctl import identity
-from alctl import manifest as mf
+from alctl.config import identity
+from alctl import config as mf
 from alctl import runtime, store
 from alctl.data import DatasetSplits, load_dataset
 from alctl.data.imbalance import long_tailed

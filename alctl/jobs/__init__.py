@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alctl.manifest import memory_parts, time_seconds
+from alctl.config import memory_parts, time_seconds
 from alctl.jobs.common import (
     PREEMPTED_EXIT_CODE,
     OPTION_NAMES,

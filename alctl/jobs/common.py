@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl import plan
-from alctl.manifest import memory_parts, time_seconds
+from alctl.config import memory_parts, time_seconds
 from alctl.errors import UserError
 from alctl.safe_text import refuse_control, terminal
 

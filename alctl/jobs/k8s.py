@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from alctl import manifest as mf
-from alctl.manifest import memory_parts, time_seconds
+from alctl import config as mf
+from alctl.config import memory_parts, time_seconds
 from alctl.errors import UserError
 from alctl.jobs.common import PREEMPTED_EXIT_CODE, _comment, _host_path, _packed_parallel, packing
 

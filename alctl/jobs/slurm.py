@@ -7,8 +7,8 @@ import re
 import shlex
 from collections.abc import Sequence
 
-from alctl import manifest as mf
-from alctl.manifest import memory_parts, time_seconds
+from alctl import config as mf
+from alctl.config import memory_parts, time_seconds
 from alctl.errors import UserError
 from alctl.safe_text import refuse_control, shell_word
 from alctl.jobs.common import PREEMPTED_EXIT_CODE, _comment, _host_path, _packed_parallel, packing

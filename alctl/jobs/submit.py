@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alctl import manifest as mf
+from alctl import config as mf
 from alctl.errors import AlctlError, UserError
 from alctl.safe_text import terminal
 from alctl.store import atomic_write_bytes

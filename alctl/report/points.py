@@ -76,7 +76,7 @@ class TaskStatus:
 
 def task_statuses(run: Path) -> list[TaskStatus] | None:
     """Every task the run's manifest plans, with its state; None when the run has no readable manifest."""
-    from alctl import manifest as mf
+    from alctl import config as mf
     from alctl.errors import ManifestError
 
     path = run / "manifest.yaml"

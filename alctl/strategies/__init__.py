@@ -6,7 +6,7 @@ margin, least confidence, BALD, power sampling, CEAL), `geometry` (CoreSet: gree
 (BADGE: k-means++ on gradient embeddings), `coverage` (TypiClust, ProbCover), `graph` (jLP over the kNN
 graph, on `alctl.propagate.diffusion`), `catalog` (names and needs, torch-free), `registry` (names paired with
 functions, `select`). Array contracts: see `base`. Import order is catalog → base → families → registry; nothing
-here imports alctl.manifest.
+here imports alctl.config.
 """
 
 from __future__ import annotations

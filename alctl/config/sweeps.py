@@ -14,9 +14,9 @@ from pydantic import ValidationError
 
 from alctl.errors import ManifestError
 from alctl.safe_text import terminal
-from alctl.manifest.schema import Manifest
-from alctl.manifest.values import MAX_TASKS, SHOWN_LIMIT
-from alctl.manifest.messages import Origins, _format_validation
+from alctl.config.schema import Manifest
+from alctl.config.values import MAX_TASKS, SHOWN_LIMIT
+from alctl.config.messages import Origins, _format_validation
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from alctl.safe_text import terminal
-from alctl.manifest.schema import Manifest
-from alctl.manifest.values import SHOWN_LIMIT, shown
+from alctl.config.schema import Manifest
+from alctl.config.values import SHOWN_LIMIT, shown
 
 
 # Top-level fields of the whole run (one run directory, one task list, one job script): not sweepable.

@@ -18,8 +18,8 @@ from alctl.strategies.catalog import NAMES as STRATEGY_NAMES
 from alctl.strategies.catalog import PARAMS as STRATEGY_PARAMS
 from alctl.strategies.params import BaldParams, CealParams, PowerParams, ProbCoverParams
 
-from alctl.manifest.checks import cross_field_problems
-from alctl.manifest.values import memory_parts, no_control, no_nul, shown, time_seconds
+from alctl.config.checks import cross_field_problems
+from alctl.config.values import memory_parts, no_control, no_nul, shown, time_seconds
 
 
 class _Section(BaseModel):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from alctl.manifest.facts import DATASET_FACTS
-from alctl.manifest.values import layer_channels
+from alctl.config.facts import DATASET_FACTS
+from alctl.config.values import layer_channels
 from alctl.strategies.catalog import COLD_START_NAMES
 
 if TYPE_CHECKING:  # the schema calls these rules from its validator
-    from alctl.manifest.schema import Manifest
+    from alctl.config.schema import Manifest
 
 
 def cross_field_problems(m: Manifest) -> list[str]:

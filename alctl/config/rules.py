@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from alctl.manifest.facts import NATIVE_CHANNELS
+from alctl.config.facts import NATIVE_CHANNELS
 from alctl.strategies.catalog import COLD_START_NAMES
 
 
 if TYPE_CHECKING:
-    from alctl.manifest.schema import ActiveConfig, DatasetConfig, Manifest, SimclrConfig, TrainConfig
+    from alctl.config.schema import ActiveConfig, DatasetConfig, Manifest, SimclrConfig, TrainConfig
 
 # ----------------------------------------------------------------------------- auto settings: rules from the images
 

@@ -1,23 +1,37 @@
-"""What alctl knows of the named datasets before reading a file: classes, pool size, channels; and the pool a
-long-tailed cut leaves (numpy only)."""
+"""What alctl knows of the named datasets before reading a file (one table: classes, pool and test sizes,
+channels), and the pool a long-tailed cut leaves (numpy only)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 
-# Known dataset facts used by cross-field checks before any file is read: (classes, pool size).
-DATASET_FACTS: dict[str, tuple[int, int]] = {
-    "mnist5k": (10, 4000),
-    "digits": (10, 1397),
-    "mnist": (10, 60000),
-    "svhn": (10, 73257),
-    "cifar10": (10, 50000),
-    "cifar100": (100, 50000),
+@dataclass(frozen=True)
+class DatasetFacts:
+    """A named dataset as alctl stores it: classes, pool (train split) and test images, channels."""
+
+    classes: int
+    pool: int
+    test: int
+    channels: int
+
+
+# The one table of what alctl knows of the named datasets before any file is read.
+FACTS: dict[str, DatasetFacts] = {
+    "mnist5k": DatasetFacts(10, 4000, 1000, 1),
+    "digits": DatasetFacts(10, 1397, 400, 1),
+    "mnist": DatasetFacts(10, 60000, 10000, 1),
+    "svhn": DatasetFacts(10, 73257, 26032, 3),
+    "cifar10": DatasetFacts(10, 50000, 10000, 3),
+    "cifar100": DatasetFacts(100, 50000, 10000, 3),
 }
-# Channels of the named datasets' images as stored (imagefolder: RGB unless dataset.channels is 1).
-NATIVE_CHANNELS: dict[str, int] = {"mnist5k": 1, "digits": 1, "mnist": 1, "svhn": 3, "cifar10": 3, "cifar100": 3,
-                                   "imagefolder": 3}
+# Views of it: (classes, pool size) for the cross-field checks; channels as stored (imagefolder: RGB unless
+# dataset.channels is 1); test-split sizes for the plan.
+DATASET_FACTS: dict[str, tuple[int, int]] = {name: (f.classes, f.pool) for name, f in FACTS.items()}
+NATIVE_CHANNELS: dict[str, int] = {**{name: f.channels for name, f in FACTS.items()}, "imagefolder": 3}
+TEST_SIZES: dict[str, int] = {name: f.test for name, f in FACTS.items()}
 
 
 def long_tail_counts(counts: np.ndarray, ratio: float) -> np.ndarray:

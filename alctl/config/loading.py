@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 from alctl.errors import ManifestError
 from alctl.safe_text import terminal
-from alctl.manifest.schema import Manifest
-from alctl.manifest.values import EXTENDS_ANYWHERE, MAX_YAML_NODES, SHOWN_LIMIT, shown
-from alctl.manifest.messages import Origins, _RUN_LEVEL, _format_validation, _known_path, _origin, hidden_note
-from alctl.manifest.sweeps import EXCLUDE, grid_problem, resolve_point, sweep_axes, sweep_points
+from alctl.config.schema import Manifest
+from alctl.config.values import EXTENDS_ANYWHERE, MAX_YAML_NODES, SHOWN_LIMIT, shown
+from alctl.config.messages import Origins, _RUN_LEVEL, _format_validation, _known_path, _origin, hidden_note
+from alctl.config.sweeps import EXCLUDE, grid_problem, resolve_point, sweep_axes, sweep_points
 
 
 def parse(data: Any, source: str = "manifest", origins: Origins | None = None) -> Manifest:

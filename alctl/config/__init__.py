@@ -1,14 +1,16 @@
-"""The only manifest schema and everything about a manifest: `load(path) -> Manifest`, the sections and their
-defaults (`schema`), the cross-field rules (`checks`), how values are read and shown (`values`), the `auto` rules (`rules`), one-line validation messages (`messages`), sweeps and task keys
-(`sweeps`), reading YAML and `extends:` (`loading`). Callers use `from alctl import manifest as mf`."""
+"""The configuration layer, at the bottom of the package: the only manifest schema and everything about a manifest.
+`load(path) -> Manifest`; the sections and their defaults (`schema`), the cross-field rules (`checks`), how values
+are read and shown (`values`), the `auto` rules (`rules`), one-line validation messages (`messages`), sweeps and
+task keys (`sweeps`), reading YAML and `extends:` (`loading`), the dataset facts (`facts`) and a task's identity
+(`identity`). Callers use `from alctl import config as mf`."""
 
 from __future__ import annotations
 
-from alctl.manifest.facts import (  # noqa: F401
+from alctl.config.facts import (  # noqa: F401
     DATASET_FACTS,
     NATIVE_CHANNELS,
 )
-from alctl.manifest.values import (  # noqa: F401
+from alctl.config.values import (  # noqa: F401
     SHOWN_LIMIT,
     MAX_YAML_NODES,
     MAX_TASKS,
@@ -18,8 +20,8 @@ from alctl.manifest.values import (  # noqa: F401
     memory_parts,
     layer_channels,
 )
-from alctl.manifest.checks import cross_field_problems  # noqa: F401
-from alctl.manifest.schema import (  # noqa: F401
+from alctl.config.checks import cross_field_problems  # noqa: F401
+from alctl.config.schema import (  # noqa: F401
     ImbalanceConfig,
     DatasetConfig,
     ModelConfig,
@@ -41,7 +43,7 @@ from alctl.manifest.schema import (  # noqa: F401
     run_dir,
     to_yaml,
 )
-from alctl.manifest.rules import (  # noqa: F401
+from alctl.config.rules import (  # noqa: F401
     ImageShape,
     image_channels,
     translate,
@@ -53,11 +55,11 @@ from alctl.manifest.rules import (  # noqa: F401
     encoder_method,
     uses_encoder,
 )
-from alctl.manifest.messages import (  # noqa: F401
+from alctl.config.messages import (  # noqa: F401
     Origins,
     hidden_note,
 )
-from alctl.manifest.sweeps import (  # noqa: F401
+from alctl.config.sweeps import (  # noqa: F401
     Task,
     variant_label,
     grid_size,
@@ -71,7 +73,7 @@ from alctl.manifest.sweeps import (  # noqa: F401
     task_key,
     tasks,
 )
-from alctl.manifest.loading import (  # noqa: F401
+from alctl.config.loading import (  # noqa: F401
     parse,
     expanded_nodes,
     _UniqueKeyLoader,
