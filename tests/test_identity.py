@@ -162,3 +162,20 @@ def test_a_task_recorded_before_version_3_with_initial_strategy_random_is_todays
     (tdir / "task.sha256").write_text("fedcba9876543210\n")
     with pytest.raises(UserError, match='active.initial_strategy: "random" -> "auto"'):
         check_task_dir(task)
+
+
+SHIPPED = Path(__file__).parents[1] / "manifests"
+PINNED = Path(__file__).parent / "golden" / "task_hashes.json"
+
+
+def test_the_task_hashes_of_every_shipped_manifest_are_pinned() -> None:
+    # each is the directory a recorded run of that manifest resumes from: a code change that moves one would
+    # strand those runs; a new manifest or a new task of a sweep is added to the file, an old one never changes
+    pinned = json.loads(PINNED.read_text())
+    for path in sorted(SHIPPED.glob("*.yaml")):
+        now = {t.key: identity.task_hash(t.config) for t in mf.tasks(mf.load(path))}
+        old = pinned.get(path.name)
+        assert old is not None, f"{path.name} is new: add its task hashes to {PINNED.name}"
+        moved = {k: (v, now[k]) for k, v in old.items() if k in now and now[k] != v}
+        assert not moved, f"{path.name}: task hashes changed {moved}"
+        assert set(now) <= set(old), f"{path.name}: new tasks {sorted(set(now) - set(old))}: add them to {PINNED.name}"

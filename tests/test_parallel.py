@@ -33,6 +33,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
                           timeout=600, check=False)
 
 
+@pytest.mark.slow  # two task processes end to end (about 50 s on 2 cores)
 def test_jobs_2_gives_the_tables_of_jobs_1(write_manifest, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the children's thread count = this process's (conftest: 1)
     one = write_manifest({**SMALL, "name": "one"}, name="one.yaml")
@@ -57,6 +58,7 @@ def test_jobs_2_gives_the_tables_of_jobs_1(write_manifest, workdir: Path, monkey
     assert commands.cycle_command(two, None, None, silent(), jobs=2) == 0
 
 
+@pytest.mark.slow  # task processes end to end (about 30 s on 2 cores)
 def test_a_task_locked_by_another_process_fails_alone_with_exit_2(write_manifest, workdir: Path) -> None:
     path = write_manifest({**SMALL, "active": {"cycles": 1, "strategy": "random"}})
     m = mf.load(path)
