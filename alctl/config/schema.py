@@ -92,7 +92,7 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Supervised training of one cycle (PROTOCOL.md defaults)."""
+    """Supervised training of one cycle (the paper's defaults: docs/protocol.md)."""
 
     epochs: int = Field(200, ge=1, description="epochs per cycle")
     batch_size: int = Field(32, ge=1, description="images per mini-batch when training on labels only")
