@@ -372,22 +372,13 @@ class SchedulerConfig(_Section):
         " estimate (`alctl validate --images-per-second` prints the plan)",
     )
 
-    @field_validator("time")
+    @field_validator("time", "memory")
     @classmethod
-    def _time(cls, value: str) -> str:
-        """A time limit in a form Slurm and Kubernetes accept."""
+    def _slurm_value(cls, value: str, info: ValidationInfo) -> str:
+        """A time limit (time) or a memory size (memory) in a form Slurm and Kubernetes accept."""
+        parse = time_seconds if info.field_name == "time" else memory_parts
         try:
-            time_seconds(value)
-        except UserError as exc:
-            raise ValueError(exc.problems[0]) from None
-        return value
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, value: str) -> str:
-        """A memory size in a form Slurm and Kubernetes accept."""
-        try:
-            memory_parts(value)
+            parse(value)
         except UserError as exc:
             raise ValueError(exc.problems[0]) from None
         return value
