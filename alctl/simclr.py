@@ -1,9 +1,12 @@
-"""SimCLR (Chen et al. 2020) contrastive pre-training of the paper's network on the pool, pure (no file I/O).
+"""SimCLR (Chen et al. 2020) contrastive pre-training of the paper's network on the pool, pure (no file I/O); BYOL
+(Grill et al. 2020) on the same loop, views and report.
 
-Two random views of every image (`augment.views`) go through the network's body and a projection head; the
-NT-Xent loss (lightly's `NTXentLoss`, temperature `spec.temperature`) pulls the two views of one image together
-and pushes the other 2(b - 1) images of the batch away. The head (lightly's `SimCLRProjectionHead`) is dropped
-afterwards: the encoder is the body, as DeepCluster's is.
+Two random views of every image (`augment.views`) go through the network's body and a projection head. SimCLR
+(`spec.objective: simclr`): the NT-Xent loss (lightly's `NTXentLoss`, temperature `spec.temperature`) pulls the
+two views of one image together and pushes the other 2(b - 1) images of the batch away. BYOL (`byol`): no
+negatives; a predictor on the online projection regresses a momentum teacher's projection of the other view
+(lightly's BYOL heads and negative cosine similarity), the teacher an exponential moving average of the online
+body and head. The heads (and the teacher) are dropped afterwards: the encoder is the body, as DeepCluster's is.
 
 Array contracts:
     images    uint8 [N, C, H, W] on the training device; labels int64 [N] (only to report NMI)
@@ -23,8 +26,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from lightly.loss import NTXentLoss
-from lightly.models.modules import SimCLRProjectionHead
+from lightly.loss import NegativeCosineSimilarity, NTXentLoss
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, SimCLRProjectionHead
+from lightly.models.utils import update_momentum
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
@@ -51,6 +55,8 @@ class SimclrSpec:
     views: ViewSpec  # the augmentation between the two views
     clusters: int  # k-means clusters of the per-epoch NMI report (the number of classes)
     eval_batch_size: int
+    objective: str = "simclr"  # simclr (NT-Xent) | byol (predictor + momentum teacher)
+    momentum: float = 0.99  # byol: the teacher's momentum at the first step, cosine up to 1 at the last
 
 
 @dataclass
@@ -59,13 +65,80 @@ class SimclrState:
 
     epoch: int  # epochs finished
     optimizer: dict  # AdamW state_dict over the body and the head
-    head: dict  # the projection head's state_dict
+    head: dict  # the projection head's state_dict (byol: projection, predictor and teacher)
     history: list[EpochStats] = field(default_factory=list)
 
 
 def projection_head(feature_dim: int, projection_dim: int) -> nn.Module:
     """SimCLR's projection head: feature_dim -> feature_dim (BN, ReLU) -> projection_dim (lightly's module)."""
     return SimCLRProjectionHead(feature_dim, feature_dim, projection_dim)
+
+
+class _Ntxent(nn.Module):
+    """SimCLR's objective: the projection head and NT-Xent; its state_dict is the head's."""
+
+    def __init__(self, model: ConvLarge, spec: SimclrSpec) -> None:
+        super().__init__()
+        self.head = projection_head(model.feature_dim, spec.projection_dim)
+        self.loss_fn = NTXentLoss(temperature=spec.temperature)
+
+    def saved(self) -> nn.Module:
+        """The module whose state_dict is checkpointed."""
+        return self.head
+
+    def trained(self) -> list[nn.Parameter]:
+        """Parameters the optimizer updates besides the body's."""
+        return list(self.head.parameters())
+
+    def loss(self, model: ConvLarge, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        """NT-Xent of the two views' projections; v1, v2 float [b, C, H, W]."""
+        z = self.head(model.features(torch.cat([v1, v2])))
+        return self.loss_fn(z[: len(v1)], z[len(v1):])
+
+    def after_step(self, model: ConvLarge, t: float) -> None:
+        """Nothing to do after an optimizer step."""
+
+
+class _Byol(nn.Module):
+    """BYOL's objective: online projection + predictor, a momentum teacher (body + projection), symmetric
+    negative cosine similarity."""
+
+    def __init__(self, model: ConvLarge, spec: SimclrSpec) -> None:
+        super().__init__()
+        d, hidden = model.feature_dim, 4 * model.feature_dim
+        self.projection = BYOLProjectionHead(d, hidden, spec.projection_dim)
+        self.predictor = BYOLPredictionHead(spec.projection_dim, hidden, spec.projection_dim)
+        self.teacher_body = copy.deepcopy(model)
+        self.teacher_projection = copy.deepcopy(self.projection)
+        for p in [*self.teacher_body.parameters(), *self.teacher_projection.parameters()]:
+            p.requires_grad_(False)
+        self.momentum = spec.momentum
+        self.loss_fn = NegativeCosineSimilarity()
+
+    def saved(self) -> nn.Module:
+        """The module whose state_dict is checkpointed (heads and teacher)."""
+        return self
+
+    def trained(self) -> list[nn.Parameter]:
+        """Parameters the optimizer updates besides the body's (the teacher follows by momentum)."""
+        return [*self.projection.parameters(), *self.predictor.parameters()]
+
+    def loss(self, model: ConvLarge, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        """Symmetric BYOL loss: each view's prediction against the teacher's projection of the other."""
+        n = len(v1)
+        p = self.predictor(self.projection(model.features(torch.cat([v1, v2]))))
+        with torch.no_grad():
+            z = self.teacher_projection(self.teacher_body.features(torch.cat([v2, v1])))
+        return 0.5 * (self.loss_fn(p[:n], z[:n]) + self.loss_fn(p[n:], z[n:]))
+
+    def after_step(self, model: ConvLarge, t: float) -> None:
+        """Teacher <- m x teacher + (1 - m) x online, m cosine from spec.momentum to 1 over the run (t in [0, 1])."""
+        m = 1.0 - (1.0 - self.momentum) * 0.5 * (1.0 + math.cos(math.pi * t))
+        update_momentum(model, self.teacher_body, m)
+        update_momentum(self.projection, self.teacher_projection, m)
+
+
+_OBJECTIVES: dict[str, type[_Ntxent] | type[_Byol]] = {"simclr": _Ntxent, "byol": _Byol}
 
 
 @contextmanager
@@ -89,6 +162,9 @@ def check_spec(spec: SimclrSpec, n: int) -> None:
     if not (spec.lr > 0 and spec.temperature > 0 and spec.weight_decay >= 0):
         raise ValueError(f"simclr: lr and temperature must be > 0, weight_decay >= 0, got {spec.lr}, "
                          f"{spec.temperature}, {spec.weight_decay}")
+    if spec.objective not in _OBJECTIVES or not 0 <= spec.momentum < 1:
+        raise ValueError(f"simclr: objective must be one of {sorted(_OBJECTIVES)} and momentum in [0, 1), got"
+                         f" {spec.objective!r}, {spec.momentum}")
     if n < 2:
         raise ValueError(f"simclr: needs at least 2 images, got {n}")
     if not 1 <= spec.clusters <= n:
@@ -127,8 +203,9 @@ def simclr(
     total_steps = spec.epochs * steps_per_epoch
 
     with seeded_global_rng(device, epoch_seed(seed, 0, _TAG_HEAD)):
-        head = projection_head(model.feature_dim, spec.projection_dim).to(device)
-    params = list(model.parameters()) + list(head.parameters())
+        objective = _OBJECTIVES[spec.objective](model, spec).to(device)
+    head = objective.saved()
+    params = list(model.parameters()) + objective.trained()
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     if state is None:
         state = SimclrState(epoch=0, optimizer=copy.deepcopy(optimizer.state_dict()),
@@ -137,7 +214,6 @@ def simclr(
         head.load_state_dict(state.head)
         optimizer.load_state_dict(copy.deepcopy(state.optimizer))
         state = replace(state, history=list(state.history))
-    loss_fn = NTXentLoss(temperature=spec.temperature)
 
     for epoch in range(state.epoch, spec.epochs):
         if should_stop is not None and should_stop():
@@ -146,21 +222,20 @@ def simclr(
         order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, _TAG_ORDER)))
         gen = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, _TAG_VIEWS))
         model.train()
-        head.train()
+        objective.train()
         total = torch.zeros((), device=device)
-        with _no_dropout(model):
+        with _no_dropout(model), _no_dropout(objective):
             for step in range(steps_per_epoch):
                 t = (epoch * steps_per_epoch + step) / total_steps
                 for group in optimizer.param_groups:
                     group["lr"] = spec.lr * 0.5 * (1.0 + math.cos(math.pi * t))
                 b = order[step * batch: (step + 1) * batch].to(device)
                 x = images[b]
-                both = torch.cat([views(x, mean, std, spec.views, gen), views(x, mean, std, spec.views, gen)])
-                z = head(model.features(both))
-                loss = loss_fn(z[: len(b)], z[len(b):])
+                loss = objective.loss(model, views(x, mean, std, spec.views, gen), views(x, mean, std, spec.views, gen))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                objective.after_step(model, (epoch * steps_per_epoch + step + 1) / total_steps)
                 total += loss.detach()
         mean_loss = float(total) / steps_per_epoch
         check_finite(model, not math.isfinite(mean_loss), epoch, spec.epochs)

@@ -86,9 +86,12 @@ def digits() -> tuple[torch.Tensor, np.ndarray, list[float], list[float]]:
     return ds.train_images[:300], ds.train_labels.numpy()[:300], ds.mean, ds.std
 
 
-def _spec(epochs: int, lr: float = 2e-3) -> SimclrSpec:
+def _spec(epochs: int, lr: float = 2e-3, objective: str = "simclr") -> SimclrSpec:
     return SimclrSpec(epochs=epochs, batch_size=64, lr=lr, weight_decay=1e-4, temperature=0.2, projection_dim=16,
-                      views=view_spec(8, 1, False), clusters=10, eval_batch_size=128)
+                      views=view_spec(8, 1, False), clusters=10, eval_batch_size=128, objective=objective)
+
+
+OBJECTIVES = pytest.mark.parametrize("objective", ["simclr", "byol"])
 
 
 def _model() -> torch.nn.Module:
@@ -96,12 +99,13 @@ def _model() -> torch.nn.Module:
     return build_model(1, 10, width=0.125, dropout=0.5)
 
 
-def test_simclr_lowers_its_loss_and_reports_nmi_and_the_probe(digits) -> None:  # type: ignore[no-untyped-def]
+@OBJECTIVES
+def test_simclr_lowers_its_loss_and_reports_nmi_and_the_probe(digits, objective: str) -> None:  # type: ignore[no-untyped-def]
     images, labels, mean, std = digits
     model = _model()
     probe = Probe(images[:100], labels[:100], labels, 10)
     seen: list[int] = []
-    state = simclr(model, images, mean, std, _spec(4), 0, labels=labels, probe=probe,
+    state = simclr(model, images, mean, std, _spec(4, objective=objective), 0, labels=labels, probe=probe,
                    on_epoch=lambda st, m: seen.append(st.epoch))
     losses = [e.train_loss for e in state.history]
     assert seen == [1, 2, 3, 4] and state.epoch == 4
@@ -110,45 +114,72 @@ def test_simclr_lowers_its_loss_and_reports_nmi_and_the_probe(digits) -> None:  
     assert all(m.p == 0.5 for m in model.modules() if isinstance(m, torch.nn.Dropout))  # dropout restored
 
 
-def test_a_resumed_run_ends_where_an_uninterrupted_one_does(digits) -> None:  # type: ignore[no-untyped-def]
+@OBJECTIVES
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(digits, objective: str) -> None:  # type: ignore[no-untyped-def]
     images, _, mean, std = digits
+    spec = _spec(3, objective=objective)
     whole = _model()
-    simclr(whole, images, mean, std, _spec(3), 5)
+    simclr(whole, images, mean, std, spec, 5)
     part = _model()
     saved: list[tuple[SimclrState, dict]] = []
-    simclr(part, images, mean, std, _spec(3), 5, on_epoch=lambda st, m: saved.append((st, encoder_state(m))),
+    simclr(part, images, mean, std, spec, 5, on_epoch=lambda st, m: saved.append((st, encoder_state(m))),
            should_stop=lambda: len(saved) >= 2)
     state, weights = saved[1]
     resumed = _model()
     resumed.load_state_dict({**resumed.state_dict(), **weights})
-    simclr(resumed, images, mean, std, _spec(3), 5, state=state)
+    simclr(resumed, images, mean, std, spec, 5, state=state)
     for key, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, msg=key)
 
 
-def test_a_diverging_simclr_raises_naming_the_epoch(digits) -> None:  # type: ignore[no-untyped-def]
+@OBJECTIVES
+def test_a_diverging_simclr_raises_naming_the_epoch(digits, objective: str) -> None:  # type: ignore[no-untyped-def]
     images, _, mean, std = digits
     with pytest.raises(FloatingPointError, match=r"epoch 1/2"):
-        simclr(_model(), images, mean, std, _spec(2, lr=1e30), 0)
+        simclr(_model(), images, mean, std, _spec(2, lr=1e30, objective=objective), 0)
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"batch_size": 1}, "batch_size"), ({"temperature": 0.0}, "temperature"), ({"clusters": 1000}, "clusters")])
+    ({"batch_size": 1}, "batch_size"), ({"temperature": 0.0}, "temperature"), ({"clusters": 1000}, "clusters"),
+    ({"objective": "dino"}, "objective"), ({"objective": "byol", "momentum": 1.0}, "momentum")])
 def test_bad_settings_are_value_errors(digits, change: dict, message: str) -> None:  # type: ignore[no-untyped-def]
     images, _, mean, std = digits
     with pytest.raises(ValueError, match=message):
         simclr(_model(), images, mean, std, dataclasses.replace(_spec(1), **change), 0)
 
 
-def test_the_probe_beats_random_weights_after_a_short_run(digits) -> None:  # type: ignore[no-untyped-def]
-    """A known ranking: 10-NN on the features of a few SimCLR epochs beats the same network's random features."""
+@OBJECTIVES
+def test_the_probe_beats_random_weights_after_a_short_run(digits, objective: str) -> None:  # type: ignore[no-untyped-def]
+    """A known ranking: 10-NN on the features of a few SimCLR (or BYOL) epochs beats the same network's random
+    features."""
     images, labels, mean, std = digits
     probe = Probe(images[200:], labels[200:], labels[:200], 10)
     from alctl.pretrain import probe_accuracy
 
     model = _model()
     before = probe_accuracy(model, images[:200], mean, std, probe, 128)
-    simclr(model, images[:200], mean, std, _spec(12), 1)
+    simclr(model, images[:200], mean, std, _spec(12, objective=objective), 1)
     after = probe_accuracy(model, images[:200], mean, std, probe, 128)
     assert after > before + 0.05, (before, after)
     assert math.isfinite(after)
+
+
+def test_byol_s_teacher_follows_the_online_network_by_its_momentum() -> None:
+    """teacher <- m x teacher + (1 - m) x online with m = 0.9 at t = 0, and 1 (teacher frozen) at t = 1."""
+    from alctl.simclr import _Byol
+
+    model = _model()
+    byol = _Byol(model, dataclasses.replace(_spec(1, objective="byol"), momentum=0.9))
+    before = {k: v.clone() for k, v in byol.teacher_body.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    byol.after_step(model, 1.0)
+    for k, v in byol.teacher_body.state_dict().items():
+        torch.testing.assert_close(v, before[k], msg=k)
+    byol.after_step(model, 0.0)
+    online = dict(model.named_parameters())
+    for k, v in byol.teacher_body.named_parameters():
+        torch.testing.assert_close(v, 0.9 * before[k] + 0.1 * online[k], msg=k)
+    assert not any(p.requires_grad for p in byol.teacher_body.parameters())
+    assert {id(p) for p in byol.trained()}.isdisjoint(id(p) for p in byol.teacher_body.parameters())
