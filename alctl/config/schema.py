@@ -290,7 +290,7 @@ class SimclrConfig(_Section):
     )
     steps: int = Field(
         500, ge=1,
-        description="optimizer steps that epochs: auto aims at (500 x 256 images: 23 minutes on 2 CPU cores at"
+        description="optimizer steps that epochs: auto aims at (500 x 256 images: 10 minutes on 2 idle CPU cores at"
         " model.width 0.25 for 28-pixel images, 1 minute for 8-pixel ones)",
     )
     batch_size: int = Field(256, ge=2, description="images per step (each seen in two views)")
