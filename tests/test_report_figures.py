@@ -278,3 +278,32 @@ def test_fixmatch_is_named_and_paired_against_label_propagation_at_every_budget_
     section = out.split("Training time per cycle")[1]
     assert "| fm | random | +SEMI fixmatch | 31.0 / 20.0 (1.55x) | 62.0 / 35.0 (1.77x) | 93.0 / 50.0 (1.86x) |" in section
     assert "coreset" not in section  # no label propagation to compare with
+
+
+def test_fixmatch_with_a_fixmatch_only_value_is_paired_with_the_run_s_label_propagation(workdir: Path) -> None:
+    """A sweep of semi.fixmatch.prior_epochs excludes 15 for label propagation and none (it means nothing there):
+    FixMatch at 15 is compared with the run's label propagation and plain settings, which carry 0; a swept field
+    of another section (initial) must still agree."""
+    run = workdir / "runs" / "fmprior"
+    curves = {}
+    for initial, base in (("10", .5), ("20", .6)):
+        curves |= {
+            f"strategy=random/semi=none/pretrain=none/initial={initial}/prior_epochs=0": {0: [base], 1: [base]},
+            f"strategy=random/semi=lp/pretrain=none/initial={initial}/prior_epochs=0": {0: [base + .2], 1: [base + .1]},
+            f"strategy=random/semi=fm/pretrain=none/initial={initial}/prior_epochs=0": {0: [base], 1: [base]},
+            f"strategy=random/semi=fm/pretrain=none/initial={initial}/prior_epochs=15": {0: [base + .1], 1: [base + .2]},
+        }
+    _write_settings(run, curves)
+    figs = report.figures(report.read_points([run]))
+    refs = {(p.setting, p.against): p for p in figs.paired}
+    for initial in ("10", "20"):
+        fm15 = f"strategy=random/semi=fm/pretrain=none/initial={initial}/prior_epochs=15"
+        lp = refs[fm15, "lp"]
+        assert lp.reference_setting == f"strategy=random/semi=lp/pretrain=none/initial={initial}/prior_epochs=0"
+        assert lp.difference_mean == pytest.approx(0.0) and lp.pairs == 2  # +10 - 20 and +20 - 10 points
+        plain = refs[fm15, "plain"]
+        assert plain.reference_setting == f"strategy=random/semi=none/pretrain=none/initial={initial}/prior_epochs=0"
+        assert plain.difference_mean == pytest.approx(15.0)
+        exact = refs[f"strategy=random/semi=fm/pretrain=none/initial={initial}/prior_epochs=0", "lp"]
+        assert exact.reference_setting == lp.reference_setting and exact.difference_mean == pytest.approx(-15.0)
+    assert {(a.setting, a.against) for a in figs.auc_paired} >= {(s, "lp") for s in curves if "semi=fm" in s}

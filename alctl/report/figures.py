@@ -188,7 +188,7 @@ def paired(points: list[Point]) -> list[Paired]:
             curves.setdefault(key, {}).setdefault(p.n_labeled, {})[p.rep] = p
     out = []
     for (run, setting), pts in groups.items():
-        for against, ref in _references(setting):
+        for against, ref in _references(setting, {s for r, s in groups if r == run}):
             if (run, ref) not in curves:
                 continue
             mine, theirs = curves[run, setting], curves[run, ref]
@@ -238,7 +238,7 @@ def paired_auc(points: list[Point]) -> list[PairedArea]:
     groups = _by_setting(points)
     out = []
     for (run, setting), pts in groups.items():
-        for against, ref in _references(setting):
+        for against, ref in _references(setting, {s for r, s in groups if r == run}):
             if (run, ref) not in groups:
                 continue
             curves: dict[str, dict[int, dict[int, Point]]] = {setting: {}, ref: {}}

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from alctl import store
+from alctl.config.schema import FixmatchConfig
 from alctl.errors import UserError
 from alctl.metrics import METRICS
 from alctl.safe_text import terminal
@@ -239,13 +240,36 @@ def _variant_name(variant: str, setting: str) -> str:
     return variant if semi in ("none", "lp") else f"{variant} {_SEMI_NAMES.get(semi, semi)}"
 
 
-def _references(setting: str) -> list[tuple[str, str]]:
+# fields of FixMatch's own section (a task key names a swept field by its last name): they mean nothing to label
+# propagation or to training without unlabeled images, so those references are matched whatever they read there
+_FIXMATCH_FIELDS = frozenset(FixmatchConfig.model_fields)
+
+
+def _parts(setting: str) -> list[tuple[str, str]]:
+    """The setting's (field, value) parts in order."""
+    return [tuple(p.split("=", 1)) if "=" in p else (p, "") for p in setting.split("/")]  # type: ignore[misc]
+
+
+def _present(exact: str, present: set[str]) -> str:
+    """A reference setting as the run holds it: `exact` or, when the run has no such setting and the reference
+    trains without FixMatch (a FixMatch-only value such as semi.fixmatch.prior_epochs: 15, excluded for the other
+    methods), the one setting of the run with the same method that agrees on every part but FixMatch's own
+    fields."""
+    if exact in present or _semi(exact) not in ("none", "lp"):
+        return exact
+    mine = [(f, v) for f, v in _parts(exact) if f not in _FIXMATCH_FIELDS]
+    found = [s for s in present if [(f, v) for f, v in _parts(s) if f not in _FIXMATCH_FIELDS] == mine]
+    return found[0] if len(found) == 1 else exact
+
+
+def _references(setting: str, present: set[str] | None = None) -> list[tuple[str, str]]:
     """(against, reference setting) pairs a setting is compared with: its plain variant, Random of the same variant
-    and, for a +SEMI method other than label propagation, the same setting with label propagation."""
+    and, for a +SEMI method other than label propagation, label propagation with the same other settings (each as
+    the run holds it among `present`, its settings: `_present`)."""
     out = [("plain", _plain(setting)), ("random", _random(setting))]
     if _semi(setting) not in ("none", "lp"):
         out.append(("lp", _with(setting, semi="lp")))
-    return [(against, ref) for against, ref in out if ref != setting]
+    return [(against, _present(ref, present or set())) for against, ref in out if ref != setting]
 
 
 def _plain(setting: str) -> str:
