@@ -307,3 +307,5 @@ def test_fixmatch_with_a_fixmatch_only_value_is_paired_with_the_run_s_label_prop
         exact = refs[f"strategy=random/semi=fm/pretrain=none/initial={initial}/prior_epochs=0", "lp"]
         assert exact.reference_setting == lp.reference_setting and exact.difference_mean == pytest.approx(-15.0)
     assert {(a.setting, a.against) for a in figs.auc_paired} >= {(s, "lp") for s in curves if "semi=fm" in s}
+    section = report.render_markdown(figs).split("Training time per cycle")[1]
+    assert section.count("| fmprior | random (initial=10, prior_epochs=15) | +SEMI fixmatch |") == 1
