@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ class SimclrSpec:
     views: ViewSpec  # the augmentation between the two views
     clusters: int  # k-means clusters of the per-epoch NMI report (the number of classes)
     eval_batch_size: int
-    objective: str = "simclr"  # simclr (NT-Xent) | byol (predictor + momentum teacher)
+    objective: Literal["simclr", "byol"] = "simclr"  # NT-Xent | BYOL (predictor + momentum teacher)
     momentum: float = 0.99  # byol: the teacher's momentum at the first step, cosine up to 1 at the last
 
 
