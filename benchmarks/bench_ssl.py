@@ -34,14 +34,16 @@ from alctl.pretrain import Probe  # noqa: E402
 from alctl.simclr import SimclrState, simclr  # noqa: E402
 
 
-def run(dataset: str, objective: str, momentum: float, lr_scale: float) -> tuple[SimclrState, float]:
-    """Train one encoder from the recipe's manifest for `dataset` (its learning rate x lr_scale); its state
-    (per-epoch history) and seconds."""
+def run(dataset: str, objective: str, momentum: float, lr_scale: float,
+        epochs: int | None = None) -> tuple[SimclrState, float]:
+    """Train one encoder from the recipe's manifest for `dataset` (its learning rate x lr_scale; `epochs` in place of
+    the recipe's when given); its state (per-epoch history) and seconds."""
     config = mf.load(ROOT / "manifests" / f"{dataset}-few.yaml")
     ds = dataset_for(config)
     shape = tuple(ds.train_images.shape[1:])
     spec = settings.simclr_spec(config, ds.num_classes, shape, len(ds.train_labels))  # type: ignore[arg-type]
-    spec = dataclasses.replace(spec, objective=objective, momentum=momentum, lr=spec.lr * lr_scale)
+    spec = dataclasses.replace(spec, objective=objective, momentum=momentum, lr=spec.lr * lr_scale,
+                               epochs=epochs or spec.epochs)
     runtime.seed_torch(config.seed, 0, 0, "pretrain-init")  # the engine's initial network, the same for both
     model = build_model(ds.train_images.shape[1], ds.num_classes, config.model.width, config.model.dropout)
     probe = Probe(ds.test_images, ds.test_labels.numpy(), ds.train_labels.numpy(), ds.num_classes)
@@ -62,6 +64,7 @@ def main() -> None:
                         help="BYOL teacher momenta at the first step (cosine to 1)")
     parser.add_argument("--lr-scale", nargs="+", type=float, default=[1.0],
                         help="BYOL learning rates as multiples of the recipe's (pretrain.simclr.lr)")
+    parser.add_argument("--epochs", type=int, default=None, help="in place of the recipe's (a quick check)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,7 +73,7 @@ def main() -> None:
         rows = []
         byol = [("byol", m, scale) for m in args.momentum for scale in args.lr_scale]
         for objective, momentum, scale in [("simclr", 0.99, 1.0), *byol]:
-            state, seconds = run(dataset, objective, momentum, scale)
+            state, seconds = run(dataset, objective, momentum, scale, args.epochs)
             probes = [100 * (e.knn_accuracy or 0.0) for e in state.history]
             rows.append((objective if objective == "simclr" else f"byol m={momentum} lr x{scale:g}", probes[-1],
                          max(probes),
