@@ -274,7 +274,10 @@ def test_kcenter_torch_path_picks_equal_numpy_path(n_labeled, dim, duplicates):
         assert scores.dtype == np.float32 and scores.shape == ref_scores.shape
         assert np.array_equal(np.isinf(scores), np.isinf(ref_scores))
         finite = np.isfinite(ref_scores)
-        assert np.allclose(scores[finite], ref_scores[finite], rtol=1e-5, atol=1e-3 if duplicates else 1e-5)
+        # distances of unit vectors from 2 - 2 cos in float32 resolve no better than sqrt(4 x 2^-23) ~ 7e-4 near
+        # 0: both paths round there, and how depends on the CPU's kernels (dim 2, 150 picks: 4.9e-4 vs 3.5e-4 on
+        # an AMD EPYC), so near-zero scores agree to 1e-3; the picks above must be identical whatever the rounding
+        assert np.allclose(scores[finite], ref_scores[finite], rtol=1e-5, atol=1e-3)
         order = np.argsort(-scores.astype(np.float64), kind="stable")
         assert unlabeled[order[:budget]].tolist() == picks.tolist()
 
