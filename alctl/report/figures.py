@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from alctl.report.points import (_VARIANT_ORDER, Point, Row, _by_setting, _extra, _random, _references,
-                                 summarise)
+                                 _settings_by_run, summarise)
 
 
 def _sorted_curve(labels: np.ndarray, accuracy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -186,9 +186,10 @@ def paired(points: list[Point]) -> list[Paired]:
     for key, pts in groups.items():
         for p in pts:
             curves.setdefault(key, {}).setdefault(p.n_labeled, {})[p.rep] = p
+    present = _settings_by_run(groups)
     out = []
     for (run, setting), pts in groups.items():
-        for against, ref in _references(setting, {s for r, s in groups if r == run}):
+        for against, ref in _references(setting, present[run]):
             if (run, ref) not in curves:
                 continue
             mine, theirs = curves[run, setting], curves[run, ref]
@@ -236,9 +237,10 @@ def paired_auc(points: list[Point]) -> list[PairedArea]:
     area over the cycles that every repetition of both settings has (repetitions with a missing accuracy there
     left out); none where they share fewer than one cycle."""
     groups = _by_setting(points)
+    present = _settings_by_run(groups)
     out = []
     for (run, setting), pts in groups.items():
-        for against, ref in _references(setting, {s for r, s in groups if r == run}):
+        for against, ref in _references(setting, present[run]):
             if (run, ref) not in groups:
                 continue
             curves: dict[str, dict[int, dict[int, Point]]] = {setting: {}, ref: {}}

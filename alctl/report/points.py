@@ -262,6 +262,14 @@ def _present(exact: str, present: set[str]) -> str:
     return found[0] if len(found) == 1 else exact
 
 
+def _settings_by_run(keys: Any) -> dict[str, set[str]]:
+    """Each run's settings, from (run, setting) pairs."""
+    out: dict[str, set[str]] = {}
+    for run, setting in keys:
+        out.setdefault(run, set()).add(setting)
+    return out
+
+
 def _references(setting: str, present: set[str] | None = None) -> list[tuple[str, str]]:
     """(against, reference setting) pairs a setting is compared with: its plain variant, Random of the same variant
     and, for a +SEMI method other than label propagation, label propagation with the same other settings (each as

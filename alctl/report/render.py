@@ -16,8 +16,8 @@ from alctl import store
 from alctl.errors import UserError
 from alctl.metrics import METRICS
 from alctl.safe_text import terminal
-from alctl.report.points import (Row, _extra, _present, _semi, _setting_order, _with, find_runs, read_points,
-                                 task_statuses)
+from alctl.report.points import (Row, _extra, _present, _semi, _setting_order, _settings_by_run, _with, find_runs,
+                                 read_points, task_statuses)
 from alctl.report.figures import _METRIC_NAMES, TABLES, Figures, figures
 
 
@@ -189,15 +189,14 @@ def _time_ratio_table(rows: list[Row]) -> list[str]:
     to label propagation's (the same setting with semi=lp, as `points._present` finds it in the run), and their
     ratio; empty when there is no such pair."""
     by = {(r.run, r.setting, r.n_labeled): r for r in rows}
-    present = {(r.run, r.setting) for r in rows}
+    present = _settings_by_run((r.run, r.setting) for r in rows)
     lines = []
     for run, group in _grouped([r for r in rows if _semi(r.setting) not in ("none", "lp")], lambda r: r.run).items():
         for setting_rows in _grouped(group, lambda r: r.setting).values():
             r0 = setting_rows[0]
             cells = {}
             for r in setting_rows:
-                ref = by.get((run, _present(_with(r.setting, semi="lp"), {s for q, s in present if q == run}),
-                              r.n_labeled))
+                ref = by.get((run, _present(_with(r.setting, semi="lp"), present[run]), r.n_labeled))
                 if ref is None or r.train_seconds_mean is None or not ref.train_seconds_mean:
                     continue
                 cells[r.n_labeled] = (f"{r.train_seconds_mean:.1f} / {ref.train_seconds_mean:.1f}"
